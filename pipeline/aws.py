@@ -1,0 +1,41 @@
+"""boto3 clients for the configured stack: the local moto endpoint, or real AWS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from pipeline.settings import Settings
+
+# Sensible client defaults: adaptive retries absorb throttling; bounded timeouts keep a sensor
+# tick from hanging on a dead endpoint.
+CLIENT_CONFIG = Config(
+    retries={"max_attempts": 5, "mode": "standard"},
+    connect_timeout=5,
+    read_timeout=30,
+    max_pool_connections=32,
+)
+
+
+def client(settings: Settings, service: str, config: Config | None = None) -> Any:
+    kwargs: dict[str, Any] = {"region_name": settings.region, "config": config or CLIENT_CONFIG}
+    if settings.aws_endpoint_url:
+        kwargs["endpoint_url"] = settings.aws_endpoint_url
+    if settings.aws_access_key_id:
+        kwargs["aws_access_key_id"] = settings.aws_access_key_id
+        kwargs["aws_secret_access_key"] = settings.aws_secret_access_key
+    return boto3.session.Session().client(service, **kwargs)
+
+
+def client_factory(settings: Settings) -> Callable[[str], Any]:
+    cache: dict[str, Any] = {}
+
+    def get(service: str) -> Any:
+        if service not in cache:
+            cache[service] = client(settings, service)
+        return cache[service]
+
+    return get

@@ -1,0 +1,45 @@
+"""The DMARC telemetry pipeline: collector, Spark enrichment, SQS-driven importer, on Dagster."""
+
+from setuptools import find_packages, setup
+
+# The Dagster family is pinned together: unpinned, pip backtracks dagster-aws to 0.11.x (2020).
+DAGSTER = "1.13.27"
+DAGSTER_LIBS = "0.29.27"
+
+setup(
+    name="dmarc-pipeline",
+    version="0.1.0",
+    description="Event-sourced DMARC telemetry pipeline: S3 -> SNS -> SQS -> Dagster -> PostgreSQL",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["pipeline_tests", "pipeline_tests.*"]),
+    package_data={"pipeline": ["py.typed", "web/templates/*.html", "web/static/*"]},
+    include_package_data=True,
+    install_requires=[
+        f"dagster=={DAGSTER}",
+        f"dagster-webserver=={DAGSTER}",
+        f"dagster-graphql=={DAGSTER}",
+        f"dagster-aws=={DAGSTER_LIBS}",
+        f"dagster-pyspark=={DAGSTER_LIBS}",
+        f"dagster-postgres=={DAGSTER_LIBS}",
+        "boto3>=1.35,<2",
+        "pyspark>=4.0,<4.4",
+        "pyarrow>=15",
+        "pandas>=2.1",
+        "psycopg[binary]>=3.2,<4",
+        "moto[server]>=5.2,<6",
+        "pgserver>=0.1.4",
+        "parsedmarc>=9,<12",
+        "maxminddb>=2.6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "cfn-lint>=1.0",
+            "hypothesis>=6.100",
+        ],
+    },
+    entry_points={"console_scripts": ["pipeline=pipeline.cli:main"]},
+)
