@@ -68,5 +68,5 @@ PG_TYPES = {
     "float": "double precision",
     "bool": "boolean",
     "date": "date",
-    "timestamp": "timestamptz",
+    "timestamp": "timestamp with time zone",
 }

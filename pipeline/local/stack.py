@@ -19,7 +19,7 @@ import psycopg
 
 from pipeline.aws import client_factory
 from pipeline.local.ports import free_port, wait_for_port
-from pipeline.local.postgres import EmbeddedPostgres, prepare_databases, redact_url
+from pipeline.local.postgres import EmbeddedPostgres, check_reachable, prepare_databases, redact_url
 from pipeline.local.processes import pid_alive, read_pid, spawn_detached, stop_process
 from pipeline.local.provision import provision
 from pipeline.settings import ConfigurationError, Settings, pipeline_home, read_state, write_state
@@ -80,6 +80,8 @@ def up(
     home = home or pipeline_home()
     with _stack_lock(home):
         previous = read_state(home)
+        if database_url:
+            check_reachable(database_url)  # fail before starting anything that would be left behind
         endpoint, moto_pid = _start_moto(home, previous)
         settings = Settings(env="local", aws_endpoint_url=endpoint, **LOCAL_CREDENTIALS)
         outputs = provision(client_factory(settings))

@@ -1,0 +1,78 @@
+"""Shared fixtures: one real local stack (moto server + PostgreSQL) for the whole session.
+
+The stack is started exactly as `pipeline up` starts it, under a temporary PIPELINE_HOME, so the
+tests never touch a developer's own stack. DATABASE_URL, when set, is used as `up` would use it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pipeline.aws import client_factory
+from pipeline.local import stack as local_stack
+from pipeline.settings import Settings
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "dmarc-aggregate"
+
+
+@pytest.fixture(scope="session")
+def pipeline_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pipeline-home")
+
+
+@pytest.fixture(scope="session")
+def stack(pipeline_home: Path) -> Settings:
+    old = os.environ.get("PIPELINE_HOME")
+    os.environ["PIPELINE_HOME"] = str(pipeline_home)
+    settings = local_stack.up(
+        pipeline_home,
+        database_url=os.environ.get("DATABASE_URL") or None,
+        dagster_database_url=os.environ.get("DAGSTER_DATABASE_URL") or None,
+    )
+    yield settings
+    local_stack.down(pipeline_home)
+    if old is None:
+        os.environ.pop("PIPELINE_HOME", None)
+    else:
+        os.environ["PIPELINE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def clients(stack: Settings):
+    return client_factory(stack)
+
+
+@pytest.fixture
+def empty_queues(stack: Settings, clients):
+    """Both queues empty before the test (PurgeQueue is rate-limited, so receive and delete)."""
+    sqs = clients("sqs")
+    for url in (stack.queue_url, stack.dead_letter_queue_url):
+        for message in receive_all(sqs, url, wait=0):
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return stack
+
+
+@pytest.fixture
+def warehouse(stack: Settings):
+    with psycopg.connect(stack.database_url) as conn:
+        yield conn
+
+
+def receive_all(sqs, queue_url: str, wait: int = 1, visibility: int = 30) -> list[dict]:
+    """Every message currently receivable on ``queue_url`` (left in flight, not deleted)."""
+    messages: list[dict] = []
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait,
+            VisibilityTimeout=visibility,
+            AttributeNames=["All"],
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
