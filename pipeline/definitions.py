@@ -2,6 +2,7 @@
 
 from dagster import Definitions
 
+from pipeline.defs.raw.definitions import defs as raw_defs
 from pipeline.defs.resources import resource_defs
 
-defs = Definitions(resources=resource_defs())
+defs = Definitions.merge(raw_defs, Definitions(resources=resource_defs()))

@@ -36,9 +36,7 @@ def round_trip(settings: Settings, rows: int = 5, timeout: float = 30.0) -> Roun
     name = f"roundtrip-{uuid.uuid4().hex[:12]}.parquet"
     key = f"{settings.enriched_prefix}customer=demo/dt={day.isoformat()}/{name}"
     body = parquet_bytes(
-        synthetic_enriched_table(
-            rows, seed=int(time.time()), day=day, report_id=f"roundtrip-{uuid.uuid4().hex}"
-        )
+        synthetic_enriched_table(rows, seed=int(time.time()), day=day, report_id=f"roundtrip-{uuid.uuid4().hex}")
     )
     etag = s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
     deadline = time.monotonic() + timeout

@@ -38,12 +38,8 @@ def require_java() -> Path:
     """The java executable Spark will use; ConfigurationError naming what is missing otherwise."""
     java = find_java()
     if java is None:
-        raise ConfigurationError(
-            f"Spark needs Java, and none was found (no JAVA_HOME, no java on PATH). {_HOW}"
-        )
+        raise ConfigurationError(f"Spark needs Java, and none was found (no JAVA_HOME, no java on PATH). {_HOW}")
     major = java_major_version(java)
     if major < MIN_JAVA:
-        raise ConfigurationError(
-            f"Spark (pyspark 4) needs Java {MIN_JAVA}+, but {java} is Java {major}. {_HOW}"
-        )
+        raise ConfigurationError(f"Spark (pyspark 4) needs Java {MIN_JAVA}+, but {java} is Java {major}. {_HOW}")
     return java

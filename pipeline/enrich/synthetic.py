@@ -85,12 +85,8 @@ def synthetic_enriched_table(
             "spf_domain": f"bounce.{customer_id}.example",
             "spf_scope": "mfrom",
             "spf_result": "pass" if spf else "fail",
-            "dkim_auth": json.dumps(
-                [{"domain": f"{customer_id}.example", "result": "pass" if dkim else "fail"}]
-            ),
-            "spf_auth": json.dumps(
-                [{"domain": f"bounce.{customer_id}.example", "result": "pass" if spf else "fail"}]
-            ),
+            "dkim_auth": json.dumps([{"domain": f"{customer_id}.example", "result": "pass" if dkim else "fail"}]),
+            "spf_auth": json.dumps([{"domain": f"bounce.{customer_id}.example", "result": "pass" if spf else "fail"}]),
             "day": day,
             "country": country,
             "continent": "EU" if country in {"FR", "DE"} else "NA",

@@ -202,9 +202,7 @@ def load_object(
         superseded,
         seconds,
     )
-    return LoadResult(
-        version, "loaded", fetched.table.num_rows, fetched.body_bytes, ledger_id, superseded, seconds
-    )
+    return LoadResult(version, "loaded", fetched.table.num_rows, fetched.body_bytes, ledger_id, superseded, seconds)
 
 
 def tombstone(

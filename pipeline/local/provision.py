@@ -87,9 +87,7 @@ def provision(session, template_path: Path = TEMPLATE, parameters: dict | None =
             TemplateBody=template_path.read_text(),
             Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
         )
-        cfn.get_waiter("stack_create_complete").wait(
-            StackName=STACK_NAME, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-        )
+        cfn.get_waiter("stack_create_complete").wait(StackName=STACK_NAME, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
         stack = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
     resolver = stack_resolver(session, template, params)
     apply_skipped(session, template, resolver)

@@ -73,9 +73,7 @@ def _start_moto(home: Path, previous: Settings | None) -> tuple[str, int]:
     return endpoint, pid
 
 
-def up(
-    home: Path | None = None, database_url: str | None = None, dagster_database_url: str | None = None
-) -> Settings:
+def up(home: Path | None = None, database_url: str | None = None, dagster_database_url: str | None = None) -> Settings:
     """Start (or find) the local stack; return its settings, also recorded in the state folder."""
     home = home or pipeline_home()
     with _stack_lock(home):
@@ -91,9 +89,7 @@ def up(
         settings.enriched_prefix = outputs["EnrichedPrefix"]
         settings.topic_arn = outputs["ImportTopicArn"]
         # moto's stack outputs name queues by their AWS URL; ask for the endpoint's own.
-        settings.queue_url = sqs.get_queue_url(QueueName=outputs["ImportQueueUrl"].rsplit("/", 1)[1])[
-            "QueueUrl"
-        ]
+        settings.queue_url = sqs.get_queue_url(QueueName=outputs["ImportQueueUrl"].rsplit("/", 1)[1])["QueueUrl"]
         settings.dead_letter_queue_url = sqs.get_queue_url(
             QueueName=outputs["ImportDeadLetterQueueUrl"].rsplit("/", 1)[1]
         )["QueueUrl"]
@@ -101,9 +97,7 @@ def up(
         preferred_pg = None
         if previous and previous.extra.get("postgres") == "embedded" and previous.database_url:
             preferred_pg = int(previous.database_url.split(":")[-1].split("/")[0])
-        warehouse_url, dagster_url, embedded = prepare_databases(
-            home, database_url, dagster_database_url, preferred_pg
-        )
+        warehouse_url, dagster_url, embedded = prepare_databases(home, database_url, dagster_database_url, preferred_pg)
         settings.database_url = warehouse_url
         settings.dagster_database_url = dagster_url
         applied = migrate(warehouse_url)

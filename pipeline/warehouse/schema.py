@@ -62,9 +62,7 @@ def migrate(database_url: str, folder: Path = MIGRATIONS) -> list[int]:
             )
             done = {
                 version: checksum
-                for version, checksum in conn.execute(
-                    "SELECT version, checksum FROM schema_migrations"
-                ).fetchall()
+                for version, checksum in conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
             }
             for migration in migrations(folder):
                 if migration.version in done:
@@ -80,9 +78,7 @@ def migrate(database_url: str, folder: Path = MIGRATIONS) -> list[int]:
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (migration.version, migration.name, migration.checksum),
                     )
-                log.info(
-                    "warehouse migration applied version=%04d name=%s", migration.version, migration.name
-                )
+                log.info("warehouse migration applied version=%04d name=%s", migration.version, migration.name)
                 applied_now.append(migration.version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))

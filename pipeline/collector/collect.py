@@ -1,0 +1,243 @@
+"""``pipeline collect``: report files -> raw telemetry objects in S3, through a durable spool.
+
+1. Every input is checked and parsed (offline); rejects are listed with their reasons and the
+   rest of the batch goes on.
+2. Inputs are grouped by report identity. Of several copies of one report the least damaged is
+   kept (fewest problems, then the smallest body hash, so the choice does not depend on order);
+   the others are duplicates.
+3. Each report goes to the spool, then to S3 with retries. A key already in S3 is a duplicate,
+   unless the stored copy is more damaged than this one (then this one replaces it).
+4. Whatever S3 did not take stays in the spool for the next run or ``pipeline collect --flush``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from tqdm import tqdm
+
+from pipeline.aws import client
+from pipeline.collector.inputs import DEFAULT_LIMITS, Limits, Rejected, discover, read_report
+from pipeline.collector.normalize import NormalizedReport, check_customer_id
+from pipeline.collector.spool import PendingObject, Spool
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The collector does its own backoff so that it can give up on an unreachable S3 quickly and
+# keep everything in the spool, instead of retrying every object inside botocore.
+COLLECTOR_CLIENT = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=30)
+_PERMANENT = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "NoSuchBucket",
+    "InvalidBucketName",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+}
+
+
+@dataclass
+class CollectSummary:
+    files: int = 0
+    reports: int = 0
+    records: int = 0
+    messages: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    objects_written: list[str] = field(default_factory=list)
+    objects_replaced: list[str] = field(default_factory=list)
+    already_in_s3: list[str] = field(default_factory=list)
+    upload_errors: list[str] = field(default_factory=list)
+    pending_in_spool: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.pending_in_spool:
+            return 3
+        return 1 if self.rejected else 0
+
+    def to_dict(self) -> dict:
+        return {
+            "files": self.files,
+            "reports": self.reports,
+            "records": self.records,
+            "messages": self.messages,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "objects_written": self.objects_written,
+            "objects_replaced": self.objects_replaced,
+            "already_in_s3": self.already_in_s3,
+            "upload_errors": self.upload_errors,
+            "pending_in_spool": self.pending_in_spool,
+            "exit_code": self.exit_code,
+        }
+
+
+def _metadata(report: NormalizedReport, source: Path) -> dict[str, str]:
+    # S3 user metadata must be ASCII: quote what a reporter may spell in any script.
+    return {
+        "report-org": quote(report.report_org, safe=""),
+        "report-id": quote(report.report_id, safe=""),
+        "customer": report.customer_id,
+        "records": str(len(report.records)),
+        "messages": str(report.messages),
+        "problems": str(len(report.problems)),
+        "schema-version": str(report.records[0]["schema_version"]) if report.records else "1",
+        "source-file": quote(source.name, safe="")[:200],
+    }
+
+
+class Uploader:
+    """Puts spooled objects into S3 with backoff; stops early when S3 is unreachable."""
+
+    def __init__(
+        self,
+        s3,
+        bucket: str,
+        attempts: int = 4,
+        base_delay: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.s3, self.bucket, self.attempts, self.base_delay, self.sleep = (
+            s3,
+            bucket,
+            attempts,
+            base_delay,
+            sleep,
+        )
+        self.unreachable: str | None = None
+
+    def stored_problems(self, key: str) -> int | None:
+        """Problems of the copy already in S3 under ``key``; None when there is none."""
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return int(head.get("Metadata", {}).get("problems", "0"))
+
+    def _retrying(self, action: Callable[[], object], what: str) -> object:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return action()
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code in _PERMANENT or attempt == self.attempts:
+                    raise
+                log.warning("collector upload retry what=%s attempt=%d error=%s", what, attempt, code)
+            except (EndpointConnectionError, BotoCoreError) as exc:
+                if attempt == self.attempts:
+                    self.unreachable = str(exc)
+                    raise
+                log.warning("collector upload retry what=%s attempt=%d error=%s", what, attempt, exc)
+            self.sleep(self.base_delay * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    def upload(self, item: PendingObject) -> str:
+        """'written', 'replaced' or 'exists'. Raises when S3 did not take it."""
+        stored = self._retrying(lambda: self.stored_problems(item.key), item.key)
+        ours = int(item.metadata.get("problems", "0"))
+        if stored is not None and stored <= ours:
+            return "exists"
+        body = item.body()
+        self._retrying(
+            lambda: self.s3.put_object(
+                Bucket=self.bucket,
+                Key=item.key,
+                Body=body,
+                Metadata=item.metadata,
+                ContentType="application/x-ndjson",
+                ContentEncoding="gzip",
+            ),
+            item.key,
+        )
+        return "written" if stored is None else "replaced"
+
+
+def flush(spool: Spool, uploader: Uploader, summary: CollectSummary, progress: bool = False) -> None:
+    pending = list(spool.pending())
+    for item in tqdm(pending, desc="upload", unit="obj", disable=not progress or not pending):
+        if uploader.unreachable:
+            break
+        try:
+            outcome = uploader.upload(item)
+        except (ClientError, BotoCoreError) as exc:
+            summary.upload_errors.append(f"s3://{uploader.bucket}/{item.key}: {exc}")
+            log.error("collector upload failed key=%s error=%s (kept in spool %s)", item.key, exc, spool.root)
+            continue
+        {
+            "written": summary.objects_written,
+            "replaced": summary.objects_replaced,
+            "exists": summary.already_in_s3,
+        }[outcome].append(item.key)
+        spool.remove(item)
+    summary.pending_in_spool = len(spool)
+
+
+def collect(
+    paths: Iterable[Path],
+    customer_id: str,
+    settings: Settings,
+    spool: Spool,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: bool = False,
+    s3=None,
+) -> CollectSummary:
+    check_customer_id(customer_id)
+    summary = CollectSummary()
+    files = list(discover(paths))
+    summary.files = len(files)
+    chosen: dict[str, tuple[NormalizedReport, Path, tuple]] = {}
+    for path in tqdm(files, desc="parse", unit="file", disable=not progress):
+        try:
+            report = read_report(path, customer_id, limits)
+        except Rejected as exc:
+            summary.rejected.append({"input": str(path), "reason": str(exc)})
+            log.warning("collector rejected input=%s reason=%s", path, exc)
+            continue
+        rank = (len(report.problems), hashlib.sha256(report.body()).hexdigest())
+        key = report.key(settings.raw_prefix)
+        if key in chosen:
+            keep, drop = (report, path), chosen[key][:2]
+            if rank > chosen[key][2]:
+                keep, drop = chosen[key][:2], (report, path)
+            summary.duplicates.append(str(drop[1]))
+            chosen[key] = (*keep, min(rank, chosen[key][2]))
+        else:
+            chosen[key] = (report, path, rank)
+    for key, (report, path, _) in chosen.items():
+        summary.reports += 1
+        summary.records += len(report.records)
+        summary.messages += report.messages
+        spool.put(key, report.body(), _metadata(report, path))
+    s3 = s3 or client(settings, "s3", COLLECTOR_CLIENT)
+    flush(spool, Uploader(s3, settings.raw_bucket), summary, progress)
+    summary.duplicates.extend(
+        f"{chosen[key][1]} (already in S3 as {key})" for key in summary.already_in_s3 if key in chosen
+    )
+    log.info(
+        "collector done files=%d reports=%d records=%d messages=%d duplicates=%d rejected=%d "
+        "written=%d replaced=%d pending=%d",
+        summary.files,
+        summary.reports,
+        summary.records,
+        summary.messages,
+        len(summary.duplicates),
+        len(summary.rejected),
+        len(summary.objects_written),
+        len(summary.objects_replaced),
+        summary.pending_in_spool,
+    )
+    return summary

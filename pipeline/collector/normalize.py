@@ -1,0 +1,162 @@
+"""parsedmarc's aggregate report -> raw telemetry records and the report's object key.
+
+Report identity is reporting org + report id (RFC 7489 section 7.2.1.1): the same report
+collected twice, from any copy, maps to the same key, so re-sending never duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from pipeline.telemetry import RAW_FIELDS, SCHEMA_VERSION
+
+CUSTOMER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class InvalidCustomer(ValueError):
+    pass
+
+
+def check_customer_id(customer_id: str) -> str:
+    if not CUSTOMER_ID.fullmatch(customer_id or ""):
+        raise InvalidCustomer(
+            f"customer id {customer_id!r} is not valid: use 1-63 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit (it becomes part of S3 keys and Dagster partition keys)."
+        )
+    return customer_id
+
+
+@dataclass(frozen=True)
+class NormalizedReport:
+    customer_id: str
+    report_org: str
+    report_id: str
+    begin: dt.datetime
+    records: list[dict]
+    problems: list[str]  # what was damaged in this copy (parse errors, bad bytes)
+
+    @property
+    def identity(self) -> str:
+        return f"{self.report_org}\n{self.report_id}"
+
+    @property
+    def identity_hash(self) -> str:
+        return hashlib.sha256(self.identity.encode()).hexdigest()[:24]
+
+    @property
+    def messages(self) -> int:
+        return sum(record["message_count"] or 0 for record in self.records)
+
+    def key(self, raw_prefix: str = "raw/") -> str:
+        org = re.sub(r"[^a-z0-9.-]+", "-", self.report_org.lower()).strip("-.")[:60] or "unknown"
+        day = self.begin.date().isoformat()
+        return f"{raw_prefix}customer={self.customer_id}/dt={day}/{org}_{self.identity_hash}.jsonl.gz"
+
+    def body(self) -> bytes:
+        """Newline-delimited JSON, gzip without a timestamp: the same report gives the same bytes."""
+        lines = "".join(json.dumps(record, sort_keys=True, default=str) + "\n" for record in self.records)
+        return gzip.compress(lines.encode(), mtime=0)
+
+
+def _utc(human: str | None) -> dt.datetime | None:
+    """parsedmarc renders epoch seconds as local wall time; turn them back into UTC."""
+    if not human:
+        return None
+    naive = dt.datetime.strptime(str(human), "%Y-%m-%d %H:%M:%S")
+    return naive.astimezone(dt.UTC)
+
+
+def _lower(value) -> str | None:
+    return str(value).strip().lower() if value not in (None, "") else None
+
+
+def _pick(results: list[dict]) -> dict:
+    """The result that speaks for the record: the first pass, else the first one."""
+    for result in results:
+        if _lower(result.get("result")) == "pass":
+            return result
+    return results[0] if results else {}
+
+
+def normalize(report: dict, customer_id: str, problems: list[str] | None = None) -> NormalizedReport:
+    meta = report["report_metadata"]
+    policy = report.get("policy_published") or {}
+    org = (meta.get("org_name") or "").strip()
+    report_id = str(meta.get("report_id") or "").strip()
+    if not org or not report_id:
+        raise ValueError("the report has no reporting org or no report id, so it has no identity")
+    begin = _utc(meta.get("begin_date"))
+    end = _utc(meta.get("end_date"))
+    problems = list(problems or []) + [str(e) for e in meta.get("errors") or []]
+    pct = policy.get("pct")
+    records = []
+    for index, rec in enumerate(report.get("records") or []):
+        evaluated = rec.get("policy_evaluated") or {}
+        ids = rec.get("identifiers") or {}
+        auth = rec.get("auth_results") or {}
+        dkim = [
+            {
+                "domain": _lower(d.get("domain")),
+                "selector": d.get("selector"),
+                "result": _lower(d.get("result")),
+            }
+            for d in auth.get("dkim") or []
+        ]
+        spf = [
+            {
+                "domain": _lower(s.get("domain")),
+                "scope": _lower(s.get("scope")),
+                "result": _lower(s.get("result")),
+            }
+            for s in auth.get("spf") or []
+        ]
+        dkim_main, spf_main = _pick(dkim), _pick(spf)
+        reasons = [r for r in evaluated.get("policy_override_reasons") or [] if r.get("type")]
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            "customer_id": customer_id,
+            "report_org": org,
+            "report_id": report_id,
+            "report_email": meta.get("org_email"),
+            "report_begin": begin.isoformat() if begin else None,
+            "report_end": end.isoformat() if end else None,
+            "policy_domain": _lower(policy.get("domain")),
+            "policy_adkim": _lower(policy.get("adkim")),
+            "policy_aspf": _lower(policy.get("aspf")),
+            "policy_p": _lower(policy.get("p")),
+            "policy_sp": _lower(policy.get("sp")),
+            "policy_pct": int(pct) if str(pct or "").isdigit() else None,
+            "record_index": index,
+            "source_ip": (rec.get("source") or {}).get("ip_address"),
+            "message_count": int(rec.get("count") or 0),
+            "disposition": _lower(evaluated.get("disposition")),
+            "policy_dkim": _lower(evaluated.get("dkim")),
+            "policy_spf": _lower(evaluated.get("spf")),
+            "override_reasons": json.dumps(reasons) if reasons else None,
+            "header_from": _lower(ids.get("header_from")),
+            "envelope_from": _lower(ids.get("envelope_from")),
+            "envelope_to": _lower(ids.get("envelope_to")),
+            "dkim_domain": dkim_main.get("domain"),
+            "dkim_selector": dkim_main.get("selector"),
+            "dkim_result": dkim_main.get("result"),
+            "spf_domain": spf_main.get("domain"),
+            "spf_scope": spf_main.get("scope"),
+            "spf_result": spf_main.get("result"),
+            "dkim_auth": json.dumps(dkim),
+            "spf_auth": json.dumps(spf),
+        }
+        assert record.keys() == RAW_FIELDS.keys()
+        records.append(record)
+    if begin is None:
+        raise ValueError("the report has no date range")
+    return NormalizedReport(customer_id, org, report_id, begin, records, problems)
+
+
+def read_raw_object(body: bytes) -> list[dict]:
+    """The records of a raw telemetry object (gzip NDJSON)."""
+    return [json.loads(line) for line in gzip.decompress(body).decode().splitlines() if line.strip()]

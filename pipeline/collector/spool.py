@@ -1,0 +1,70 @@
+"""The collector's durable spool: what is collected is on local disk until S3 has it.
+
+Each pending object is two files, written atomically (temp file + rename + fsync): the gzip
+body and a JSON sidecar with its key and metadata. An upload removes them only after S3
+answered. A crash at any point leaves either nothing or a complete pending object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PendingObject:
+    key: str
+    metadata: dict[str, str]
+    body_path: Path
+    meta_path: Path
+
+    def body(self) -> bytes:
+        return self.body_path.read_bytes()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+class Spool:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        # The key never becomes a path: a hash names the files (keys may hold '..', '/', anything).
+        name = hashlib.sha256(key.encode()).hexdigest()
+        return self.root / f"{name}.jsonl.gz", self.root / f"{name}.json"
+
+    def put(self, key: str, body: bytes, metadata: dict[str, str]) -> PendingObject:
+        self.root.mkdir(parents=True, exist_ok=True)
+        body_path, meta_path = self._paths(key)
+        _atomic_write(body_path, body)
+        _atomic_write(meta_path, json.dumps({"key": key, "metadata": metadata}).encode())
+        return PendingObject(key, metadata, body_path, meta_path)
+
+    def pending(self) -> Iterator[PendingObject]:
+        if not self.root.exists():
+            return
+        for meta_path in sorted(self.root.glob("*.json")):
+            body_path = meta_path.with_suffix(".jsonl.gz")
+            if not body_path.exists():
+                meta_path.unlink()  # crashed between the two writes: the sidecar alone is nothing
+                continue
+            doc = json.loads(meta_path.read_text())
+            yield PendingObject(doc["key"], doc["metadata"], body_path, meta_path)
+
+    def remove(self, item: PendingObject) -> None:
+        item.meta_path.unlink(missing_ok=True)
+        item.body_path.unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.pending())

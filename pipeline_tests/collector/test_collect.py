@@ -1,0 +1,220 @@
+"""The collector on the real samples, against the real local stack."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+import zipfile
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from pipeline.aws import client
+from pipeline.collector.collect import COLLECTOR_CLIENT, CollectSummary, Uploader, collect, flush
+from pipeline.collector.inputs import Limits, Rejected, read_report
+from pipeline.collector.normalize import InvalidCustomer, read_raw_object
+from pipeline.collector.spool import Spool
+from pipeline_tests.conftest import SAMPLES
+
+
+def customer() -> str:
+    return f"c-{uuid.uuid4().hex[:10]}"
+
+
+def raw_objects(s3, bucket: str, customer_id: str) -> dict[str, dict]:
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"raw/customer={customer_id}/")
+    out = {}
+    for obj in listing.get("Contents", []):
+        got = s3.get_object(Bucket=bucket, Key=obj["Key"])
+        out[obj["Key"]] = {
+            "records": read_raw_object(got["Body"].read()),
+            "metadata": got["Metadata"],
+            "etag": got["ETag"],
+        }
+    return out
+
+
+def test_samples_land_as_twelve_reports(stack, clients, tmp_path):
+    cid = customer()
+    summary = collect([SAMPLES], cid, stack, Spool(tmp_path / "spool"))
+    assert (summary.reports, summary.records, summary.messages) == (12, 13, 136)
+    assert sorted(Path(d).name for d in summary.duplicates) == ["invalid_utf_8.xml", "invalid_xml.xml"]
+    assert [Path(r["input"]).name for r in summary.rejected] == ["empty.xml"]
+    reason = summary.rejected[0]["reason"]
+    assert "empty.xml" in reason and "not a DMARC aggregate report" in reason
+    assert summary.exit_code == 1 and summary.pending_in_spool == 0
+
+    # The raw prefix says exactly that.
+    objects = raw_objects(clients("s3"), stack.raw_bucket, cid)
+    records = [r for obj in objects.values() for r in obj["records"]]
+    assert len(objects) == 12
+    assert len({(r["report_org"], r["report_id"]) for r in records}) == 12
+    assert len(records) == 13
+    assert sum(r["message_count"] for r in records) == 136
+    # The damaged copies lost: the clean copies' fields are what is stored.
+    veeam = [r for r in records if r["report_org"] == "veeam.com"]
+    assert veeam[0]["header_from"] == "example.com"
+    clean = [o for o in objects.values() if o["records"][0]["report_org"] in {"veeam.com", "accurateplastics.com"}]
+    assert [o["metadata"]["problems"] for o in clean] == ["0", "0"]
+    # Upper-cased results are normalized.
+    assert {r["policy_dkim"] for r in records} <= {"pass", "fail", None}
+
+    # Re-running changes nothing: same keys, same ETags, everything a duplicate.
+    again = collect([SAMPLES], cid, stack, Spool(tmp_path / "spool"))
+    assert again.objects_written == [] and again.objects_replaced == []
+    assert len(again.already_in_s3) == 12
+    assert {k: o["etag"] for k, o in raw_objects(clients("s3"), stack.raw_bucket, cid).items()} == {
+        k: o["etag"] for k, o in objects.items()
+    }
+
+
+def test_a_better_copy_replaces_a_damaged_one_whatever_the_order(stack, clients, tmp_path):
+    cid = customer()
+    first = collect([SAMPLES / "invalid_xml.xml"], cid, stack, Spool(tmp_path / "s"))
+    assert len(first.objects_written) == 1
+    second = collect([SAMPLES / "veeam.com!example.com!1530133200!1530219600.xml"], cid, stack, Spool(tmp_path / "s"))
+    assert second.objects_replaced == first.objects_written
+    [obj] = raw_objects(clients("s3"), stack.raw_bucket, cid).values()
+    assert obj["metadata"]["problems"] == "0"
+    third = collect([SAMPLES / "invalid_xml.xml"], cid, stack, Spool(tmp_path / "s"))
+    assert third.objects_written == [] and third.objects_replaced == [] and len(third.already_in_s3) == 1
+
+
+def test_s3_down_spools_then_flushes_without_loss_or_duplicates(stack, clients, tmp_path):
+    cid = customer()
+    spool = Spool(tmp_path / "spool")
+    dead = dataclasses.replace(stack, aws_endpoint_url="http://127.0.0.1:9")  # nothing listens on 9
+    down = client(dead, "s3", COLLECTOR_CLIENT)
+    sleeps: list[float] = []
+    summary = CollectSummary()
+    from pipeline.collector import collect as collector_module
+
+    summary = collector_module.collect([SAMPLES], cid, dead, spool, s3=down)
+    assert summary.pending_in_spool == 12 and summary.exit_code == 3
+    assert summary.objects_written == [] and summary.upload_errors
+    assert raw_objects(clients("s3"), stack.raw_bucket, cid) == {}
+
+    # The network is back: --flush sends everything once.
+    flushed = CollectSummary()
+    flush(spool, Uploader(clients("s3"), stack.raw_bucket, sleep=sleeps.append), flushed)
+    assert len(flushed.objects_written) == 12 and flushed.pending_in_spool == 0
+    objects = raw_objects(clients("s3"), stack.raw_bucket, cid)
+    assert sum(len(o["records"]) for o in objects.values()) == 13
+    # And a second flush has nothing left to do.
+    again = CollectSummary()
+    flush(spool, Uploader(clients("s3"), stack.raw_bucket), again)
+    assert again.objects_written == [] and len(spool) == 0
+
+
+def test_transient_errors_are_retried_with_backoff(stack, clients, tmp_path):
+    """An S3 that fails twice, then answers: the object goes out on the third try."""
+    from botocore.exceptions import EndpointConnectionError
+
+    real = clients("s3")
+
+    class Flaky:
+        def __init__(self):
+            self.failures = 2
+
+        def head_object(self, **kw):
+            return real.head_object(**kw)
+
+        def put_object(self, **kw):
+            if self.failures:
+                self.failures -= 1
+                raise EndpointConnectionError(endpoint_url="http://s3")
+            return real.put_object(**kw)
+
+    spool = Spool(tmp_path / "spool")
+    report = read_report(SAMPLES / "usssa.com!example.com!1538784000!1538870399.xml", customer())
+    spool.put(report.key(), report.body(), {"problems": "0"})
+    sleeps: list[float] = []
+    summary = CollectSummary()
+    flush(spool, Uploader(Flaky(), stack.raw_bucket, sleep=sleeps.append), summary)
+    assert summary.objects_written == [report.key()] and sleeps == [0.5, 1.0]
+
+
+def _zip_bomb(path: Path) -> Path:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("report.xml", b"\0" * (60 * 1024 * 1024))
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_bad_inputs_are_rejected_by_name_and_the_rest_goes_through(stack, tmp_path):
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    good = folder / "usssa.xml"
+    good.write_bytes((SAMPLES / "usssa.com!example.com!1538784000!1538870399.xml").read_bytes())
+    _zip_bomb(folder / "bomb.zip")
+    (folder / "bomb.xml.gz").write_bytes(gzip.compress(b"<" * (40 * 1024 * 1024)))
+    (folder / "big.xml").write_bytes(b"<feedback>" + b" " * (2 * 1024 * 1024))
+    (folder / "gone.xml").symlink_to(folder / "nowhere.xml")
+    (folder / "notes.xml").write_text("<note>hello</note>")
+    summary = collect([folder], customer(), stack, Spool(tmp_path / "spool"), Limits(max_file_bytes=1024 * 1024))
+    reasons = {Path(r["input"]).name: r["reason"] for r in summary.rejected}
+    assert set(reasons) == {"bomb.zip", "bomb.xml.gz", "big.xml", "gone.xml", "notes.xml"}
+    assert "archive bomb" in reasons["bomb.zip"] and "archive bomb" in reasons["bomb.xml.gz"]
+    assert "limit" in reasons["big.xml"] and "cannot be read" in reasons["gone.xml"]
+    assert "not a DMARC aggregate report" in reasons["notes.xml"]
+    assert all(name in reason for name, reason in reasons.items())
+    assert summary.reports == 1 and len(summary.objects_written) == 1
+
+
+def test_reports_inside_email_messages(stack, tmp_path):
+    msg = EmailMessage()
+    msg["From"] = "noreply-dmarc-support@google.com"
+    msg["To"] = "dmarc@acme.example"
+    msg["Subject"] = "Report domain: example.com Submitter: fastmail.com"
+    msg.set_content("DMARC aggregate report attached.")
+    data = (SAMPLES / "fastmail.com!example.com!1516060800!1516147199!102675056.xml.gz").read_bytes()
+    msg.add_attachment(data, maintype="application", subtype="gzip", filename="report.xml.gz")
+    path = tmp_path / "report.eml"
+    path.write_bytes(msg.as_bytes())
+    report = read_report(path, "acme")
+    assert (report.report_org, report.report_id) == ("FastMail Pty Ltd", "102675056")
+    assert len(report.records) == 1
+
+
+def test_bad_customer_id_is_explained(stack, tmp_path):
+    with pytest.raises(InvalidCustomer, match="lowercase"):
+        collect([SAMPLES], "../etc", stack, Spool(tmp_path / "s"))
+
+
+def test_cli_collect_json_and_exit_status(stack, tmp_path):
+    env = {**os.environ, "PIPELINE_HOME": os.environ["PIPELINE_HOME"]}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "collect",
+            "--customer",
+            customer(),
+            "--json",
+            str(SAMPLES),
+            "--spool",
+            str(tmp_path / "spool"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr  # empty.xml was rejected
+    summary = json.loads(result.stdout)
+    assert (summary["reports"], summary["records"], summary["messages"]) == (12, 13, 136)
+    assert len(summary["objects_written"]) == 12
+
+
+def test_read_report_rejects_empty(tmp_path):
+    with pytest.raises(Rejected, match="empty.xml"):
+        read_report(SAMPLES / "empty.xml", "acme")

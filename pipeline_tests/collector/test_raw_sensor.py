@@ -1,0 +1,35 @@
+"""raw_telemetry_sensor reports what the collector wrote, once."""
+
+from __future__ import annotations
+
+import uuid
+
+from dagster import DagsterInstance, build_sensor_context
+
+from pipeline.collector.collect import collect
+from pipeline.collector.spool import Spool
+from pipeline.defs.raw.sensors import raw_telemetry_sensor
+from pipeline.defs.resources import resource_defs
+from pipeline_tests.conftest import SAMPLES
+
+
+def tick(instance, cursor=None):
+    with build_sensor_context(instance=instance, resources=resource_defs(), cursor=cursor) as context:
+        return raw_telemetry_sensor(context)
+
+
+def test_sensor_reports_new_raw_objects_once(stack, tmp_path):
+    instance = DagsterInstance.ephemeral()
+    baseline = tick(instance)  # whatever earlier tests collected
+    cid = f"c-{uuid.uuid4().hex[:10]}"
+    collect([SAMPLES], cid, stack, Spool(tmp_path / "spool"))
+    result = tick(instance, baseline.cursor)
+    ours = [e for e in result.asset_events if cid in e.metadata["customers"].value]
+    assert sum(e.metadata["objects"].value for e in ours) == 12
+    assert sum(e.metadata["records"].value for e in ours) == 13
+    assert sum(e.metadata["messages"].value for e in ours) == 136
+    assert {e.partition for e in ours} >= {"2018-10-06", "1979-08-07"}
+    assert all(e.asset_key.to_user_string() == "raw_telemetry" for e in result.asset_events)
+    # Nothing new: nothing reported, cursor unchanged.
+    again = tick(instance, result.cursor)
+    assert again.asset_events == [] and again.cursor == result.cursor
