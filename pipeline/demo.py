@@ -59,7 +59,7 @@ def round_trip(settings: Settings, rows: int = 5, timeout: float = 30.0) -> Roun
                 )
                 continue
             version: ObjectVersion = ours[0]
-            with psycopg.connect(settings.database_url) as conn:
+            with psycopg.connect(settings.database_url, autocommit=True) as conn:
                 result = load_object(conn, s3, version, worker="demo")
                 in_warehouse = conn.execute(
                     "SELECT count(*) FROM telemetry_events WHERE ledger_id = %s", (result.ledger_id,)

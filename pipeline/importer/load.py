@@ -154,6 +154,8 @@ def load_object(
     max_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
 ) -> LoadResult:
     """Import ``version`` exactly once. Safe to call again for the same version: a duplicate."""
+    if not conn.autocommit:
+        raise ValueError("load_object needs an autocommit connection, so that its transaction commits by itself")
     started = time.monotonic()
     if version.removed:
         return tombstone(conn, version, run_id, worker)

@@ -1,0 +1,114 @@
+"""import_queue_sensor: SQS -> one dynamic partition per object -> runs that import many objects.
+
+Per tick (bounded: sensors time out at 60 s): long-poll up to ``max_messages`` messages,
+dead-letter what is not an S3 event, delete what names only ignored objects or versions already
+in the ledger, add a partition per new object and request runs of up to ``objects_per_run``
+objects each, carrying the object versions and SQS receipts in run config. Partitions added in
+one tick are contiguous, so a run covers them with one partition range (BackfillPolicy
+single_run). A run key hashes message ids with their receive counts: a redelivery after a
+failed run yields a new run key, so it really retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from pipeline.defs.resources import ImportQueueResource, WarehouseResource
+from pipeline.defs.warehouse.assets import telemetry_events
+from pipeline.defs.warehouse.partitions import enriched_objects
+from pipeline.importer.batch import ImportItem, connect
+from pipeline.importer.partitions import partition_key, record_partitions
+from pipeline.importer.queue import parse_delivery, receive
+from pipeline.importer.worker import triage
+
+MAX_MESSAGES_PER_TICK = int(os.environ.get("PIPELINE_SENSOR_MAX_MESSAGES", "1000"))
+OBJECTS_PER_RUN = int(os.environ.get("PIPELINE_OBJECTS_PER_RUN", "500"))
+TICK_BUDGET_SECONDS = 20.0
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def run_key(items: list[ImportItem], salt: str = "") -> str:
+    parts = sorted(f"{i.message_id or i.version.version}:{i.receive_count}:{i.partition_key}" for i in items)
+    return "import-" + hashlib.sha256(("|".join(parts) + salt).encode()).hexdigest()[:32]
+
+
+def run_request(items: list[ImportItem], keys: list[str], salt: str = "") -> RunRequest:
+    return RunRequest(
+        run_key=run_key(items, salt),
+        asset_selection=[telemetry_events.key],
+        tags={RANGE_START: keys[0], RANGE_END: keys[-1], "pipeline/objects": str(len(keys))},
+        run_config={"ops": {"telemetry_events": {"config": {"items": [i.to_config() for i in items]}}}},
+    )
+
+
+def plan_runs(context: SensorEvaluationContext, items: list[ImportItem], objects_per_run: int = OBJECTS_PER_RUN):
+    """(partition keys to add, run requests). New keys are batched by range; known keys run alone."""
+    by_key: dict[str, list[ImportItem]] = {}
+    for item in items:
+        by_key.setdefault(item.partition_key, []).append(item)
+    new, known = [], []
+    for key in by_key:
+        (known if context.instance.has_dynamic_partition(enriched_objects.name, key) else new).append(key)
+    requests = []
+    for start in range(0, len(new), objects_per_run):
+        chunk = new[start : start + objects_per_run]
+        requests.append(run_request([i for k in chunk for i in by_key[k]], chunk))
+    for key in known:
+        requests.append(run_request(by_key[key], [key]))
+    return new, requests
+
+
+@sensor(
+    name="import_queue_sensor",
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+    asset_selection=[telemetry_events],
+    description="Long-polls the SQS import queue; one dynamic partition per enriched object; batched import runs.",
+)
+def import_queue_sensor(
+    context: SensorEvaluationContext, import_queue: ImportQueueResource, warehouse: WarehouseResource
+) -> SensorResult | SkipReason:
+    settings = import_queue.stack.settings()
+    deadline = time.monotonic() + TICK_BUDGET_SECONDS
+    messages = receive(import_queue.sqs, import_queue.url(), MAX_MESSAGES_PER_TICK, wait_seconds=1, deadline=deadline)
+    if not messages:
+        return SkipReason("import queue empty")
+    deliveries = [parse_delivery(m, settings.enriched_bucket, settings.enriched_prefix) for m in messages]
+    for delivery in deliveries:
+        for reason in delivery.ignored:
+            context.log.info(f"ignored message {delivery.message_id}: {reason}")
+        if delivery.error:
+            context.log.warning(f"dead-lettered message {delivery.message_id}: {delivery.error}")
+    items, ignored, duplicates, dead = triage(warehouse.database_url(), import_queue.sqs, settings, deliveries)
+    items = [
+        ImportItem(
+            i.version,
+            partition_key(i.version.bucket, i.version.key, settings.enriched_prefix),
+            i.receipt_handle,
+            i.message_id,
+            i.receive_count,
+        )
+        for i in items
+    ]
+    with connect(warehouse.database_url()) as conn:
+        record_partitions(conn, {(i.partition_key, i.version.bucket, i.version.key) for i in items})
+    new_keys, requests = plan_runs(context, items)
+    context.log.info(
+        f"import tick messages={len(messages)} objects={len(items)} new_partitions={len(new_keys)} "
+        f"duplicates={duplicates} ignored={ignored} dead_lettered={dead} runs={len(requests)}"
+    )
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[enriched_objects.build_add_request(new_keys)] if new_keys else [],
+    )

@@ -1,0 +1,142 @@
+"""Import a batch of object versions and acknowledge their messages after the commits.
+
+The one code path shared by the Dagster importer asset and the Dagster-free worker
+(``pipeline importer``): each object is its own transaction (``load_object``); a failing object
+is recorded and left unacknowledged (SQS redelivers it, then dead-letters it) and never stops
+the others; a message is deleted only when every object it names is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import traceback
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import psycopg
+
+from pipeline.importer.events import ObjectVersion
+from pipeline.importer.load import LoadResult, load_object
+from pipeline.importer.queue import VisibilityHeartbeat, delete
+
+log = logging.getLogger(__name__)
+WORKER = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class ImportItem:
+    version: ObjectVersion
+    partition_key: str | None = None
+    receipt_handle: str | None = None
+    message_id: str | None = None
+    receive_count: int = 1
+
+    def to_config(self) -> dict:
+        return {**asdict(self), "version": self.version.to_dict()}
+
+    @classmethod
+    def from_config(cls, data: dict) -> ImportItem:
+        return cls(**{**data, "version": ObjectVersion.from_dict(data["version"])})
+
+
+@dataclass
+class ItemOutcome:
+    item: ImportItem
+    result: LoadResult | None = None
+    error: str | None = None
+    acknowledged: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def connect(database_url: str) -> psycopg.Connection:
+    """A warehouse connection for importing: autocommit, so each transaction() block commits."""
+    return psycopg.connect(database_url, autocommit=True, connect_timeout=10)
+
+
+def record_failure(
+    database_url: str, item: ImportItem, error: BaseException, run_id: str | None, worker: str | None
+) -> None:
+    try:
+        with connect(database_url) as conn:
+            conn.execute(
+                """INSERT INTO import_failures (bucket, object_key, object_version, error_class, error,
+                                                receive_count, run_id, worker)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                (
+                    item.version.bucket,
+                    item.version.key,
+                    item.version.version,
+                    type(error).__name__,
+                    str(error)[:4000],
+                    item.receive_count,
+                    run_id,
+                    worker,
+                ),
+            )
+    except psycopg.Error as exc:
+        log.error("could not record import failure object=%s error=%s", item.version.key, exc)
+
+
+def import_items(
+    database_url: str,
+    s3,
+    items: list[ImportItem],
+    sqs=None,
+    queue_url: str | None = None,
+    run_id: str | None = None,
+    worker: str = WORKER,
+    visibility: int = 300,
+    on_outcome: Callable[[ItemOutcome], None] | None = None,
+) -> list[ItemOutcome]:
+    outcomes: list[ItemOutcome] = []
+    handles = [i.receipt_handle for i in items if i.receipt_handle]
+    conn: psycopg.Connection | None = None
+    with VisibilityHeartbeat(sqs, queue_url, handles if sqs else [], visibility):
+        try:
+            for item in items:
+                outcome = ItemOutcome(item)
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        conn = connect(database_url)
+                    outcome.result = load_object(conn, s3, item.version, run_id, worker)
+                except Exception as exc:
+                    outcome.error = f"{type(exc).__name__}: {exc}"
+                    log.error(
+                        "import failed object=s3://%s/%s version=%s receive_count=%d error=%s",
+                        item.version.bucket,
+                        item.version.key,
+                        item.version.version,
+                        item.receive_count,
+                        outcome.error,
+                    )
+                    log.debug("%s", traceback.format_exc())
+                    record_failure(database_url, item, exc, run_id, worker)
+                outcomes.append(outcome)
+        finally:
+            if conn is not None:
+                conn.close()
+    if sqs and queue_url:
+        acknowledge(sqs, queue_url, outcomes)
+    if on_outcome:
+        for outcome in outcomes:
+            on_outcome(outcome)
+    return outcomes
+
+
+def acknowledge(sqs, queue_url: str, outcomes: list[ItemOutcome]) -> None:
+    """Delete each message whose objects are all committed (or were duplicates)."""
+    by_handle: dict[str, list[ItemOutcome]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.item.receipt_handle:
+            by_handle[outcome.item.receipt_handle].append(outcome)
+    done = [h for h, group in by_handle.items() if all(o.ok for o in group)]
+    refused = set(delete(sqs, queue_url, done)) if done else set()
+    for handle in done:
+        if handle not in refused:
+            for outcome in by_handle[handle]:
+                outcome.acknowledged = True

@@ -1,0 +1,48 @@
+"""Dagster partition keys for S3 objects: safe, bounded, readable, and mapped back to the object.
+
+A key is the object's key below the enriched prefix, with anything outside ``[A-Za-z0-9=._/-]``
+replaced by ``_``, cut to its last 80 characters, plus ``~`` and 12 hex digits of the full
+bucket/key hash. So it has no commas, no ``...``, no control characters, is at most 93
+characters, and stays readable; ``object_partitions`` maps it back exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+
+import psycopg
+
+READABLE_CHARS = 80
+_UNSAFE = re.compile(r"[^A-Za-z0-9=._/-]")
+
+
+def partition_key(bucket: str, key: str, prefix: str = "") -> str:
+    relative = key[len(prefix) :] if prefix and key.startswith(prefix) else key
+    readable = _UNSAFE.sub("_", relative)[-READABLE_CHARS:]
+    readable = readable.replace("..", "._")  # Dagster refuses "..." in partition keys
+    digest = hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:12]
+    return f"{readable}~{digest}"
+
+
+def record_partitions(conn: psycopg.Connection, rows: Iterable[tuple[str, str, str]]) -> None:
+    """Remember (partition_key, bucket, object_key); harmless for keys already known."""
+    rows = list(rows)
+    if not rows:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO object_partitions (partition_key, bucket, object_key) VALUES (%s, %s, %s)
+               ON CONFLICT (partition_key) DO UPDATE SET pruned_at = NULL""",
+            rows,
+        )
+
+
+def objects_for(conn: psycopg.Connection, partition_keys: list[str]) -> dict[str, tuple[str, str]]:
+    """partition key -> (bucket, object key), for the keys known."""
+    rows = conn.execute(
+        "SELECT partition_key, bucket, object_key FROM object_partitions WHERE partition_key = ANY(%s)",
+        (partition_keys,),
+    ).fetchall()
+    return {pk: (bucket, key) for pk, bucket, key in rows}
