@@ -158,6 +158,121 @@ def collect(paths, customer_id, flush_only, spool_dir, max_file_mb, as_json) -> 
     sys.exit(summary.exit_code)
 
 
+@cli.command()
+@click.option("--batch", default=10, show_default=True, help="Messages received per poll.")
+@click.option("--drain", is_flag=True, help="Exit when the queue is empty instead of waiting for more.")
+@click.option("--visibility", default=300, show_default=True, help="Seconds a message stays invisible.")
+def importer(batch: int, drain: bool, visibility: int) -> None:
+    """Import from the SQS queue without Dagster (same core as the Dagster importer runs)."""
+    from pipeline.importer.worker import run_worker
+
+    stats = run_worker(load_settings(), batch=batch, drain=drain, visibility=visibility)
+    click.echo(
+        f"messages {stats.messages}  objects loaded {stats.objects_loaded}  rows {stats.rows_loaded}  "
+        f"duplicates {stats.duplicates}  failures {stats.failures}  dead-lettered {stats.dead_lettered}  "
+        f"{stats.seconds:.1f}s"
+    )
+    sys.exit(1 if stats.failures else 0)
+
+
+@cli.command()
+@click.option("--customer", "customer_id", help="Only this customer's objects and rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(customer_id: str | None, as_json: bool) -> None:
+    """Compare S3 with the warehouse: every enriched row loaded exactly once. Exit 0 only if so."""
+    from pipeline.importer.verify import verify as run_verify
+
+    report = run_verify(load_settings(), customer_id)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        for name in (
+            "objects_enriched",
+            "objects_loaded",
+            "rows_expected",
+            "rows_loaded",
+            "missing",
+            "duplicates",
+            "reports_loaded",
+            "messages_loaded",
+            "dead_letter",
+            "failures",
+        ):
+            click.echo(f"{name:17} {report[name]}")
+        for obj in report["missing_objects"][:20]:
+            click.secho(f"  missing  {obj['key']} ({obj['rows']} rows)", fg="red")
+        for obj in report["duplicated_objects"][:20]:
+            click.secho(f"  extra    {obj['key']} ({obj['rows']} rows)", fg="red")
+        click.secho(
+            "OK: nothing missing, nothing duplicated" if report["ok"] else "NOT OK",
+            fg="green" if report["ok"] else "red",
+        )
+    sys.exit(0 if report["ok"] else 1)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be imported or tombstoned.")
+def reconcile(dry_run: bool) -> None:
+    """List the enriched prefix against the ledger; import what lost notifications left behind."""
+    from pipeline.aws import client
+    from pipeline.importer.batch import connect, import_items
+    from pipeline.importer.reconcile import find_drift
+
+    settings = load_settings()
+    s3 = client(settings, "s3")
+    with connect(settings.database_url) as conn:
+        drift = find_drift(conn, s3, settings.enriched_bucket, settings.enriched_prefix)
+    click.echo(f"unloaded objects {len(drift.unloaded)}  removed objects {len(drift.removed)}")
+    for version in [*drift.unloaded, *drift.removed][:50]:
+        click.echo(f"  {version.event_name:25} s3://{version.bucket}/{version.key}")
+    if dry_run or not drift.items:
+        return
+    outcomes = import_items(settings.database_url, s3, drift.items, worker="reconcile")
+    failed = [o for o in outcomes if not o.ok]
+    click.echo(f"imported {sum(1 for o in outcomes if o.ok)}  failed {len(failed)}")
+    sys.exit(1 if failed else 0)
+
+
+@cli.command("import-status")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def import_status(limit: int, as_json: bool) -> None:
+    """Queue depth, dead letters, recent loads and unresolved failures."""
+    from pipeline.importer.status import import_status as status_of
+
+    report = status_of(load_settings(), limit)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    click.echo(
+        f"queue visible {report['queue_visible']}  in flight {report['queue_in_flight']}  "
+        f"dead letters {report['dead_letter']}"
+    )
+    click.echo(f"loaded objects {report['objects_loaded']}  rows {report['rows_loaded']}")
+    click.echo("recent loads:")
+    for load in report["recent_loads"]:
+        click.echo(f"  {load['recorded_at']}  {load['event']:10} {load['rows'] or 0:>8} rows  {load['object_key']}")
+    click.echo("unresolved failures:")
+    for failure in report["failures"]:
+        click.secho(
+            f"  {failure['last_failed']}  x{failure['attempts']}  {failure['object_key']}: {failure['error']}", fg="red"
+        )
+    if not report["failures"]:
+        click.echo("  none")
+
+
+@cli.command()
+@click.option("--limit", default=10_000, show_default=True, help="Most messages to move.")
+def redrive(limit: int) -> None:
+    """Move dead-lettered messages back to the import queue (after fixing their cause)."""
+    from pipeline.aws import client
+    from pipeline.importer.queue import redrive as move
+
+    settings = load_settings()
+    moved = move(client(settings, "sqs"), settings.dead_letter_queue_url, settings.queue_url, limit)
+    click.echo(f"moved {moved} message(s) back to {settings.queue_url}")
+
+
 @cli.command("generate-reports")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--customers", default=3, show_default=True, help="How many customers (one domain each).")

@@ -46,3 +46,23 @@ def objects_for(conn: psycopg.Connection, partition_keys: list[str]) -> dict[str
         (partition_keys,),
     ).fetchall()
     return {pk: (bucket, key) for pk, bucket, key in rows}
+
+
+def prunable(conn: psycopg.Connection, older_than_seconds: float, limit: int = 5000) -> list[str]:
+    """Partition keys whose object is settled (loaded or tombstoned, no open failure) and old."""
+    rows = conn.execute(
+        """SELECT p.partition_key FROM object_partitions p
+           WHERE p.pruned_at IS NULL AND p.added_at < now() - make_interval(secs => %s)
+             AND EXISTS (SELECT 1 FROM load_ledger l WHERE l.bucket = p.bucket AND l.object_key = p.object_key)
+             AND NOT EXISTS (
+                 SELECT 1 FROM import_failures f WHERE f.bucket = p.bucket AND f.object_key = p.object_key
+                   AND NOT EXISTS (SELECT 1 FROM load_ledger l WHERE l.event = 'loaded' AND l.bucket = f.bucket
+                                   AND l.object_key = f.object_key AND l.object_version = f.object_version))
+           ORDER BY p.added_at LIMIT %s""",
+        (older_than_seconds, limit),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def mark_pruned(conn: psycopg.Connection, keys: list[str]) -> None:
+    conn.execute("UPDATE object_partitions SET pruned_at = now() WHERE partition_key = ANY(%s)", (keys,))

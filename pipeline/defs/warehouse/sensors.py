@@ -52,7 +52,9 @@ def run_request(items: list[ImportItem], keys: list[str], salt: str = "") -> Run
     )
 
 
-def plan_runs(context: SensorEvaluationContext, items: list[ImportItem], objects_per_run: int = OBJECTS_PER_RUN):
+def plan_runs(
+    context: SensorEvaluationContext, items: list[ImportItem], objects_per_run: int = OBJECTS_PER_RUN, salt: str = ""
+):
     """(partition keys to add, run requests). New keys are batched by range; known keys run alone."""
     by_key: dict[str, list[ImportItem]] = {}
     for item in items:
@@ -63,9 +65,9 @@ def plan_runs(context: SensorEvaluationContext, items: list[ImportItem], objects
     requests = []
     for start in range(0, len(new), objects_per_run):
         chunk = new[start : start + objects_per_run]
-        requests.append(run_request([i for k in chunk for i in by_key[k]], chunk))
+        requests.append(run_request([i for k in chunk for i in by_key[k]], chunk, salt))
     for key in known:
-        requests.append(run_request(by_key[key], [key]))
+        requests.append(run_request(by_key[key], [key], salt))
     return new, requests
 
 
@@ -112,3 +114,57 @@ def import_queue_sensor(
         run_requests=requests,
         dynamic_partitions_requests=[enriched_objects.build_add_request(new_keys)] if new_keys else [],
     )
+
+
+@sensor(
+    name="import_reconciler",
+    minimum_interval_seconds=600,
+    default_status=DefaultSensorStatus.RUNNING,
+    asset_selection=[telemetry_events],
+    description="Lists the enriched prefix against the ledger and imports what lost notifications left behind.",
+)
+def import_reconciler(
+    context: SensorEvaluationContext, import_queue: ImportQueueResource, warehouse: WarehouseResource
+) -> SensorResult | SkipReason:
+    from pipeline.importer.reconcile import find_drift
+
+    settings = import_queue.stack.settings()
+    s3 = import_queue.stack.client("s3")
+    with connect(warehouse.database_url()) as conn:
+        drift = find_drift(conn, s3, settings.enriched_bucket, settings.enriched_prefix)
+        items = [
+            ImportItem(i.version, partition_key(i.version.bucket, i.version.key, settings.enriched_prefix))
+            for i in drift.items
+        ]
+        record_partitions(conn, {(i.partition_key, i.version.bucket, i.version.key) for i in items})
+    if not items:
+        return SkipReason("the ledger reflects every enriched object")
+    new_keys, requests = plan_runs(context, items, salt=f"reconcile:{time.time():.0f}")
+    context.log.warning(f"reconcile: {len(drift.unloaded)} unloaded, {len(drift.removed)} removed object(s)")
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[enriched_objects.build_add_request(new_keys)] if new_keys else [],
+    )
+
+
+PARTITION_RETENTION_DAYS = float(os.environ.get("PIPELINE_PARTITION_RETENTION_DAYS", "7"))
+
+
+@sensor(
+    name="prune_object_partitions",
+    minimum_interval_seconds=3600,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Keeps enriched_objects bounded: removes old partitions of settled objects (the ledger keeps history).",
+)
+def prune_object_partitions(
+    context: SensorEvaluationContext, warehouse: WarehouseResource
+) -> SensorResult | SkipReason:
+    from pipeline.importer.partitions import mark_pruned, prunable
+
+    with connect(warehouse.database_url()) as conn:
+        keys = prunable(conn, PARTITION_RETENTION_DAYS * 86400)
+        if not keys:
+            return SkipReason("nothing old enough to prune")
+        mark_pruned(conn, keys)
+    context.log.info(f"pruning {len(keys)} object partition(s) older than {PARTITION_RETENTION_DAYS} day(s)")
+    return SensorResult(dynamic_partitions_requests=[enriched_objects.build_delete_request(keys)])

@@ -1,0 +1,91 @@
+"""``pipeline verify``: S3 against the warehouse. The invariant of DESIGN.md section 5:
+
+every row of every enriched object version that exists appears in the warehouse exactly once;
+nothing else does.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+
+from pipeline.aws import client
+from pipeline.importer.inventory import list_enriched, live_loads, parquet_num_rows
+from pipeline.importer.queue import queue_depth
+from pipeline.settings import Settings
+
+
+def verify(settings: Settings, customer_id: str | None = None) -> dict:
+    s3, sqs = client(settings, "s3"), client(settings, "sqs")
+    prefix = settings.enriched_prefix + (f"customer={customer_id}/" if customer_id else "")
+    objects = list_enriched(s3, settings.enriched_bucket, prefix)
+    with ThreadPoolExecutor(8) as pool:
+        expected = dict(
+            zip((o.key for o in objects), pool.map(lambda o: parquet_num_rows(s3, o), objects), strict=True)
+        )
+    with psycopg.connect(settings.database_url) as conn:
+        live = live_loads(conn, settings.enriched_bucket, prefix)
+        customer_filter = "WHERE e.customer_id = %(c)s" if customer_id else ""
+        per_load = dict(
+            conn.execute(
+                f"SELECT e.ledger_id, count(*) FROM telemetry_events e {customer_filter} GROUP BY e.ledger_id",
+                {"c": customer_id},
+            ).fetchall()
+        )
+        reports, messages = conn.execute(
+            f"""SELECT count(DISTINCT (e.report_org, e.report_id)), coalesce(sum(e.message_count), 0)
+                FROM telemetry_events e {customer_filter}""",
+            {"c": customer_id},
+        ).fetchone()
+        failures = conn.execute(
+            """SELECT count(DISTINCT (f.bucket, f.object_key, f.object_version)) FROM import_failures f
+               WHERE f.bucket = %s AND starts_with(f.object_key, %s) AND NOT EXISTS (
+                   SELECT 1 FROM load_ledger l WHERE l.event = 'loaded' AND l.bucket = f.bucket
+                   AND l.object_key = f.object_key AND l.object_version = f.object_version)""",
+            (settings.enriched_bucket, prefix),
+        ).fetchone()[0]
+    missing, duplicated, loaded_objects, rows_loaded = [], [], 0, 0
+    current_ids = set()
+    for obj in objects:
+        load = live.get(obj.key)
+        if load is None or load.version != obj.etag:
+            missing.append(
+                {
+                    "key": obj.key,
+                    "etag": obj.etag,
+                    "rows": expected[obj.key],
+                    "loaded_version": load.version if load else None,
+                }
+            )
+            continue
+        current_ids.add(load.ledger_id)
+        loaded_objects += 1
+        have = per_load.get(load.ledger_id, 0)
+        rows_loaded += have
+        if have < expected[obj.key]:
+            missing.append({"key": obj.key, "etag": obj.etag, "rows": expected[obj.key] - have})
+        elif have > expected[obj.key]:
+            duplicated.append({"key": obj.key, "rows": have - expected[obj.key]})
+    # Rows whose object version no longer exists (or never did) must not be there either.
+    stray = sum(n for ledger_id, n in per_load.items() if ledger_id not in current_ids)
+    if stray:
+        duplicated.append({"key": "(rows of object versions that do not exist in S3)", "rows": stray})
+    dead_visible, dead_in_flight = queue_depth(sqs, settings.dead_letter_queue_url)
+    rows_expected = sum(expected.values())
+    return {
+        "customer": customer_id,
+        "objects_enriched": len(objects),
+        "objects_loaded": loaded_objects,
+        "rows_expected": rows_expected,
+        "rows_loaded": rows_loaded,
+        "missing": sum(m["rows"] for m in missing),
+        "duplicates": sum(d["rows"] for d in duplicated),
+        "missing_objects": missing[:100],
+        "duplicated_objects": duplicated[:100],
+        "reports_loaded": reports,
+        "messages_loaded": int(messages),
+        "dead_letter": dead_visible + dead_in_flight,
+        "failures": failures,
+        "ok": not missing and not duplicated,
+    }
