@@ -28,8 +28,11 @@ def list_enriched(s3, bucket: str, prefix: str) -> list[StoredObject]:
     return found
 
 
-def parquet_num_rows(s3, obj: StoredObject) -> int:
-    """Rows of a Parquet object, from its footer (two ranged reads, not the whole object)."""
+def parquet_num_rows(s3, obj: StoredObject) -> int | None:
+    """Rows of a Parquet object, from its footer (two ranged reads, not the whole object).
+
+    None when the object is not readable Parquet (a poison object: the importer rejects it too).
+    """
     try:
         tail = s3.get_object(Bucket=obj.bucket, Key=obj.key, Range=f"bytes=-{min(obj.size, 8)}")["Body"].read()
         if len(tail) == 8 and tail[4:] == b"PAR1":
@@ -41,7 +44,10 @@ def parquet_num_rows(s3, obj: StoredObject) -> int:
     except Exception:
         pass
     body = s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"].read()
-    return pq.read_metadata(io.BytesIO(body)).num_rows
+    try:
+        return pq.read_metadata(io.BytesIO(body)).num_rows
+    except (OSError, ValueError):  # ArrowInvalid is a ValueError: not Parquet
+        return None
 
 
 @dataclass(frozen=True)

@@ -116,12 +116,11 @@ def _rows(table: pa.Table, ledger_id: int):
 
 
 def _supersede(cur, version: ObjectVersion, event: str, run_id: str | None, worker: str | None) -> int:
-    """End every live load of the key other than ``version``; drop its rows. Returns how many."""
+    """End the live loads of the key (all of them for a removal, else all but ``version``); drop their rows."""
     cur.execute(
         """SELECT ledger_id FROM live_object_versions
-           WHERE bucket = %s AND object_key = %s AND object_version <> %s
-           FOR UPDATE""",
-        (version.bucket, version.key, version.version),
+           WHERE bucket = %s AND object_key = %s AND (%s OR object_version <> %s)""",
+        (version.bucket, version.key, event == "tombstoned", version.version),
     )
     ended = [row[0] for row in cur.fetchall()]
     for ledger_id in ended:

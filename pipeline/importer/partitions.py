@@ -56,8 +56,8 @@ def prunable(conn: psycopg.Connection, older_than_seconds: float, limit: int = 5
              AND EXISTS (SELECT 1 FROM load_ledger l WHERE l.bucket = p.bucket AND l.object_key = p.object_key)
              AND NOT EXISTS (
                  SELECT 1 FROM import_failures f WHERE f.bucket = p.bucket AND f.object_key = p.object_key
-                   AND NOT EXISTS (SELECT 1 FROM load_ledger l WHERE l.event = 'loaded' AND l.bucket = f.bucket
-                                   AND l.object_key = f.object_key AND l.object_version = f.object_version))
+                   AND NOT EXISTS (SELECT 1 FROM load_ledger l WHERE l.bucket = f.bucket
+                                   AND l.object_key = f.object_key AND l.recorded_at > f.failed_at))
            ORDER BY p.added_at LIMIT %s""",
         (older_than_seconds, limit),
     ).fetchall()

@@ -9,13 +9,15 @@ from pipeline.aws import client
 from pipeline.importer.queue import queue_depth
 from pipeline.settings import Settings
 
+# A failure is resolved once the ledger records anything later for that object: the same version
+# loaded after a redrive, a newer version, or a tombstone.
 UNRESOLVED_FAILURES = """
 SELECT f.bucket, f.object_key, f.object_version, count(*) AS attempts, max(f.failed_at) AS last_failed,
        (array_agg(f.error ORDER BY f.failed_at DESC))[1] AS error,
        max(f.receive_count) AS receive_count
 FROM import_failures f
-WHERE NOT EXISTS (SELECT 1 FROM load_ledger l WHERE l.event = 'loaded' AND l.bucket = f.bucket
-                  AND l.object_key = f.object_key AND l.object_version = f.object_version)
+WHERE NOT EXISTS (SELECT 1 FROM load_ledger l WHERE l.bucket = f.bucket AND l.object_key = f.object_key
+                  AND l.recorded_at > f.failed_at)
 GROUP BY f.bucket, f.object_key, f.object_version
 ORDER BY last_failed DESC
 LIMIT %s

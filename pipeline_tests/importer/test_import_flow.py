@@ -1,0 +1,231 @@
+"""The SQS sensor + importer runs, end to end on the real stack, with faults injected on purpose.
+
+After each scenario `verify` must report nothing missing and nothing duplicated.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from pipeline.defs.warehouse.sensors import import_queue_sensor
+from pipeline.importer.batch import ImportItem, import_items
+from pipeline.importer.partitions import objects_for
+from pipeline.importer.queue import parse_delivery, receive
+from pipeline.importer.verify import verify
+from pipeline_tests.conftest import receive_all
+from pipeline_tests.support import (
+    drain_through_dagster,
+    duplicate_message,
+    enriched_key,
+    execute_requests,
+    materialized,
+    new_customer,
+    put_enriched,
+    sensor_tick,
+)
+
+
+def assert_exactly_once(stack, customer_id: str) -> dict:
+    report = verify(stack, customer_id)
+    assert report["missing"] == 0, report["missing_objects"]
+    assert report["duplicates"] == 0, report["duplicated_objects"]
+    assert report["ok"]
+    return report
+
+
+@pytest.fixture
+def instance():
+    return DagsterInstance.ephemeral()
+
+
+def test_objects_become_partitions_imported_in_batched_runs(stack, clients, empty_queues, instance):
+    cid = new_customer()
+    keys = [enriched_key(stack, cid, f"part-{i:03d}.parquet") for i in range(12)]
+    for i, key in enumerate(keys):
+        put_enriched(clients("s3"), stack, key, rows=25, seed=i, customer_id=cid)
+    runs = drain_through_dagster(instance)
+    assert len(runs) == 1 and runs[0].success  # 12 objects, one run
+    report = assert_exactly_once(stack, cid)
+    assert (report["objects_loaded"], report["rows_loaded"]) == (12, 300)
+    assert len(materialized(instance)) == 12
+    event = instance.get_latest_materialization_event(AssetKey("telemetry_events"))
+    metadata = event.asset_materialization.metadata
+    assert metadata["rows"].value == 25 and metadata["outcome"].value == "loaded"
+    assert metadata["acknowledged"].value is True
+    assert receive_all(clients("sqs"), stack.queue_url, wait=0) == []
+
+
+def test_duplicate_deliveries_load_once(stack, clients, empty_queues, instance):
+    cid = new_customer()
+    sqs = clients("sqs")
+    put_enriched(clients("s3"), stack, enriched_key(stack, cid, "dup.parquet"), rows=30, customer_id=cid)
+    [message] = receive(sqs, stack.queue_url, max_messages=1, visibility=60)
+    sqs.change_message_visibility(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+    duplicate_message(sqs, stack.queue_url, message)
+    duplicate_message(sqs, stack.queue_url, message)
+    drain_through_dagster(instance)
+    # And once more after the load: the ledger settles it without a run.
+    duplicate_message(sqs, stack.queue_url, message)
+    result = sensor_tick(instance, import_queue_sensor)
+    assert not getattr(result, "run_requests", None)
+    assert assert_exactly_once(stack, cid)["rows_loaded"] == 30
+    assert receive_all(sqs, stack.queue_url, wait=0) == []
+
+
+def test_two_importers_on_the_same_object_after_visibility_expiry(stack, clients, empty_queues):
+    cid = new_customer()
+    sqs, s3 = clients("sqs"), clients("s3")
+    put_enriched(s3, stack, enriched_key(stack, cid, "race.parquet"), rows=2000, customer_id=cid)
+    [first] = receive(sqs, stack.queue_url, visibility=1)
+    time.sleep(1.5)  # visibility expires: SQS hands the same message to a second importer
+    [second] = receive(sqs, stack.queue_url, visibility=60)
+    items = [
+        ImportItem(
+            parse_delivery(m, stack.enriched_bucket, stack.enriched_prefix).versions[0],
+            "k",
+            m["ReceiptHandle"],
+            m["MessageId"],
+        )
+        for m in (first, second)
+    ]
+    results: list = []
+    threads = [
+        threading.Thread(
+            target=lambda it=it: results.extend(import_items(stack.database_url, s3, [it], sqs, stack.queue_url))
+        )
+        for it in items
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(o.result.outcome for o in results) == ["duplicate", "loaded"]
+    assert assert_exactly_once(stack, cid)["rows_loaded"] == 2000
+
+
+def test_overwrite_supersedes_and_delete_tombstones(stack, clients, empty_queues, instance):
+    cid = new_customer()
+    s3 = clients("s3")
+    key = enriched_key(stack, cid, "day.parquet")
+    other = enriched_key(stack, cid, "other.parquet")
+    put_enriched(s3, stack, key, rows=40, seed=1, customer_id=cid)
+    put_enriched(s3, stack, other, rows=5, seed=9, customer_id=cid)
+    drain_through_dagster(instance)
+    put_enriched(s3, stack, key, rows=15, seed=2, customer_id=cid)  # re-published: new ETag
+    drain_through_dagster(instance)
+    report = assert_exactly_once(stack, cid)
+    assert report["rows_loaded"] == 20
+    s3.delete_object(Bucket=stack.enriched_bucket, Key=key)
+    drain_through_dagster(instance)
+    report = assert_exactly_once(stack, cid)
+    assert (report["objects_enriched"], report["rows_loaded"]) == (1, 5)
+    with psycopg.connect(stack.database_url) as conn:
+        events = conn.execute(
+            "SELECT event FROM load_ledger WHERE object_key = %s ORDER BY ledger_id", (key,)
+        ).fetchall()
+    assert [e for (e,) in events] == ["loaded", "loaded", "superseded", "tombstoned"]
+
+
+def test_poison_object_dead_letters_without_blocking_then_redrives_after_fix(stack, clients, empty_queues, instance):
+    from pipeline.importer.queue import redrive
+
+    cid = new_customer()
+    s3, sqs = clients("s3"), clients("sqs")
+    poison = enriched_key(stack, cid, "poison.parquet")
+    s3.put_object(Bucket=stack.enriched_bucket, Key=poison, Body=b"PAR1 this is not parquet")
+    for i in range(3):
+        put_enriched(s3, stack, enriched_key(stack, cid, f"good-{i}.parquet"), rows=10, seed=i, customer_id=cid)
+    # A short visibility timeout stands in for waiting out the real one between redeliveries.
+    sqs.set_queue_attributes(QueueUrl=stack.queue_url, Attributes={"VisibilityTimeout": "1"})
+    try:
+        runs = drain_through_dagster(instance, max_ticks=1)
+        assert runs and not runs[0].success  # the run reports the failure...
+        assert len(materialized(instance)) == 3  # ...and the good objects are imported all the same
+        for _ in range(6):  # SQS moves the message to the dead-letter queue after maxReceiveCount
+            time.sleep(1.2)
+            drain_through_dagster(instance, max_ticks=1)
+    finally:
+        sqs.set_queue_attributes(QueueUrl=stack.queue_url, Attributes={"VisibilityTimeout": "300"})
+    report = verify(stack, cid)
+    assert report["dead_letter"] == 1 and report["failures"] == 1
+    assert report["unreadable_objects"] == [poison] and report["ok"]
+    with psycopg.connect(stack.database_url) as conn:
+        (attempts,) = conn.execute("SELECT count(*) FROM import_failures WHERE object_key = %s", (poison,)).fetchone()
+    assert attempts >= 5
+
+    # The fix: enrichment re-publishes the object; the operator redrives the dead letters.
+    put_enriched(s3, stack, poison, rows=7, seed=5, customer_id=cid)
+    assert redrive(sqs, stack.dead_letter_queue_url, stack.queue_url) == 1
+    drain_through_dagster(instance)
+    report = assert_exactly_once(stack, cid)
+    assert report["rows_loaded"] == 37 and report["failures"] == 0 and report["dead_letter"] == 0
+
+
+def test_lost_notification_is_found_by_the_reconciler(stack, clients, empty_queues, instance):
+    from pipeline.defs.warehouse.sensors import import_reconciler
+
+    cid = new_customer()
+    s3, sqs = clients("s3"), clients("sqs")
+    put_enriched(s3, stack, enriched_key(stack, cid, "lost.parquet"), rows=11, customer_id=cid)
+    for message in receive_all(sqs, stack.queue_url):  # the notification is lost
+        sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    assert verify(stack, cid)["missing"] == 11
+    execute_requests(instance, sensor_tick(instance, import_reconciler))
+    assert assert_exactly_once(stack, cid)["rows_loaded"] == 11
+
+
+AWKWARD = [
+    "a,b,c.parquet",
+    "with space.parquet",
+    "ünïcødé-日本.parquet",
+    "x" * 990 + ".parquet",
+    "dots...and...dots.parquet",
+    "tab\there.parquet",
+]
+
+
+def test_awkward_keys(stack, clients, empty_queues, instance):
+    cid = new_customer()
+    s3 = clients("s3")
+    keys = [enriched_key(stack, cid, name) for name in AWKWARD]
+    for i, key in enumerate(keys):
+        put_enriched(s3, stack, key, rows=3, seed=i, customer_id=cid)
+    drain_through_dagster(instance)
+    report = assert_exactly_once(stack, cid)
+    assert report["objects_loaded"] == len(keys)
+    partitions = materialized(instance)
+    assert all("," not in p and "..." not in p and len(p) <= 93 for p in partitions)
+    with psycopg.connect(stack.database_url) as conn:
+        mapped = objects_for(conn, sorted(partitions))
+    assert sorted(k for _, k in mapped.values() if f"customer={cid}/" in k) == sorted(keys)
+
+
+def test_backfill_of_loaded_partitions_is_idempotent(stack, clients, empty_queues, instance):
+    from pipeline.definitions import defs
+
+    cid = new_customer()
+    s3 = clients("s3")
+    for i in range(4):
+        put_enriched(s3, stack, enriched_key(stack, cid, f"b-{i}.parquet"), rows=9, seed=i, customer_id=cid)
+    drain_through_dagster(instance)
+    keys = instance.get_dynamic_partitions("enriched_objects")
+    job = defs.resolve_implicit_global_asset_job_def()
+    # What the UI's backfill of these partitions launches: one run over the range, no run config.
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=[AssetKey("telemetry_events")],
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+    )
+    assert result.success
+    outcomes = [
+        e.event_specific_data.materialization.metadata["outcome"].value
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    ]
+    assert outcomes == ["duplicate"] * 4
+    assert assert_exactly_once(stack, cid)["rows_loaded"] == 36
