@@ -24,7 +24,7 @@ setup(
         "boto3>=1.35,<2",
         "pyspark>=4.0,<4.4",
         "pyarrow>=15",
-        "pandas>=2.1",
+        "pandas>=2.1,<3",  # pyspark 4.x does not support pandas 3 yet
         "psycopg[binary]>=3.2,<4",
         "moto[server]>=5.2,<6",
         "pgserver>=0.1.4",

@@ -2,8 +2,9 @@
 
 from dagster import Definitions
 
+from pipeline.defs.enriched.definitions import defs as enriched_defs
 from pipeline.defs.raw.definitions import defs as raw_defs
 from pipeline.defs.resources import resource_defs
 from pipeline.defs.warehouse.definitions import defs as warehouse_defs
 
-defs = Definitions.merge(raw_defs, warehouse_defs, Definitions(resources=resource_defs()))
+defs = Definitions.merge(raw_defs, enriched_defs, warehouse_defs, Definitions(resources=resource_defs()))

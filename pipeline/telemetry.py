@@ -70,3 +70,18 @@ PG_TYPES = {
     "date": "date",
     "timestamp": "timestamp with time zone",
 }
+
+
+def arrow_schema(fields: dict[str, str] | None = None):
+    """The Parquet/Arrow schema of enriched telemetry (or of ``fields``)."""
+    import pyarrow as pa
+
+    arrow = {
+        "str": pa.string(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+    }
+    return pa.schema([(name, arrow[kind]) for name, kind in (fields or ENRICHED_FIELDS).items()])

@@ -15,17 +15,9 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.telemetry import ENRICHED_FIELDS, SCHEMA_VERSION
+from pipeline.telemetry import ENRICHED_FIELDS, SCHEMA_VERSION, arrow_schema
 
-_ARROW = {
-    "str": pa.string(),
-    "int": pa.int64(),
-    "float": pa.float64(),
-    "bool": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-}
-ENRICHED_ARROW_SCHEMA = pa.schema([(name, _ARROW[kind]) for name, kind in ENRICHED_FIELDS.items()])
+ENRICHED_ARROW_SCHEMA = arrow_schema()
 
 _ORGS = ["google.com", "Yahoo", "Microsoft Corporation", "Mail.Ru", "comcast.net"]
 _SERVICES = [

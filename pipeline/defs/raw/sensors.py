@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections import defaultdict
 
 from dagster import (
+    AssetKey,
     AssetMaterialization,
     DefaultSensorStatus,
     MetadataValue,
+    RunRequest,
     SensorEvaluationContext,
     SensorResult,
     sensor,
@@ -52,7 +55,8 @@ def new_raw_objects(object_store: ObjectStoreResource, cursor: str | None, limit
     name="raw_telemetry_sensor",
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Reports objects the collector wrote to the raw prefix as raw_telemetry materializations.",
+    description="Reports objects the collector wrote to the raw prefix as raw_telemetry materializations, and "
+    "requests enrichment of their days.",
 )
 def raw_telemetry_sensor(context: SensorEvaluationContext, object_store: ObjectStoreResource) -> SensorResult:
     fresh, cursor = new_raw_objects(object_store, context.cursor)
@@ -80,4 +84,28 @@ def raw_telemetry_sensor(context: SensorEvaluationContext, object_store: ObjectS
         )
     if fresh:
         context.log.info(f"raw_telemetry: {len(fresh)} new object(s) over {len(by_day)} day(s)")
-    return SensorResult(asset_events=events, cursor=cursor)
+    return SensorResult(asset_events=events, cursor=cursor, run_requests=enrichment_requests(sorted(by_day), cursor))
+
+
+def day_ranges(days: list[str]) -> list[tuple[str, str]]:
+    """Consecutive days grouped: ['2026-11-01', '2026-11-02', '2026-11-05'] -> two ranges."""
+    ranges: list[tuple[str, str]] = []
+    for day in sorted(days):
+        if ranges and dt.date.fromisoformat(day) - dt.date.fromisoformat(ranges[-1][1]) == dt.timedelta(days=1):
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
+def enrichment_requests(days: list[str], cursor: str | None) -> list[RunRequest]:
+    """One enrichment run (one Spark session) per range of consecutive days with new raw data."""
+    salt = hashlib.sha256((cursor or "").encode()).hexdigest()[:12]
+    return [
+        RunRequest(
+            run_key=f"enrich-{start}-{end}-{salt}",
+            asset_selection=[AssetKey("enriched_telemetry")],
+            tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
+        )
+        for start, end in day_ranges(days)
+    ]

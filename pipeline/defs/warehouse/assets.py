@@ -1,6 +1,8 @@
 """telemetry_events: the warehouse's fact table, one dynamic partition per enriched S3 object."""
 
 from dagster import (
+    AllPartitionMapping,
+    AssetDep,
     AssetExecutionContext,
     AssetMaterialization,
     BackfillPolicy,
@@ -73,6 +75,8 @@ def _current_versions(warehouse: WarehouseResource, s3, keys: list[str]) -> tupl
     key="telemetry_events",
     group_name="warehouse",
     partitions_def=enriched_objects,
+    # Lineage: every object comes from some day of enriched_telemetry; which day is in its key.
+    deps=[AssetDep("enriched_telemetry", partition_mapping=AllPartitionMapping())],
     backfill_policy=BackfillPolicy.single_run(),
     output_required=False,
     kinds={"postgres"},

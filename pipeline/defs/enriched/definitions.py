@@ -1,0 +1,13 @@
+import os
+
+from dagster import Definitions
+from dagster_pyspark import PySparkResource
+
+from pipeline.defs.enriched.assets import enriched_telemetry
+from pipeline.enrich.spark import spark_conf
+
+defs = Definitions(
+    assets=[enriched_telemetry],
+    # local[*] by default; PIPELINE_SPARK_MASTER names a cluster (spark://…, yarn, k8s://…).
+    resources={"pyspark": PySparkResource(spark_config=spark_conf(os.environ.get("PIPELINE_SPARK_MASTER")))},
+)
