@@ -1,80 +1,100 @@
-"""``pipeline demo``: the pipeline end to end on the local stack, with a summary at the end."""
+"""``pipeline demo``: the whole flow on the local stack, through the same sensors and assets the
+Dagster daemon runs (here ticked and executed in process, recorded in the local instance so the
+UI of ``pipeline dev`` shows them afterwards):
+
+generate reports -> collect (raw) -> raw sensor -> Spark enrichment (enriched) -> S3/SNS/SQS ->
+import sensor -> importer runs (warehouse) -> verify.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import time
-import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import psycopg
-
-from pipeline.aws import client_factory
-from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
-from pipeline.importer.events import ObjectVersion, parse_s3_event
-from pipeline.importer.load import load_object
-from pipeline.settings import Settings
+from pipeline.settings import Settings, pipeline_home
 
 
 @dataclass
-class RoundTrip:
-    key: str
-    etag: str
-    message_id: str
-    ledger_id: int
-    rows_written: int
-    rows_in_warehouse: int
-    seconds: float
+class DemoResult:
+    customers: list[str]
+    steps: list[tuple[str, float, str]] = field(default_factory=list)  # (step, seconds, what happened)
+    verify: dict[str, dict] = field(default_factory=dict)
+    failed_runs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_runs == 0 and all(v["ok"] for v in self.verify.values())
 
 
-def round_trip(settings: Settings, rows: int = 5, timeout: float = 30.0) -> RoundTrip:
-    """One enriched object written to S3 arrives through SNS -> SQS and lands in PostgreSQL."""
-    clients = client_factory(settings)
-    s3, sqs = clients("s3"), clients("sqs")
+def run_demo(
+    settings: Settings,
+    reports_dir: Path | None = None,
+    customer_id: str | None = None,
+    customers: int = 3,
+    reports: int = 8,
+    seed: int = 42,
+    echo: Callable[[str], None] = print,
+) -> DemoResult:
+    from pipeline.collector.collect import collect
+    from pipeline.collector.generate import generate_reports
+    from pipeline.collector.spool import Spool
+    from pipeline.defs.raw.sensors import raw_telemetry_sensor
+    from pipeline.importer.verify import verify
+    from pipeline.local.inprocess import apply, drain_import_queue, local_instance, tick
+
+    home = pipeline_home()
+    instance = local_instance()
+
+    def step(name: str, started: float, what: str) -> None:
+        seconds = time.monotonic() - started
+        result.steps.append((name, seconds, what))
+        echo(f"  {name:9} {seconds:6.1f}s  {what}")
+
     started = time.monotonic()
-    day = dt.date.today()
-    name = f"roundtrip-{uuid.uuid4().hex[:12]}.parquet"
-    key = f"{settings.enriched_prefix}customer=demo/dt={day.isoformat()}/{name}"
-    body = parquet_bytes(
-        synthetic_enriched_table(rows, seed=int(time.time()), day=day, report_id=f"roundtrip-{uuid.uuid4().hex}")
+    if reports_dir is not None:
+        if not customer_id:
+            raise ValueError("--reports needs --customer: which customer do these reports belong to?")
+        inputs = [(customer_id, reports_dir)]
+        result = DemoResult([customer_id])
+        step("reports", started, f"{reports_dir}")
+    else:
+        folder = home / "demo" / f"reports-seed{seed}"
+        generated = generate_reports(folder, customers, reports, seed)
+        inputs = sorted({(r.customer_id, folder / r.customer_id) for r in generated})
+        result = DemoResult([cid for cid, _ in inputs])
+        step("generate", started, f"{len(generated)} synthetic reports for {len(inputs)} customers in {folder}")
+
+    started = time.monotonic()
+    collected = [collect([path], cid, settings, Spool(home / "spool")) for cid, path in inputs]
+    step(
+        "collect",
+        started,
+        f"{sum(c.reports for c in collected)} reports, {sum(c.records for c in collected)} "
+        f"records, {sum(c.messages for c in collected)} messages -> {sum(len(c.objects_written) for c in collected)}"
+        f" new raw object(s), {sum(len(c.duplicates) for c in collected)} duplicate(s), "
+        f"{sum(len(c.rejected) for c in collected)} rejected",
     )
-    etag = s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = sqs.receive_message(
-            QueueUrl=settings.queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=2,
-            VisibilityTimeout=30,
-        )
-        for message in response.get("Messages", []):
-            parsed = parse_s3_event(message["Body"], settings.enriched_bucket, settings.enriched_prefix)
-            ours = [v for v in parsed.versions if v.key == key]
-            if not ours:
-                # Not this demo's object: hand it back at once for whoever imports it.
-                sqs.change_message_visibility(
-                    QueueUrl=settings.queue_url,
-                    ReceiptHandle=message["ReceiptHandle"],
-                    VisibilityTimeout=0,
-                )
-                continue
-            version: ObjectVersion = ours[0]
-            with psycopg.connect(settings.database_url, autocommit=True) as conn:
-                result = load_object(conn, s3, version, worker="demo")
-                in_warehouse = conn.execute(
-                    "SELECT count(*) FROM telemetry_events WHERE ledger_id = %s", (result.ledger_id,)
-                ).fetchone()[0]
-            sqs.delete_message(QueueUrl=settings.queue_url, ReceiptHandle=message["ReceiptHandle"])
-            return RoundTrip(
-                key,
-                etag,
-                message["MessageId"],
-                result.ledger_id,
-                rows,
-                in_warehouse,
-                time.monotonic() - started,
-            )
-    raise TimeoutError(
-        f"No notification for s3://{settings.enriched_bucket}/{key} reached {settings.queue_url} "
-        f"within {timeout:.0f}s: check `pipeline status` (bucket notification, subscription)."
-    )
+
+    started = time.monotonic()
+    cursor_file = home / "demo" / "raw_sensor.cursor"
+    cursor_file.parent.mkdir(parents=True, exist_ok=True)
+    cursor = cursor_file.read_text() if cursor_file.exists() else None
+    raw_tick = tick(instance, raw_telemetry_sensor, cursor)
+    runs = apply(instance, raw_tick)
+    if getattr(raw_tick, "cursor", None):
+        cursor_file.write_text(raw_tick.cursor)
+    result.failed_runs += sum(not r.success for r in runs)
+    step("enrich", started, f"{len(runs)} Spark run(s) over {len(raw_tick.asset_events)} day(s) of new raw data")
+
+    started = time.monotonic()
+    import_runs = drain_import_queue(instance)
+    result.failed_runs += sum(not r.success for r in import_runs)
+    step("import", started, f"{len(import_runs)} importer run(s) drained the queue")
+
+    started = time.monotonic()
+    for cid in result.customers:
+        result.verify[cid] = verify(settings, cid)
+    step("verify", started, "S3 against the warehouse")
+    return result

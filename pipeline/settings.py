@@ -80,7 +80,7 @@ class Settings:
             "AWS_ACCESS_KEY_ID": self.aws_access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key,
             "DATABASE_URL": self.database_url,
-            "DAGSTER_DATABASE_URL": self.dagster_database_url,
+            "DAGSTER_DATABASE_URL": dagster_sqlalchemy_url(self.dagster_database_url),
             "PIPELINE_RAW_BUCKET": self.raw_bucket,
             "PIPELINE_ENRICHED_BUCKET": self.enriched_bucket,
             "PIPELINE_IMPORT_QUEUE_URL": self.queue_url,
@@ -139,3 +139,15 @@ def load_settings(home: Path | None = None) -> Settings:
             "(or set PIPELINE_ENV=prod to use real AWS)."
         )
     return settings
+
+
+def dagster_sqlalchemy_url(url: str | None) -> str | None:
+    """dagster-postgres speaks through SQLAlchemy with psycopg2: say so in the URL scheme, since
+    SQLAlchemy 2.1 picks psycopg 3 for a bare ``postgresql://``, and dagster-postgres's NOTIFY
+    with a bound parameter fails there."""
+    if not url:
+        return url
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg2://" + url[len(bare) :]
+    return url

@@ -10,9 +10,10 @@ import json
 import uuid
 import warnings
 
-from dagster import AssetKey, DagsterInstance, build_sensor_context
+from dagster import AssetKey, DagsterInstance
 
 from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
+from pipeline.local.inprocess import apply, drain_import_queue, tick
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
 
@@ -33,48 +34,15 @@ def put_enriched(s3, settings, key: str, rows: int = 20, seed: int = 0, customer
 
 
 def sensor_tick(instance: DagsterInstance, sensor_def, cursor=None):
-    from pipeline.defs.resources import resource_defs
-
-    with build_sensor_context(instance=instance, resources=resource_defs(), cursor=cursor) as context:
-        return sensor_def(context)
+    return tick(instance, sensor_def, cursor)
 
 
 def execute_requests(instance: DagsterInstance, result) -> list:
-    """Apply a SensorResult like the daemon does: partitions first, then each run, in process."""
-    from pipeline.definitions import defs
-
-    for request in getattr(result, "dynamic_partitions_requests", None) or []:
-        if hasattr(request, "partition_keys") and type(request).__name__.startswith("Add"):
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
-    job = defs.resolve_implicit_global_asset_job_def()
-    results = []
-    for request in getattr(result, "run_requests", None) or []:
-        results.append(
-            job.execute_in_process(
-                instance=instance,
-                run_config=request.run_config,
-                tags=request.tags,
-                asset_selection=request.asset_selection,
-                raise_on_error=False,
-            )
-        )
-    return results
+    return apply(instance, result)
 
 
 def drain_through_dagster(instance: DagsterInstance, max_ticks: int = 20) -> list:
-    """Tick import_queue_sensor and run what it asks for until the queue yields nothing."""
-    from pipeline.defs.warehouse.sensors import import_queue_sensor
-
-    runs = []
-    for _ in range(max_ticks):
-        result = sensor_tick(instance, import_queue_sensor)
-        if not getattr(result, "run_requests", None) and not getattr(result, "dynamic_partitions_requests", None):
-            break
-        runs.extend(execute_requests(instance, result))
-    return runs
+    return drain_import_queue(instance, max_ticks)
 
 
 def materialized(instance: DagsterInstance) -> set[str]:

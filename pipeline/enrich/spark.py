@@ -34,6 +34,9 @@ QUARANTINE_PREFIX = "quarantine/"
 
 
 def spark_conf(master: str | None = None) -> dict[str, str]:
+    # Python workers must run this interpreter (this venv's pandas/pyarrow), not the system one;
+    # Spark reads the variable when it starts its workers, whoever creates the session.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return {
         "spark.master": master or os.environ.get("PIPELINE_SPARK_MASTER", "local[*]"),
         "spark.app.name": "dmarc-enrichment",
