@@ -2,9 +2,9 @@
 
 from dagster import Definitions
 
-from pipeline.defs.enriched.definitions import defs as enriched_defs
-from pipeline.defs.raw.definitions import defs as raw_defs
+from pipeline.defs.enriched import definitions as enriched
+from pipeline.defs.raw import definitions as raw
 from pipeline.defs.resources import resource_defs
-from pipeline.defs.warehouse.definitions import defs as warehouse_defs
+from pipeline.defs.warehouse import definitions as warehouse
 
-defs = Definitions.merge(raw_defs, enriched_defs, warehouse_defs, Definitions(resources=resource_defs()))
+defs = Definitions.merge(raw.defs, enriched.defs, warehouse.defs, Definitions(resources=resource_defs()))

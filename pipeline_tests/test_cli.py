@@ -18,13 +18,25 @@ def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
-def test_demo_round_trip(stack, warehouse):
-    before = warehouse.execute("SELECT count(*) FROM telemetry_events").fetchone()[0]
-    result = run("demo")
-    assert result.returncode == 0, result.stderr
-    assert "5 of 5 rows in PostgreSQL" in result.stdout
-    after = warehouse.execute("SELECT count(*) FROM telemetry_events").fetchone()[0]
-    assert after == before + 5
+def test_demo_runs_the_whole_flow(stack, empty_queues):
+    result = run("demo", "--customers", "2", "--reports-per-customer", "4", "--seed", "5", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for step in ("generate", "collect", "enrich", "import", "verify"):
+        assert f"  {step}" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith("customer-00")]
+    assert len(lines) == 2 and all(line.rstrip().endswith("ok") for line in lines)
+    verified = json.loads(run("verify", "--customer", "customer-001", "--json").stdout)
+    assert verified["ok"] and verified["reports_loaded"] == 4 and verified["rows_loaded"] > 0
+
+
+def test_demo_with_real_reports(stack, empty_queues):
+    from pipeline_tests.conftest import SAMPLES
+
+    result = run("demo", "--reports", str(SAMPLES), "--customer", "samples", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    verified = json.loads(run("verify", "--customer", "samples", "--json").stdout)
+    assert (verified["reports_loaded"], verified["messages_loaded"]) == (12, 136)
+    assert verified["ok"] and verified["rows_loaded"] == 13
 
 
 def test_status_json(stack):

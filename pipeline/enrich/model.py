@@ -27,6 +27,7 @@ WEIGHTS = {
     "known_mail_service": 0.7,
     "hosting_network": -1.3,
     "no_auth_results": -0.4,
+    "unknown_network": -0.5,
 }
 
 
@@ -68,4 +69,5 @@ def trust_score(f: Features) -> float:
     z += WEIGHTS["known_mail_service"] * (f.service_type in MAIL_TYPES)
     z += WEIGHTS["hosting_network"] * (f.service_type in HOSTING_TYPES)
     z += WEIGHTS["no_auth_results"] * (not f.has_auth_results)
+    z += WEIGHTS["unknown_network"] * (not f.known_service)
     return round(1 / (1 + math.exp(-z)), 4)
