@@ -289,6 +289,37 @@ def redrive(limit: int) -> None:
     click.echo(f"moved {moved} message(s) back to {settings.queue_url}")
 
 
+@cli.group()
+def bench() -> None:
+    """Benchmarks: figures measured in one run against baselines, printed as ratios."""
+
+
+@bench.command("import")
+@click.option("--workloads", default="w1,w2,w3", show_default=True, help="Which of W1, W2, W3 to run.")
+@click.option("--scale", default=1.0, show_default=True, help="Fraction of W1/W2 object counts (quick runs: 0.1).")
+@click.option("--trickle-seconds", default=120, show_default=True, help="Length of W3.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_import(workloads: str, scale: float, trickle_seconds: int, as_json: bool) -> None:
+    """Importer efficiency vs server-side COPY, speed-up vs naive INSERT, orchestration overhead, freshness."""
+    from pipeline.bench import importer as bench_importer
+
+    figures = bench_importer.run(load_settings(), workloads, scale, trickle_seconds, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for name, value in figures.items():
+        if name == "targets_met":
+            continue
+        target = bench_importer.TARGETS.get(name)
+        verdict = ""
+        if target:
+            met = figures["targets_met"][name]
+            verdict = click.style(
+                f"  target {target[0]} {target[1]}: {'met' if met else 'NOT met'}", fg="green" if met else "red"
+            )
+        click.echo(f"{name:26} {value}{verdict}")
+
+
 @cli.command("generate-reports")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--customers", default=3, show_default=True, help="How many customers (one domain each).")

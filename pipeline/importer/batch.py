@@ -13,16 +13,18 @@ import socket
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import psycopg
 
 from pipeline.importer.events import ObjectVersion
-from pipeline.importer.load import LoadResult, load_object
+from pipeline.importer.load import LoadResult, fetch, load_object
 from pipeline.importer.queue import VisibilityHeartbeat, delete
 
 log = logging.getLogger(__name__)
 WORKER = socket.gethostname()
+READ_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,29 @@ def import_items(
     outcomes: list[ItemOutcome] = []
     handles = [i.receipt_handle for i in items if i.receipt_handle]
     conn: psycopg.Connection | None = None
-    with VisibilityHeartbeat(sqs, queue_url, handles if sqs else [], visibility):
+    # Read ahead: the next objects are downloaded and decoded while this one is copied.
+    with (
+        VisibilityHeartbeat(sqs, queue_url, handles if sqs else [], visibility),
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch") as pool,
+    ):
+        futures: dict[int, Future] = {}
+
+        def prefetch(index: int) -> None:
+            if index < len(items) and not items[index].version.removed:
+                futures[index] = pool.submit(fetch, s3, items[index].version)
+
+        for index in range(min(READ_AHEAD, len(items))):
+            prefetch(index)
         try:
-            for item in items:
+            for index, item in enumerate(items):
+                prefetch(index + READ_AHEAD)
                 outcome = ItemOutcome(item)
                 try:
                     if conn is None or conn.closed or conn.broken:
                         conn = connect(database_url)
-                    outcome.result = load_object(conn, s3, item.version, run_id, worker)
+                    outcome.result = load_object(
+                        conn, s3, item.version, run_id, worker, prefetched=futures.pop(index, None)
+                    )
                 except Exception as exc:
                     outcome.error = f"{type(exc).__name__}: {exc}"
                     log.error(
@@ -118,6 +135,8 @@ def import_items(
                     record_failure(database_url, item, exc, run_id, worker)
                 outcomes.append(outcome)
         finally:
+            for future in futures.values():
+                future.cancel()
             if conn is not None:
                 conn.close()
     if sqs and queue_url:

@@ -17,10 +17,12 @@ import hashlib
 import io
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
@@ -30,15 +32,20 @@ from pipeline.telemetry import ENRICHED_FIELDS
 log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = list(ENRICHED_FIELDS)
+# Binary COPY wire types. timestamptz and date travel as what PostgreSQL's binary format is for
+# them (int64 microseconds / int32 days since 2000-01-01), computed column-wise by Arrow: the
+# bytes are identical, and no Python datetime is ever built (that was half the importer's time).
 _COPY_TYPES = {
     "str": "text",
     "int": "int8",
     "float": "float8",
     "bool": "bool",
-    "date": "date",
-    "timestamp": "timestamptz",
+    "date": "int4",
+    "timestamp": "int8",
 }
 COPY_TYPES = [_COPY_TYPES[ENRICHED_FIELDS[name]] for name in EVENT_COLUMNS]
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
+_PG_EPOCH_DAYS = 10_957  # 2000-01-01 in Unix days
 COPY_SQL = f"COPY telemetry_events (ledger_id, {', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 DEFAULT_MAX_OBJECT_BYTES = 512 * 1024 * 1024
 
@@ -109,8 +116,19 @@ def fetch(s3, version: ObjectVersion, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES)
     return FetchedObject(table.select(EVENT_COLUMNS), len(body), hashlib.sha256(body).hexdigest())
 
 
+def _wire_column(table: pa.Table, name: str) -> list:
+    column = table.column(name)
+    kind = ENRICHED_FIELDS[name]
+    if kind == "timestamp":
+        micros = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
+        return pc.subtract(micros, _PG_EPOCH_US).to_pylist()
+    if kind == "date":
+        return pc.subtract(pc.cast(pc.cast(column, pa.date32()), pa.int32()), _PG_EPOCH_DAYS).to_pylist()
+    return column.to_pylist()
+
+
 def _rows(table: pa.Table, ledger_id: int):
-    columns = [table.column(name).to_pylist() for name in EVENT_COLUMNS]
+    columns = [_wire_column(table, name) for name in EVENT_COLUMNS]
     ids = [ledger_id] * table.num_rows
     return zip(ids, *columns, strict=True)
 
@@ -151,8 +169,13 @@ def load_object(
     run_id: str | None = None,
     worker: str | None = None,
     max_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+    prefetched: Future | None = None,
 ) -> LoadResult:
-    """Import ``version`` exactly once. Safe to call again for the same version: a duplicate."""
+    """Import ``version`` exactly once. Safe to call again for the same version: a duplicate.
+
+    ``prefetched``: a future of ``fetch(s3, version)`` started earlier (the batch importer reads
+    the next objects while this one is copied).
+    """
     if not conn.autocommit:
         raise ValueError("load_object needs an autocommit connection, so that its transaction commits by itself")
     started = time.monotonic()
@@ -160,7 +183,7 @@ def load_object(
         return tombstone(conn, version, run_id, worker)
     if already_loaded(conn, version):
         return LoadResult(version, "duplicate")
-    fetched = fetch(s3, version, max_bytes)
+    fetched = prefetched.result() if prefetched is not None else fetch(s3, version, max_bytes)
     if fetched is None:
         return LoadResult(version, "stale", seconds=time.monotonic() - started)
     with conn.transaction(), conn.cursor() as cur:

@@ -233,3 +233,27 @@ def test_backfill_of_loaded_partitions_is_idempotent(stack, clients, empty_queue
     ]
     assert outcomes == ["duplicate"] * 4
     assert assert_exactly_once(stack, cid)["rows_loaded"] == 36
+
+
+def test_every_column_round_trips_exactly(stack, clients, empty_queues):
+    """The binary COPY sends timestamps and dates as PostgreSQL's own integers: check the values."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from pipeline.importer.load import EVENT_COLUMNS
+    from pipeline.importer.worker import run_worker
+
+    cid = new_customer()
+    s3 = clients("s3")
+    key = enriched_key(stack, cid, "values.parquet")
+    put_enriched(s3, stack, key, rows=50, seed=77, customer_id=cid)
+    run_worker(stack, drain=True)
+    want = pq.read_table(io.BytesIO(s3.get_object(Bucket=stack.enriched_bucket, Key=key)["Body"].read()))
+    want_rows = sorted(want.select(EVENT_COLUMNS).to_pylist(), key=lambda r: r["event_id"])
+    with psycopg.connect(stack.database_url) as conn:
+        cur = conn.execute(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM telemetry_events WHERE customer_id = %s ORDER BY event_id", (cid,)
+        )
+        got_rows = [dict(zip(EVENT_COLUMNS, row)) for row in cur.fetchall()]
+    assert got_rows == want_rows

@@ -1,0 +1,273 @@
+"""``pipeline bench import``: the importer's figures of DESIGN.md section 7, measured in one run.
+
+* W1 (200 objects x 5,000 rows): importer rows/s (one process: S3 GET, Parquet decode, ledger
+  claim, binary COPY, commit, per object) against a server-side ``COPY ... (FORMAT binary)`` of
+  the same rows into the same table -> ``efficiency``; and against a naive importer (one INSERT
+  and one commit per row, on a sample) -> ``speedup_vs_naive``.
+* W2 (2,000 objects x 500 rows): drain time through the sensor and importer runs minus the
+  Dagster-free importer's drain time, per object -> ``overhead_ms_per_object``.
+* W3 (1 object/s for two minutes): seconds from object written to rows committed, p95 ->
+  ``freshness_p95_s``.
+
+Each workload runs in a scratch database on the stack's server (migrated like the warehouse)
+and under its own key prefix, so a benchmark never touches real data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from tqdm import tqdm
+
+from pipeline.aws import client
+from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
+from pipeline.importer.batch import import_items
+from pipeline.importer.events import ObjectVersion
+from pipeline.importer.load import EVENT_COLUMNS
+from pipeline.local.postgres import ensure_database, sibling_database_url
+from pipeline.settings import Settings
+from pipeline.warehouse.schema import migrate
+
+TARGETS = {
+    "efficiency": (">=", 0.70),
+    "speedup_vs_naive": (">=", 35.0),
+    "overhead_ms_per_object": ("<=", 10.0),
+    "freshness_p95_s": ("<=", 15.0),
+}
+
+
+@contextmanager
+def scratch_warehouse(settings: Settings):
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    ensure_database(settings.database_url, name)
+    url = sibling_database_url(settings.database_url, name)
+    migrate(url)
+    try:
+        yield dataclasses.replace(settings, database_url=url)
+    finally:
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def put_objects(settings: Settings, prefix: str, objects: int, rows: int, progress: bool) -> list[ObjectVersion]:
+    s3 = client(settings, "s3")
+
+    def put(i: int) -> ObjectVersion:
+        table = synthetic_enriched_table(rows, seed=i, customer_id="bench", report_id=f"{prefix}-{i}")
+        body = parquet_bytes(table)
+        key = f"{settings.enriched_prefix}customer=bench/dt=2026-11-01/{prefix}/obj-{i:05d}.parquet"
+        etag = s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
+        return ObjectVersion(settings.enriched_bucket, key, etag, etag, len(body))
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(tqdm(pool.map(put, range(objects)), total=objects, desc=f"write {prefix}", disable=not progress))
+
+
+def drain_queue_silently(settings: Settings) -> None:
+    """Empty the import queue (the benchmark's own notifications) without importing."""
+    sqs = client(settings, "sqs")
+    while True:
+        got = sqs.receive_message(QueueUrl=settings.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        messages = got.get("Messages", [])
+        if not messages:
+            return
+        sqs.delete_message_batch(
+            QueueUrl=settings.queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
+
+
+def w1(settings: Settings, objects: int, rows: int, naive_rows: int, progress: bool) -> dict:
+    versions = put_objects(settings, f"w1-{uuid.uuid4().hex[:6]}", objects, rows, progress)
+    drain_queue_silently(settings)
+    s3 = client(settings, "s3")
+    with scratch_warehouse(settings) as bench:
+        started = time.perf_counter()
+        outcomes = import_items(bench.database_url, s3, [_item(v) for v in versions], worker="bench")
+        importer_seconds = time.perf_counter() - started
+        total = sum(o.result.rows for o in outcomes if o.ok)
+        assert total == objects * rows, f"importer loaded {total} of {objects * rows} rows"
+        columns = ", ".join(["ledger_id", *EVENT_COLUMNS])
+        path = f"/tmp/pipeline-bench-{uuid.uuid4().hex[:8]}.copy"
+        with psycopg.connect(bench.database_url, autocommit=True) as conn:
+            conn.execute(f"COPY telemetry_events ({columns}) TO '{path}' (FORMAT binary)")
+            conn.execute("TRUNCATE telemetry_events")
+            conn.execute("VACUUM ANALYZE telemetry_events")
+            started = time.perf_counter()
+            conn.execute(f"COPY telemetry_events ({columns}) FROM '{path}' (FORMAT binary)")
+            copy_seconds = time.perf_counter() - started
+            conn.execute("TRUNCATE telemetry_events")
+        Path(path).unlink(missing_ok=True)  # the server wrote it on this machine (a local stack)
+        naive_seconds = naive_insert(bench.database_url, s3, versions, naive_rows)
+    importer_rps, copy_rps, naive_rps = total / importer_seconds, total / copy_seconds, naive_rows / naive_seconds
+    return {
+        "w1_rows": total,
+        "importer_rows_per_s": round(importer_rps),
+        "server_copy_rows_per_s": round(copy_rps),
+        "naive_rows_per_s": round(naive_rps),
+        "efficiency": round(importer_rps / copy_rps, 3),
+        "speedup_vs_naive": round(importer_rps / naive_rps, 1),
+    }
+
+
+def _item(version: ObjectVersion):
+    from pipeline.importer.batch import ImportItem
+
+    return ImportItem(version)
+
+
+def naive_insert(database_url: str, s3, versions: list[ObjectVersion], limit: int) -> float:
+    """One INSERT and one COMMIT per row: what a first importer often looks like."""
+    from pipeline.importer.load import fetch
+
+    table = fetch(s3, versions[0]).table
+    rows = [tuple(r[c] for c in EVENT_COLUMNS) for r in table.slice(0, limit).to_pylist()]
+    while len(rows) < limit:
+        rows += rows[: limit - len(rows)]
+    placeholders = ", ".join(["%s"] * (len(EVENT_COLUMNS) + 1))
+    sql = f"INSERT INTO telemetry_events (ledger_id, {', '.join(EVENT_COLUMNS)}) VALUES ({placeholders})"
+    with psycopg.connect(database_url) as conn:
+        ledger_id = conn.execute(
+            "INSERT INTO load_ledger (event, bucket, object_key, object_version) VALUES ('loaded','b','naive','v') "
+            "RETURNING ledger_id"
+        ).fetchone()[0]
+        conn.commit()
+        started = time.perf_counter()
+        for n, row in enumerate(rows):
+            conn.execute(sql, (ledger_id, *row[:-1], f"naive-{n}"))  # event_id is the last column
+            conn.commit()
+        return time.perf_counter() - started
+
+
+def w2(settings: Settings, objects: int, rows: int, progress: bool) -> dict:
+    from dagster import DagsterInstance
+
+    from pipeline.importer.worker import run_worker
+    from pipeline.local.inprocess import drain_import_queue
+
+    with scratch_warehouse(settings) as bench:
+        drain_queue_silently(settings)
+        put_objects(settings, f"w2a-{uuid.uuid4().hex[:6]}", objects, rows, progress)
+        started = time.perf_counter()
+        stats = run_worker(bench, batch=10, drain=True, visibility=300)
+        bare_seconds = time.perf_counter() - started
+        assert stats.objects_loaded == objects, stats
+        put_objects(settings, f"w2b-{uuid.uuid4().hex[:6]}", objects, rows, progress)
+        instance = DagsterInstance.ephemeral()
+        with _database(bench):
+            started = time.perf_counter()
+            runs = drain_import_queue(instance)
+            dagster_seconds = time.perf_counter() - started
+        assert all(r.success for r in runs)
+    return {
+        "w2_objects": objects,
+        "bare_drain_s": round(bare_seconds, 2),
+        "dagster_drain_s": round(dagster_seconds, 2),
+        "dagster_runs": len(runs),
+        "overhead_ms_per_object": round(max(0.0, dagster_seconds - bare_seconds) / objects * 1000, 2),
+    }
+
+
+@contextmanager
+def _database(settings: Settings):
+    """Point the Dagster resources (which read the environment) at the scratch warehouse."""
+    import os
+
+    old = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = settings.database_url
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = old
+
+
+def w3(settings: Settings, seconds: int, rows: int, progress: bool) -> dict:
+    from dagster import DagsterInstance
+
+    from pipeline.defs.warehouse.sensors import import_queue_sensor
+    from pipeline.local.inprocess import apply, tick
+
+    s3 = client(settings, "s3")
+    written: dict[str, float] = {}
+    prefix = f"w3-{uuid.uuid4().hex[:6]}"
+    body = parquet_bytes(synthetic_enriched_table(rows, seed=3, customer_id="bench"))
+
+    def trickle():
+        for i in range(seconds):
+            key = f"{settings.enriched_prefix}customer=bench/dt=2026-11-01/{prefix}/obj-{i:05d}.parquet"
+            tbl = synthetic_enriched_table(rows, seed=i, customer_id="bench", report_id=f"{prefix}-{i}")
+            data = parquet_bytes(tbl) if i else body
+            written[key] = time.time()
+            s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=data)
+            time.sleep(max(0.0, 1.0 - (time.time() - written[key])))
+
+    with scratch_warehouse(settings) as bench, _database(bench):
+        drain_queue_silently(settings)
+        instance = DagsterInstance.ephemeral()
+        writer = threading.Thread(target=trickle, daemon=True)
+        writer.start()
+        bar = tqdm(total=seconds, desc="W3 trickle", disable=not progress)
+        while writer.is_alive() or len(_committed(bench, prefix)) < len(written):
+            apply(instance, tick(instance, import_queue_sensor))
+            bar.n = len(_committed(bench, prefix))
+            bar.refresh()
+            if not writer.is_alive() and time.time() - max(written.values()) > 60:
+                break
+        bar.close()
+        committed = _committed(bench, prefix)
+    lags = sorted(committed[k] - written[k] for k in committed)
+    p95 = lags[min(len(lags) - 1, int(0.95 * len(lags)))] if lags else float("inf")
+    return {
+        "w3_objects": len(written),
+        "w3_committed": len(committed),
+        "freshness_p50_s": round(statistics.median(lags), 2) if lags else None,
+        "freshness_p95_s": round(p95, 2),
+    }
+
+
+def _committed(settings: Settings, prefix: str) -> dict[str, float]:
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute(
+            "SELECT object_key, extract(epoch FROM recorded_at) FROM load_ledger WHERE event = 'loaded' "
+            "AND object_key LIKE %s",
+            (f"%/{prefix}/%",),
+        ).fetchall()
+    return {k: float(t) for k, t in rows}
+
+
+def verdicts(figures: dict) -> dict[str, bool]:
+    out = {}
+    for name, (op, target) in TARGETS.items():
+        if figures.get(name) is not None:
+            out[name] = figures[name] >= target if op == ">=" else figures[name] <= target
+    return out
+
+
+def run(
+    settings: Settings,
+    workloads: str = "w1,w2,w3",
+    scale: float = 1.0,
+    trickle_seconds: int = 120,
+    progress: bool = True,
+) -> dict:
+    chosen = {w.strip() for w in workloads.split(",")}
+    figures: dict = {"scale": scale}
+    if "w1" in chosen:
+        figures.update(w1(settings, max(1, int(200 * scale)), 5000, 20_000 if scale >= 1 else 3000, progress))
+    if "w2" in chosen:
+        figures.update(w2(settings, max(1, int(2000 * scale)), 500, progress))
+    if "w3" in chosen:
+        figures.update(w3(settings, max(5, int(trickle_seconds)), 500, progress))
+    figures["targets_met"] = verdicts(figures)
+    return figures
