@@ -320,6 +320,23 @@ def bench_import(workloads: str, scale: float, trickle_seconds: int, as_json: bo
         click.echo(f"{name:26} {value}{verdict}")
 
 
+@bench.command("enrich")
+@click.option("--customers", default=10, show_default=True)
+@click.option("--reports", default=40, show_default=True, help="Reports per customer.")
+@click.option("--master", default="local[2]", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_enrich(customers: int, reports: int, master: str, as_json: bool) -> None:
+    """Spark rows/s and fixed seconds per run, beside one-process pyarrow enrichment of the same data."""
+    from pipeline.bench import enrich as bench_enrich_module
+
+    figures = bench_enrich_module.run(load_settings(), customers, reports, master)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for name, value in figures.items():
+        click.echo(f"{name:28} {value}")
+
+
 @cli.command("generate-reports")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--customers", default=3, show_default=True, help="How many customers (one domain each).")

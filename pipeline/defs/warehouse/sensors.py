@@ -93,27 +93,33 @@ def import_queue_sensor(
         if delivery.error:
             context.log.warning(f"dead-lettered message {delivery.message_id}: {delivery.error}")
     items, ignored, duplicates, dead = triage(warehouse.database_url(), import_queue.sqs, settings, deliveries)
+    result, new_keys = partitioned_runs(context, warehouse.database_url(), items, settings.enriched_prefix)
+    context.log.info(
+        f"import tick messages={len(messages)} objects={len(items)} new_partitions={len(new_keys)} "
+        f"duplicates={duplicates} ignored={ignored} dead_lettered={dead} runs={len(result.run_requests)}"
+    )
+    return result
+
+
+def partitioned_runs(
+    context: SensorEvaluationContext, database_url: str, items: list[ImportItem], prefix: str, salt: str = ""
+) -> tuple[SensorResult, list[str]]:
+    """Give each item its object's partition key, remember the mapping, plan the runs."""
     items = [
         ImportItem(
             i.version,
-            partition_key(i.version.bucket, i.version.key, settings.enriched_prefix),
+            partition_key(i.version.bucket, i.version.key, prefix),
             i.receipt_handle,
             i.message_id,
             i.receive_count,
         )
         for i in items
     ]
-    with connect(warehouse.database_url()) as conn:
+    with connect(database_url) as conn:
         record_partitions(conn, {(i.partition_key, i.version.bucket, i.version.key) for i in items})
-    new_keys, requests = plan_runs(context, items)
-    context.log.info(
-        f"import tick messages={len(messages)} objects={len(items)} new_partitions={len(new_keys)} "
-        f"duplicates={duplicates} ignored={ignored} dead_lettered={dead} runs={len(requests)}"
-    )
-    return SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[enriched_objects.build_add_request(new_keys)] if new_keys else [],
-    )
+    new_keys, requests = plan_runs(context, items, salt=salt)
+    adds = [enriched_objects.build_add_request(new_keys)] if new_keys else []
+    return SensorResult(run_requests=requests, dynamic_partitions_requests=adds), new_keys
 
 
 @sensor(
@@ -132,19 +138,13 @@ def import_reconciler(
     s3 = import_queue.stack.client("s3")
     with connect(warehouse.database_url()) as conn:
         drift = find_drift(conn, s3, settings.enriched_bucket, settings.enriched_prefix)
-        items = [
-            ImportItem(i.version, partition_key(i.version.bucket, i.version.key, settings.enriched_prefix))
-            for i in drift.items
-        ]
-        record_partitions(conn, {(i.partition_key, i.version.bucket, i.version.key) for i in items})
-    if not items:
+    if not drift.items:
         return SkipReason("the ledger reflects every enriched object")
-    new_keys, requests = plan_runs(context, items, salt=f"reconcile:{time.time():.0f}")
-    context.log.warning(f"reconcile: {len(drift.unloaded)} unloaded, {len(drift.removed)} removed object(s)")
-    return SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[enriched_objects.build_add_request(new_keys)] if new_keys else [],
+    result, _ = partitioned_runs(
+        context, warehouse.database_url(), drift.items, settings.enriched_prefix, salt=f"reconcile:{time.time():.0f}"
     )
+    context.log.warning(f"reconcile: {len(drift.unloaded)} unloaded, {len(drift.removed)} removed object(s)")
+    return result
 
 
 PARTITION_RETENTION_DAYS = float(os.environ.get("PIPELINE_PARTITION_RETENTION_DAYS", "7"))
