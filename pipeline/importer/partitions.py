@@ -26,17 +26,27 @@ def partition_key(bucket: str, key: str, prefix: str = "") -> str:
     return f"{readable}~{digest}"
 
 
-def record_partitions(conn: psycopg.Connection, rows: Iterable[tuple[str, str, str]]) -> None:
-    """Remember (partition_key, bucket, object_key); harmless for keys already known."""
-    rows = list(rows)
+def record_partitions(conn: psycopg.Connection, rows: Iterable[tuple[str, str, str]]) -> set[str]:
+    """Remember (partition_key, bucket, object_key); return the keys seen for the first time
+    (or again after pruning). One round trip, whatever the number of partitions that exist."""
+    rows = sorted(set(rows))
     if not rows:
-        return
+        return set()
+    keys = [r[0] for r in rows]
+    known = {
+        k
+        for (k,) in conn.execute(
+            "SELECT partition_key FROM object_partitions WHERE partition_key = ANY(%s) AND pruned_at IS NULL",
+            (keys,),
+        ).fetchall()
+    }
     with conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO object_partitions (partition_key, bucket, object_key) VALUES (%s, %s, %s)
                ON CONFLICT (partition_key) DO UPDATE SET pruned_at = NULL""",
-            rows,
+            [r for r in rows if r[0] not in known],
         )
+    return set(keys) - known
 
 
 def objects_for(conn: psycopg.Connection, partition_keys: list[str]) -> dict[str, tuple[str, str]]:

@@ -69,14 +69,30 @@ def apply(instance: DagsterInstance, result, on_run: Callable | None = None) -> 
     return results
 
 
-def drain_import_queue(instance: DagsterInstance, max_ticks: int = 100, on_run: Callable | None = None) -> list:
-    """Tick import_queue_sensor and run what it asks for until it asks for nothing."""
+def drain_import_queue(
+    instance: DagsterInstance, max_ticks: int = 100, on_run: Callable | None = None, concurrent_runs: bool = False
+) -> list:
+    """Tick import_queue_sensor and run what it asks for until it asks for nothing.
+
+    With ``concurrent_runs`` the runs execute on a worker thread while the sensor keeps
+    receiving, as with the daemon (sensor ticks and launched runs overlap); otherwise each
+    tick's runs finish before the next tick.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from pipeline.defs.warehouse.sensors import import_queue_sensor
 
-    runs = []
-    for _ in range(max_ticks):
-        result = tick(instance, import_queue_sensor)
-        if not getattr(result, "run_requests", None) and not getattr(result, "dynamic_partitions_requests", None):
-            break
-        runs.extend(apply(instance, result, on_run))
+    runs: list = []
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagster-run") as pool:
+        for _ in range(max_ticks):
+            result = tick(instance, import_queue_sensor)
+            if not getattr(result, "run_requests", None) and not getattr(result, "dynamic_partitions_requests", None):
+                break
+            if concurrent_runs:
+                pending.append(pool.submit(apply, instance, result, on_run))
+            else:
+                runs.extend(apply(instance, result, on_run))
+        for future in pending:
+            runs.extend(future.result())
     return runs

@@ -95,6 +95,10 @@ def telemetry_events(
     import_queue: ImportQueueResource,
     warehouse: WarehouseResource,
 ):
+    # A run writes one materialization event per object. dagster-postgres opens (and closes) a
+    # database connection per event unless its engine holds a pooled connection, as the
+    # webserver's does: that was most of the orchestration overhead per object (BENCHMARKS.md).
+    context.instance.optimize_for_webserver(statement_timeout=60_000, pool_recycle=3600, max_overflow=4)
     keys = list(context.partition_keys)
     items = [ImportItem.from_config(i.model_dump()) for i in config.items if i.partition_key in set(keys)]
     given = {i.partition_key for i in items}

@@ -53,22 +53,22 @@ def run_request(items: list[ImportItem], keys: list[str], salt: str = "") -> Run
 
 
 def plan_runs(
-    context: SensorEvaluationContext, items: list[ImportItem], objects_per_run: int = OBJECTS_PER_RUN, salt: str = ""
-):
-    """(partition keys to add, run requests). New keys are batched by range; known keys run alone."""
+    items: list[ImportItem], first_seen: set[str], objects_per_run: int = OBJECTS_PER_RUN, salt: str = ""
+) -> list[RunRequest]:
+    """Keys seen for the first time are added in this tick, so they are contiguous: batch them by
+    range. A key seen before (an overwrite, a delete, a redelivery) runs alone."""
     by_key: dict[str, list[ImportItem]] = {}
     for item in items:
         by_key.setdefault(item.partition_key, []).append(item)
-    new, known = [], []
-    for key in by_key:
-        (known if context.instance.has_dynamic_partition(enriched_objects.name, key) else new).append(key)
+    new = [k for k in by_key if k in first_seen]
+    known = [k for k in by_key if k not in first_seen]
     requests = []
     for start in range(0, len(new), objects_per_run):
         chunk = new[start : start + objects_per_run]
         requests.append(run_request([i for k in chunk for i in by_key[k]], chunk, salt))
     for key in known:
         requests.append(run_request(by_key[key], [key], salt))
-    return new, requests
+    return requests
 
 
 @sensor(
@@ -93,7 +93,7 @@ def import_queue_sensor(
         if delivery.error:
             context.log.warning(f"dead-lettered message {delivery.message_id}: {delivery.error}")
     items, ignored, duplicates, dead = triage(warehouse.database_url(), import_queue.sqs, settings, deliveries)
-    result, new_keys = partitioned_runs(context, warehouse.database_url(), items, settings.enriched_prefix)
+    result, new_keys = partitioned_runs(warehouse.database_url(), items, settings.enriched_prefix)
     context.log.info(
         f"import tick messages={len(messages)} objects={len(items)} new_partitions={len(new_keys)} "
         f"duplicates={duplicates} ignored={ignored} dead_lettered={dead} runs={len(result.run_requests)}"
@@ -102,7 +102,7 @@ def import_queue_sensor(
 
 
 def partitioned_runs(
-    context: SensorEvaluationContext, database_url: str, items: list[ImportItem], prefix: str, salt: str = ""
+    database_url: str, items: list[ImportItem], prefix: str, salt: str = ""
 ) -> tuple[SensorResult, list[str]]:
     """Give each item its object's partition key, remember the mapping, plan the runs."""
     items = [
@@ -116,9 +116,17 @@ def partitioned_runs(
         for i in items
     ]
     with connect(database_url) as conn:
-        record_partitions(conn, {(i.partition_key, i.version.bucket, i.version.key) for i in items})
-    new_keys, requests = plan_runs(context, items, salt=salt)
-    adds = [enriched_objects.build_add_request(new_keys)] if new_keys else []
+        first_seen = record_partitions(conn, {(i.partition_key, i.version.bucket, i.version.key) for i in items})
+    requests = plan_runs(items, first_seen, salt=salt)
+    # All keys go into the add request: first-seen ones in order (contiguous, for the ranges);
+    # known ones are no-ops for Dagster unless a crash lost them between this table and Dagster.
+    keys = list(
+        dict.fromkeys(
+            [k for k in (i.partition_key for i in items) if k in first_seen] + [i.partition_key for i in items]
+        )
+    )
+    adds = [enriched_objects.build_add_request(keys)] if keys else []
+    new_keys = [k for k in keys if k in first_seen]
     return SensorResult(run_requests=requests, dynamic_partitions_requests=adds), new_keys
 
 
@@ -141,7 +149,7 @@ def import_reconciler(
     if not drift.items:
         return SkipReason("the ledger reflects every enriched object")
     result, _ = partitioned_runs(
-        context, warehouse.database_url(), drift.items, settings.enriched_prefix, salt=f"reconcile:{time.time():.0f}"
+        warehouse.database_url(), drift.items, settings.enriched_prefix, salt=f"reconcile:{time.time():.0f}"
     )
     context.log.warning(f"reconcile: {len(drift.unloaded)} unloaded, {len(drift.removed)} removed object(s)")
     return result
