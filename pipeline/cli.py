@@ -329,7 +329,15 @@ def bench_enrich(customers: int, reports: int, master: str, as_json: bool) -> No
     """Spark rows/s and fixed seconds per run, beside one-process pyarrow enrichment of the same data."""
     from pipeline.bench import enrich as bench_enrich_module
 
-    figures = bench_enrich_module.run(load_settings(), customers, reports, master)
+    # Spark's JVM logs to this process's stdout; keep stdout for the figures.
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        figures = bench_enrich_module.run(load_settings(), customers, reports, master)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return

@@ -37,12 +37,15 @@ def spark_conf(master: str | None = None) -> dict[str, str]:
     # Python workers must run this interpreter (this venv's pandas/pyarrow), not the system one;
     # Spark reads the variable when it starts its workers, whoever creates the session.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode talks to itself on loopback only
     return {
         "spark.master": master or os.environ.get("PIPELINE_SPARK_MASTER", "local[*]"),
         "spark.app.name": "dmarc-enrichment",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.enabled": "false",
+        "spark.driver.host": os.environ.get("PIPELINE_SPARK_DRIVER_HOST", "127.0.0.1"),
+        "spark.driver.bindAddress": os.environ.get("PIPELINE_SPARK_BIND_ADDRESS", "127.0.0.1"),
         "spark.driver.memory": os.environ.get("PIPELINE_SPARK_DRIVER_MEMORY", "2g"),
         "spark.sql.shuffle.partitions": "4",
         "spark.driver.extraJavaOptions": "-Dlog4j2.level=WARN",
