@@ -257,3 +257,30 @@ def test_every_column_round_trips_exactly(stack, clients, empty_queues):
         )
         got_rows = [dict(zip(EVENT_COLUMNS, row)) for row in cur.fetchall()]
     assert got_rows == want_rows
+
+
+def test_old_settled_partitions_are_pruned_and_come_back_when_needed(stack, clients, empty_queues, instance):
+    from pipeline.defs.warehouse.sensors import prune_object_partitions
+
+    cid = new_customer()
+    s3 = clients("s3")
+    keys = [enriched_key(stack, cid, f"prune-{i}.parquet") for i in range(3)]
+    for i, key in enumerate(keys):
+        put_enriched(s3, stack, key, rows=4, seed=i, customer_id=cid)
+    drain_through_dagster(instance)
+    ours = [p for p in instance.get_dynamic_partitions("enriched_objects") if p.startswith(f"customer={cid}/")]
+    assert len(ours) == 3
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:  # age them past the retention
+        conn.execute(
+            "UPDATE object_partitions SET added_at = now() - interval '30 days' WHERE object_key LIKE %s",
+            (f"%customer={cid}/%",),
+        )
+    execute_requests(instance, sensor_tick(instance, prune_object_partitions))
+    assert not [p for p in instance.get_dynamic_partitions("enriched_objects") if p.startswith(f"customer={cid}/")]
+    assert assert_exactly_once(stack, cid)["objects_loaded"] == 3  # the ledger keeps everything
+    # An overwrite of a pruned object brings its partition back and imports the new version.
+    put_enriched(s3, stack, keys[0], rows=6, seed=9, customer_id=cid)
+    runs = drain_through_dagster(instance)
+    assert runs and all(r.success for r in runs)
+    assert [p for p in instance.get_dynamic_partitions("enriched_objects") if p.startswith(f"customer={cid}/")]
+    assert assert_exactly_once(stack, cid)["rows_loaded"] == 14
