@@ -16,7 +16,20 @@ from pipeline.aws import client_factory
 from pipeline.local import stack as local_stack
 from pipeline.settings import Settings
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "dmarc-aggregate"
+# The real reports live beside the checkout (../shared), never in the repository.
+SAMPLES = Path(
+    os.environ.get("PIPELINE_SAMPLES") or Path(__file__).resolve().parents[2] / "shared" / "samples" / "dmarc-aggregate"
+)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _samples_present():
+    if not SAMPLES.is_dir():
+        pytest.fail(
+            f"The DMARC report samples are not at {SAMPLES}: check out the project beside shared/ "
+            "(../shared/samples/dmarc-aggregate) or set PIPELINE_SAMPLES to that folder.",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +89,15 @@ def receive_all(sqs, queue_url: str, wait: int = 1, visibility: int = 30) -> lis
         if not batch:
             return messages
         messages.extend(batch)
+
+
+def messages_for(sqs, queue_url: str, customer_id: str) -> list[dict]:
+    """Messages now receivable that name objects of ``customer_id`` (tests share one queue, so a
+    test looks only at its own objects). Received messages are left to reappear."""
+    from pipeline.importer.events import parse_s3_event
+
+    found = []
+    for message in receive_all(sqs, queue_url, wait=1, visibility=1):
+        if any(f"customer={customer_id}/" in v.key for v in parse_s3_event(message["Body"]).versions):
+            found.append(message)
+    return found

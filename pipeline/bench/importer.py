@@ -33,6 +33,7 @@ from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
 from pipeline.importer.batch import import_items
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.load import EVENT_COLUMNS
+from pipeline.local.inprocess import pool_instance_connections
 from pipeline.local.postgres import ensure_database, sibling_database_url
 from pipeline.settings import Settings
 from pipeline.warehouse.schema import migrate
@@ -190,6 +191,7 @@ def scratch_dagster_instance(settings: Settings):
     with tempfile.TemporaryDirectory() as home:
         ref = InstanceRef.from_dir(home, overrides={"storage": {"postgres": {"postgres_url": url}}})
         instance = DagsterInstance.from_ref(ref)
+        pool_instance_connections(instance)
         try:
             yield instance
         finally:

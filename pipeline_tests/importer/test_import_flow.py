@@ -18,7 +18,7 @@ from pipeline.importer.events import parse_s3_event
 from pipeline.importer.partitions import objects_for
 from pipeline.importer.queue import parse_delivery, receive
 from pipeline.importer.verify import verify
-from pipeline_tests.conftest import receive_all
+from pipeline_tests.conftest import messages_for, receive_all
 from pipeline_tests.support import (
     drain_through_dagster,
     duplicate_message,
@@ -78,7 +78,7 @@ def test_duplicate_deliveries_load_once(stack, clients, empty_queues, instance):
     result = sensor_tick(instance, import_queue_sensor)
     assert not getattr(result, "run_requests", None)
     assert assert_exactly_once(stack, cid)["rows_loaded"] == 30
-    assert receive_all(sqs, stack.queue_url, wait=0) == []
+    assert messages_for(sqs, stack.queue_url, cid) == []
 
 
 def test_two_importers_on_the_same_object_after_visibility_expiry(stack, clients, empty_queues):

@@ -18,6 +18,7 @@ from pipeline.defs.warehouse.partitions import enriched_objects
 from pipeline.importer.batch import ImportItem, connect, import_items
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.partitions import objects_for
+from pipeline.local.inprocess import pool_instance_connections
 
 
 class ObjectVersionConfig(Config):
@@ -95,10 +96,9 @@ def telemetry_events(
     import_queue: ImportQueueResource,
     warehouse: WarehouseResource,
 ):
-    # A run writes one materialization event per object. dagster-postgres opens (and closes) a
-    # database connection per event unless its engine holds a pooled connection, as the
-    # webserver's does: that was most of the orchestration overhead per object (BENCHMARKS.md).
-    context.instance.optimize_for_webserver(statement_timeout=60_000, pool_recycle=3600, max_overflow=4)
+    # A run writes one materialization event per object; dagster-postgres opens a connection per
+    # event unless the instance holds pooled ones (BENCHMARKS.md: 21 ms -> 5 ms per event here).
+    pool_instance_connections(context.instance)
     keys = list(context.partition_keys)
     items = [ImportItem.from_config(i.model_dump()) for i in config.items if i.partition_key in set(keys)]
     given = {i.partition_key for i in items}
