@@ -31,6 +31,7 @@ setup(
         "parsedmarc>=9,<12",
         "maxminddb>=2.6",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "dev": [

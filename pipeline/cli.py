@@ -345,6 +345,37 @@ def bench_enrich(customers: int, reports: int, master: str, as_json: bool) -> No
         click.echo(f"{name:28} {value}")
 
 
+@cli.command()
+@click.option("--policy", type=click.Choice(["queue-depth", "cpu", "both"]), default="both", show_default=True)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    default=Path("simulation.png"),
+    show_default=True,
+    help="Where to write the PNG (queue depth, capacity, cost over a day).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def simulate(policy: str, plot_path: Path, as_json: bool) -> None:
+    """Simulate a day of Spark floods: CPU-triggered scaling (min 1) vs queue depth (min 0)."""
+    from pipeline.scaling import simulate as sim
+
+    names = ["cpu", "queue-depth"] if policy == "both" else [policy]
+    results = [sim.run(name) for name in names]
+    sim.plot([trace for trace, _ in results], plot_path)
+    table = sim.summaries_as_dict([summary for _, summary in results])
+    if as_json:
+        click.echo(json.dumps(table if policy == "both" else table[policy], indent=2))
+        return
+    click.echo(f"{'policy':12} {'drain min (mean/max)':>22} {'machine-min':>12} {'idle machine-min':>17} {'cost $':>8}")
+    for row in table.values():
+        click.echo(
+            f"{row['policy']:12} {row['drain_minutes']:>10} / {row['max_drain_minutes']:<9} "
+            f"{row['machine_minutes']:>12} {row['idle_machine_minutes']:>17} {row['cost']:>8}"
+        )
+    click.echo(f"plot: {plot_path}")
+
+
 @cli.command("generate-reports")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--customers", default=3, show_default=True, help="How many customers (one domain each).")
