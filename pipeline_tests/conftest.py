@@ -7,6 +7,8 @@ tests never touch a developer's own stack. DATABASE_URL, when set, is used as `u
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -32,9 +34,19 @@ def _samples_present():
         )
 
 
+def traversable_tmpdir(prefix: str) -> Path:
+    """A temporary folder other users can traverse: the embedded PostgreSQL runs as its own
+    system user when the tests run as root, and pytest keeps its own temp root at mode 0700."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture(scope="session")
-def pipeline_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("pipeline-home")
+def pipeline_home() -> Path:
+    home = traversable_tmpdir("pipeline-test-home-")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -148,9 +148,10 @@ class EmbeddedPostgres:
     # -- lifecycle ----------------------------------------------------------------------------
     def postmaster_pid(self) -> int | None:
         try:
-            return int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
         except (FileNotFoundError, ValueError, IndexError):
             return None
+        return pid if pid > 0 else None  # a negative pid marks a single-user backend (initdb), not a server
 
     def running_port(self) -> int | None:
         pid = self.postmaster_pid()

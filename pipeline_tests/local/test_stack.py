@@ -19,7 +19,7 @@ from pipeline.local import stack as local_stack
 from pipeline.local.postgres import EmbeddedPostgres
 from pipeline.local.processes import read_pid
 from pipeline.settings import ConfigurationError, read_state
-from pipeline_tests.conftest import receive_all
+from pipeline_tests.conftest import receive_all, traversable_tmpdir
 
 
 def test_stack_is_up_and_healthy(stack, pipeline_home):
@@ -88,9 +88,9 @@ def _processes_under(path) -> list[psutil.Process]:
 
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server")
-def test_lifecycle_ports_taken_crash_recovery_and_down(tmp_path):
+def test_lifecycle_ports_taken_crash_recovery_and_down():
     """A second stack: its preferred ports are taken, it crashes, `up` recovers, `down` cleans up."""
-    home = tmp_path / "second"
+    home = traversable_tmpdir("pipeline-test-second-") / "second"
     blockers = []
     for port in (local_stack.MOTO_PREFERRED_PORT, 54329):
         sock = socket.socket()
