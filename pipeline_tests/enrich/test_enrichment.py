@@ -70,11 +70,12 @@ def test_enrichment_adds_reference_data_alignment_and_categories(spark, stack, c
     assert enriched["asn"].notna().all() and enriched["country"].notna().all()
     assert enriched["event_id"].is_unique and (enriched["model_version"] == "sender-v1").all()
     # The notifications name exactly the published objects, nothing staged.
-    keys = sorted(r.key for r in _versions(clients, stack))
+    keys = sorted(r.key for r in _versions(clients, stack, cid))
     assert keys == sorted(frames)
 
 
-def _versions(clients, stack):
+def _versions(clients, stack, customer_id: str):
+    """The object versions notified for ``customer_id`` (consumed; other tests' messages too)."""
     from pipeline.importer.events import parse_s3_event
 
     messages = receive_all(clients("sqs"), stack.queue_url, wait=1)
@@ -87,7 +88,7 @@ def test_rerun_is_byte_stable_and_removes_stale_objects(spark, stack, clients, g
     cid, _reports, days = generated
     s3 = clients("s3")
     enrich_days(spark, stack, s3, days, "test-run-2")
-    _versions(clients, stack)  # drain
+    _versions(clients, stack, cid)  # drain
     before = {
         o["Key"]: o["ETag"]
         for o in s3.list_objects_v2(Bucket=stack.enriched_bucket, Prefix=f"{stack.enriched_prefix}customer={cid}/")[
@@ -96,14 +97,14 @@ def test_rerun_is_byte_stable_and_removes_stale_objects(spark, stack, clients, g
     }
     again = enrich_days(spark, stack, s3, days, "test-run-3")
     assert all(not r.written and not r.removed for r in again)
-    assert _versions(clients, stack) == []  # nothing re-published, nobody notified
+    assert _versions(clients, stack, cid) == []  # nothing re-published, nobody notified
     # The customer's raw data of the first day goes away: its enriched object must go too.
     raw = s3.list_objects_v2(Bucket=stack.raw_bucket, Prefix=f"raw/customer={cid}/dt={days[0]}/")["Contents"]
     for obj in raw:
         s3.delete_object(Bucket=stack.raw_bucket, Key=obj["Key"])
     [first, *_] = enrich_days(spark, stack, s3, days, "test-run-4")
     assert first.removed == [k for k in before if f"dt={days[0]}/" in k]
-    removed = [v for v in _versions(clients, stack) if v.removed]
+    removed = [v for v in _versions(clients, stack, cid) if v.removed]
     assert [v.key for v in removed] == first.removed
 
 
