@@ -45,8 +45,10 @@ def drain_through_dagster(instance: DagsterInstance, max_ticks: int = 20) -> lis
     return drain_import_queue(instance, max_ticks)
 
 
-def materialized(instance: DagsterInstance) -> set[str]:
-    return set(instance.get_materialized_partitions(AssetKey("telemetry_events")))
+def materialized(instance: DagsterInstance, customer_id: str | None = None) -> set[str]:
+    """Materialized object partitions (of one customer: tests share one queue and warehouse)."""
+    keys = set(instance.get_materialized_partitions(AssetKey("telemetry_events")))
+    return {k for k in keys if customer_id is None or k.startswith(f"customer={customer_id}/")}
 
 
 def duplicate_message(sqs, queue_url: str, message: dict) -> None:

@@ -31,6 +31,19 @@ from pipeline_tests.support import (
 )
 
 
+def own_messages(sqs, queue_url: str, customer_id: str, visibility: int) -> list[dict]:
+    """Receive; keep the messages naming this test's objects, give the others back at once."""
+    mine = []
+    for message in receive(sqs, queue_url, max_messages=100, visibility=visibility):
+        if f"customer={customer_id}/" in " ".join(v.key for v in parse_s3_event(message["Body"]).versions):
+            mine.append(message)
+        else:
+            sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+    return mine
+
+
 def assert_exactly_once(stack, customer_id: str) -> dict:
     report = verify(stack, customer_id)
     assert report["missing"] == 0, report["missing_objects"]
@@ -63,22 +76,18 @@ def test_objects_become_partitions_imported_in_batched_runs(stack, clients, empt
     assert len(ours) == 1
     report = assert_exactly_once(stack, cid)
     assert (report["objects_loaded"], report["rows_loaded"]) == (12, 300)
-    assert len(materialized(instance)) == 12
-    event = instance.get_latest_materialization_event(AssetKey("telemetry_events"))
-    metadata = event.asset_materialization.metadata
+    assert len(materialized(instance, cid)) == 12
+    metadata = ours[0].asset_materializations_for_node("telemetry_events")[0].metadata
     assert metadata["rows"].value == 25 and metadata["outcome"].value == "loaded"
     assert metadata["acknowledged"].value is True
-    leftover = receive_all(clients("sqs"), stack.queue_url, wait=0)
-    assert leftover == [], [
-        (v.key, v.event_name, m["Attributes"]) for m in leftover for v in parse_s3_event(m["Body"]).versions
-    ]
+    assert messages_for(clients("sqs"), stack.queue_url, cid) == []
 
 
 def test_duplicate_deliveries_load_once(stack, clients, empty_queues, instance):
     cid = new_customer()
     sqs = clients("sqs")
     put_enriched(clients("s3"), stack, enriched_key(stack, cid, "dup.parquet"), rows=30, customer_id=cid)
-    [message] = receive(sqs, stack.queue_url, max_messages=1, visibility=60)
+    [message] = own_messages(sqs, stack.queue_url, cid, visibility=60)
     sqs.change_message_visibility(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
     duplicate_message(sqs, stack.queue_url, message)
     duplicate_message(sqs, stack.queue_url, message)
@@ -95,9 +104,9 @@ def test_two_importers_on_the_same_object_after_visibility_expiry(stack, clients
     cid = new_customer()
     sqs, s3 = clients("sqs"), clients("s3")
     put_enriched(s3, stack, enriched_key(stack, cid, "race.parquet"), rows=2000, customer_id=cid)
-    [first] = receive(sqs, stack.queue_url, visibility=1)
+    [first] = own_messages(sqs, stack.queue_url, cid, visibility=1)
     time.sleep(1.5)  # visibility expires: SQS hands the same message to a second importer
-    [second] = receive(sqs, stack.queue_url, visibility=60)
+    [second] = own_messages(sqs, stack.queue_url, cid, visibility=60)
     items = [
         ImportItem(
             parse_delivery(m, stack.enriched_bucket, stack.enriched_prefix).versions[0],
@@ -159,7 +168,7 @@ def test_poison_object_dead_letters_without_blocking_then_redrives_after_fix(sta
     try:
         runs = drain_through_dagster(instance, max_ticks=1)
         assert runs and not runs[0].success  # the run reports the failure...
-        assert len(materialized(instance)) == 3  # ...and the good objects are imported all the same
+        assert len(materialized(instance, cid)) == 3  # ...and the good objects are imported all the same
         for _ in range(6):  # SQS moves the message to the dead-letter queue after maxReceiveCount
             time.sleep(1.2)
             drain_through_dagster(instance, max_ticks=1)
