@@ -80,41 +80,60 @@ def up(home: Path | None = None, database_url: str | None = None, dagster_databa
         previous = read_state(home)
         if database_url:
             check_reachable(database_url)  # fail before starting anything that would be left behind
+        moto_was_running = pid_alive(read_pid(home / "moto.pid"))
         endpoint, moto_pid = _start_moto(home, previous)
-        settings = Settings(env="local", aws_endpoint_url=endpoint, **LOCAL_CREDENTIALS)
-        outputs = provision(client_factory(settings))
-        sqs = client_factory(settings)("sqs")
-        settings.raw_bucket = outputs["RawBucketName"]
-        settings.enriched_bucket = outputs["EnrichedBucketName"]
-        settings.enriched_prefix = outputs["EnrichedPrefix"]
-        settings.topic_arn = outputs["ImportTopicArn"]
-        # moto's stack outputs name queues by their AWS URL; ask for the endpoint's own.
-        settings.queue_url = sqs.get_queue_url(QueueName=outputs["ImportQueueUrl"].rsplit("/", 1)[1])["QueueUrl"]
-        settings.dead_letter_queue_url = sqs.get_queue_url(
-            QueueName=outputs["ImportDeadLetterQueueUrl"].rsplit("/", 1)[1]
-        )["QueueUrl"]
+        try:
+            return _finish_up(home, previous, endpoint, moto_pid, database_url, dagster_database_url)
+        except BaseException:
+            if not moto_was_running:  # leave nothing behind that this failed call started
+                stop_process(moto_pid)
+                (home / "moto.pid").unlink(missing_ok=True)
+            raise
 
-        preferred_pg = None
-        if previous and previous.extra.get("postgres") == "embedded" and previous.database_url:
-            preferred_pg = int(previous.database_url.split(":")[-1].split("/")[0])
-        warehouse_url, dagster_url, embedded = prepare_databases(home, database_url, dagster_database_url, preferred_pg)
-        settings.database_url = warehouse_url
-        settings.dagster_database_url = dagster_url
-        applied = migrate(warehouse_url)
-        settings.extra = {
-            "moto_pid": moto_pid,
-            "postgres": "embedded" if embedded else "external",
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        write_state(settings, home)
-        log.info(
-            "stack up home=%s endpoint=%s database=%s migrations_applied=%s",
-            home,
-            endpoint,
-            redact_url(warehouse_url),
-            applied or "none",
-        )
-        return settings
+
+def _finish_up(
+    home: Path,
+    previous: Settings | None,
+    endpoint: str,
+    moto_pid: int,
+    database_url: str | None,
+    dagster_database_url: str | None,
+) -> Settings:
+    """Provision the endpoint, prepare PostgreSQL, migrate, record the state (moto is running)."""
+    settings = Settings(env="local", aws_endpoint_url=endpoint, **LOCAL_CREDENTIALS)
+    outputs = provision(client_factory(settings))
+    sqs = client_factory(settings)("sqs")
+    settings.raw_bucket = outputs["RawBucketName"]
+    settings.enriched_bucket = outputs["EnrichedBucketName"]
+    settings.enriched_prefix = outputs["EnrichedPrefix"]
+    settings.topic_arn = outputs["ImportTopicArn"]
+    # moto's stack outputs name queues by their AWS URL; ask for the endpoint's own.
+    settings.queue_url = sqs.get_queue_url(QueueName=outputs["ImportQueueUrl"].rsplit("/", 1)[1])["QueueUrl"]
+    settings.dead_letter_queue_url = sqs.get_queue_url(QueueName=outputs["ImportDeadLetterQueueUrl"].rsplit("/", 1)[1])[
+        "QueueUrl"
+    ]
+
+    preferred_pg = None
+    if previous and previous.extra.get("postgres") == "embedded" and previous.database_url:
+        preferred_pg = int(previous.database_url.split(":")[-1].split("/")[0])
+    warehouse_url, dagster_url, embedded = prepare_databases(home, database_url, dagster_database_url, preferred_pg)
+    settings.database_url = warehouse_url
+    settings.dagster_database_url = dagster_url
+    applied = migrate(warehouse_url)
+    settings.extra = {
+        "moto_pid": moto_pid,
+        "postgres": "embedded" if embedded else "external",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_state(settings, home)
+    log.info(
+        "stack up home=%s endpoint=%s database=%s migrations_applied=%s",
+        home,
+        endpoint,
+        redact_url(warehouse_url),
+        applied or "none",
+    )
+    return settings
 
 
 def down(home: Path | None = None, purge: bool = False) -> list[str]:

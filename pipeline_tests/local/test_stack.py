@@ -17,7 +17,7 @@ import pytest
 from pipeline.importer.events import parse_s3_event
 from pipeline.local import stack as local_stack
 from pipeline.local.postgres import EmbeddedPostgres
-from pipeline.local.processes import read_pid
+from pipeline.local.processes import pid_alive, read_pid
 from pipeline.settings import ConfigurationError, read_state
 from pipeline_tests.conftest import receive_all, traversable_tmpdir
 
@@ -157,3 +157,23 @@ def test_missing_stack_is_a_configuration_error(tmp_path, monkeypatch):
     monkeypatch.delenv("PIPELINE_AWS_ENDPOINT_URL", raising=False)
     with pytest.raises(ConfigurationError, match="pipeline up"):
         load_settings()
+
+
+def test_failed_up_leaves_no_moto_behind(monkeypatch):
+    """PostgreSQL failing after moto started must not leak the moto server."""
+    from pipeline.local import postgres
+
+    home = traversable_tmpdir("pipeline-test-failing-") / "home"
+
+    started: list[int] = []
+
+    def broken(*_args, **_kwargs):
+        started.append(read_pid(home / "moto.pid"))  # moto is up by now
+        raise ConfigurationError("PostgreSQL is broken on purpose")
+
+    monkeypatch.setattr(local_stack, "prepare_databases", broken)
+    with pytest.raises(ConfigurationError, match="on purpose"):
+        local_stack.up(home)
+    assert read_pid(home / "moto.pid") is None
+    assert started and started[0] and not pid_alive(started[0])
+    assert postgres.EmbeddedPostgres(home / "postgres").postmaster_pid() is None
