@@ -108,33 +108,41 @@ def test_rerun_is_byte_stable_and_removes_stale_objects(spark, stack, clients, g
     assert [v.key for v in removed] == first.removed
 
 
+def raw_row(customer_id: str, day: str, **fields) -> dict:
+    """A raw telemetry record as the collector writes it (the fields the enrichment needs)."""
+    return {
+        "customer_id": customer_id,
+        "report_org": "x.example",
+        "record_index": 0,
+        "schema_version": 1,
+        "report_begin": f"{day}T00:00:00+00:00",
+        "report_end": f"{day}T23:59:59+00:00",
+        "dkim_auth": "[]",
+        "spf_auth": "[]",
+        **fields,
+    }
+
+
+def put_raw_lines(s3, stack, customer_id: str, day: str, lines: list[str], records: int) -> None:
+    import gzip
+
+    s3.put_object(
+        Bucket=stack.raw_bucket,
+        Key=f"raw/customer={customer_id}/dt={day}/x_{uuid.uuid4().hex[:6]}.jsonl.gz",
+        Body=gzip.compress(("\n".join(lines) + "\n").encode()),
+        Metadata={"records": str(records)},
+    )
+
+
 def test_malformed_rows_are_rescued_not_dropped(spark, stack, clients):
     import gzip
     import json
 
     s3 = clients("s3")
     cid, day = f"q{uuid.uuid4().hex[:8]}", "2026-10-15"
-    good = {
-        "customer_id": cid,
-        "report_org": "x.example",
-        "report_id": "r1",
-        "record_index": 0,
-        "source_ip": "8.8.8.8",
-        "message_count": 3,
-        "report_begin": f"{day}T00:00:00+00:00",
-        "report_end": f"{day}T23:59:59+00:00",
-        "dkim_auth": "[]",
-        "spf_auth": "[]",
-        "schema_version": 1,
-    }
+    good = raw_row(cid, day, report_id="r1", source_ip="8.8.8.8", message_count=3)
     bad_ip = {**good, "record_index": 1, "source_ip": "not-an-ip"}
-    lines = [json.dumps(good), json.dumps(bad_ip), "{this is not json"]
-    s3.put_object(
-        Bucket=stack.raw_bucket,
-        Key=f"raw/customer={cid}/dt={day}/x_1.jsonl.gz",
-        Body=gzip.compress(("\n".join(lines) + "\n").encode()),
-        Metadata={"records": "3"},
-    )
+    put_raw_lines(s3, stack, cid, day, [json.dumps(good), json.dumps(bad_ip), "{this is not json"], records=3)
     [result] = enrich_days(spark, stack, s3, [day], "test-run-5")
     assert (result.enriched_rows, result.rescued_rows, result.rows_match) == (1, 2, True)
     quarantine = s3.list_objects_v2(Bucket=stack.enriched_bucket, Prefix=f"quarantine/customer={cid}/")["Contents"]
@@ -157,7 +165,6 @@ def test_spark_and_single_process_enrichment_agree(spark, stack, clients, genera
 
 def test_asset_check_fails_when_rows_go_missing(stack, clients, spark):
     """Through Dagster: a raw object that holds fewer rows than the collector recorded."""
-    import gzip
     import json
 
     from dagster import RunRequest, SensorResult
@@ -166,22 +173,8 @@ def test_asset_check_fails_when_rows_go_missing(stack, clients, spark):
 
     s3 = clients("s3")
     cid, day = f"m{uuid.uuid4().hex[:8]}", "2026-10-20"
-    row = {
-        "customer_id": cid,
-        "report_org": "x.example",
-        "report_id": "r9",
-        "record_index": 0,
-        "source_ip": "8.8.4.4",
-        "message_count": 1,
-        "report_begin": f"{day}T00:00:00+00:00",
-        "schema_version": 1,
-    }
-    s3.put_object(
-        Bucket=stack.raw_bucket,
-        Key=f"raw/customer={cid}/dt={day}/x_9.jsonl.gz",
-        Body=gzip.compress((json.dumps(row) + "\n").encode()),
-        Metadata={"records": "3"},
-    )
+    row = raw_row(cid, day, report_id="r9", source_ip="8.8.4.4", message_count=1)
+    put_raw_lines(s3, stack, cid, day, [json.dumps(row)], records=3)  # the collector said 3 records
     instance = DagsterInstance.ephemeral()
     request = RunRequest(
         asset_selection=[AssetKey("enriched_telemetry")],
