@@ -178,11 +178,26 @@ def collect(paths, customer_id, flush_only, spool_dir, max_file_mb, as_json) -> 
 @click.option("--batch", default=10, show_default=True, help="Messages received per poll.")
 @click.option("--drain", is_flag=True, help="Exit when the queue is empty instead of waiting for more.")
 @click.option("--visibility", default=300, show_default=True, help="Seconds a message stays invisible.")
-def importer(batch: int, drain: bool, visibility: int) -> None:
+@click.option(
+    "--worker-id",
+    envvar="PIPELINE_WORKER_ID",
+    help="This worker's id in its capacity backend (local worker id, ECS task ARN, EC2 instance id): "
+    "the worker then holds scale-in protection while busy.",
+)
+def importer(batch: int, drain: bool, visibility: int, worker_id: str | None) -> None:
     """Import from the SQS queue without Dagster (same core as the Dagster importer runs)."""
     from pipeline.importer.worker import run_worker
 
-    stats = run_worker(load_settings(), batch=batch, drain=drain, visibility=visibility)
+    settings = load_settings()
+    protection = None
+    if worker_id:
+        from pipeline.scaling.config import ScalingConfig, make_backend
+        from pipeline.scaling.protection import WorkerProtection
+
+        backend = make_backend(ScalingConfig.from_env(), settings)
+        protection = WorkerProtection(settings.database_url, backend, worker_id)
+        logging.getLogger(__name__).info("worker %s started (capacity backend %s)", worker_id, backend.name)
+    stats = run_worker(settings, batch=batch, drain=drain, visibility=visibility, protection=protection)
     click.echo(
         f"messages {stats.messages}  objects loaded {stats.objects_loaded}  rows {stats.rows_loaded}  "
         f"duplicates {stats.duplicates}  failures {stats.failures}  dead-lettered {stats.dead_lettered}  "
@@ -376,6 +391,85 @@ def simulate(policy: str, plot_path: Path, as_json: bool) -> None:
     click.echo(f"plot: {plot_path}")
 
 
+@cli.group()
+def scaling() -> None:
+    """Queue-depth autoscaling of importer workers (backend: $PIPELINE_CAPACITY_BACKEND)."""
+
+
+def _controller():
+    from pipeline.scaling.config import ScalingConfig, build_controller
+
+    return build_controller(load_settings(), ScalingConfig.from_env())
+
+
+@scaling.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--decisions", default=10, show_default=True, help="How many recent decisions to show.")
+def scaling_status(as_json: bool, decisions: int) -> None:
+    """Backlog, desired and actual capacity, and the last decisions with their inputs."""
+    from pipeline.scaling.backends import CapacityError
+    from pipeline.scaling.controller import recent_decisions
+
+    controller = _controller()
+    backlog = controller.backlog()
+    try:
+        capacity, error = controller.backend.capacity(), None
+    except CapacityError as exc:
+        capacity, error = None, str(exc)
+    recent = recent_decisions(controller.database_url, controller.backend.key, decisions)
+    data = {
+        "backend": controller.backend.key,
+        "policy": asdict(controller.policy),
+        "backlog": {**asdict(backlog), "total": backlog.total},
+        "capacity": asdict(capacity) if capacity else None,
+        "capacity_error": error,
+        "decisions": recent,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    p = controller.policy
+    click.echo(
+        f"backend    {data['backend']}  (target {p.target_per_worker}/worker, [{p.min_capacity}, {p.max_capacity}], "
+        f"cooldown {p.scale_in_cooldown_s:.0f}s)"
+    )
+    click.echo(
+        f"backlog    {backlog.total}  (visible {backlog.visible}, in flight {backlog.in_flight}, "
+        f"pending partitions {backlog.pending_partitions})"
+    )
+    if capacity:
+        click.echo(f"capacity   desired {capacity.desired}  running {capacity.running}  protected {capacity.protected}")
+    else:
+        click.secho(f"capacity   unavailable: {error}", fg="red")
+    click.echo("last decisions:" if recent else "no decisions yet (the launcher and capacity_sensor make them)")
+    for d in recent:
+        flag = "" if d["applied"] else click.style(f"  NOT APPLIED: {d['error']}", fg="red")
+        click.echo(
+            f"  {d['decided_at']:%Y-%m-%d %H:%M:%S}  {d['trigger'][:40]:40}  backlog {d['backlog']:>6}  "
+            f"{d['current_capacity']} -> {d['desired']}  {d['reason']}{flag}"
+        )
+
+
+@scaling.command("reconcile")
+def scaling_reconcile() -> None:
+    """Make one scaling decision now (what capacity_sensor does on its schedule)."""
+    record = _controller().reconcile("cli")
+    click.echo(json.dumps(record.as_dict(), indent=2))
+    sys.exit(0 if record.applied else 1)
+
+
+@scaling.command("stop-workers")
+def scaling_stop_workers() -> None:
+    """Stop every local worker process (they finish the object in hand first)."""
+    from pipeline.scaling.backends import LocalWorkerPool
+    from pipeline.scaling.config import ScalingConfig
+
+    pool = LocalWorkerPool(ScalingConfig.from_env().workers_folder())
+    count = len(pool.workers())
+    pool.stop_all()
+    click.echo(f"stopped {count} local worker(s)")
+
+
 @cli.command("generate-reports")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--customers", default=3, show_default=True, help="How many customers (one domain each).")
@@ -422,7 +516,12 @@ def _print_collect_summary(summary, spool) -> None:
 def dev(dagster_args: tuple[str, ...]) -> None:
     """Run `dagster dev` on the local stack (UI on http://127.0.0.1:3000)."""
     settings = load_settings()
-    env = {**os.environ, **settings.process_env(), "DAGSTER_HOME": str(dagster_home())}
+    env = {
+        **os.environ,
+        **settings.process_env(),
+        "DAGSTER_HOME": str(dagster_home()),
+        "PIPELINE_HOME": str(pipeline_home()),
+    }
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), *dagster_args]
     click.echo(f"DAGSTER_HOME={env['DAGSTER_HOME']} {' '.join(cmd)}")
     raise SystemExit(subprocess.call(cmd, env=env, cwd=REPO_ROOT))

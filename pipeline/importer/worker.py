@@ -3,7 +3,8 @@
 Receives deliveries, dead-letters messages that are not S3 events, deletes messages that only
 name ignored objects or versions already in the ledger, imports the rest (``import_items``)
 and acknowledges after each commit. On SIGTERM it finishes the object in hand, gives the
-messages it has not started back to the queue (visibility 0) and exits.
+messages it has not started back to the queue (visibility 0) and exits. With a ``protection``
+(``--worker-id``), it holds scale-in protection while it has messages in hand.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def run_worker(
     visibility: int = 300,
     stop: threading.Event | None = None,
     max_seconds: float | None = None,
+    protection=None,
 ) -> WorkerStats:
     """Import until stopped (SIGTERM/SIGINT, ``stop``), or with ``drain`` until the queue is empty."""
     stop = stop or threading.Event()
@@ -106,6 +108,8 @@ def run_worker(
         if stop.is_set():
             release(sqs, settings.queue_url, [i.receipt_handle for i in items])
             break
+        if protection is not None and items:
+            protection.hold()
         for outcome in import_items(
             settings.database_url, s3, items, sqs, settings.queue_url, worker="importer", visibility=visibility
         ):
@@ -116,6 +120,10 @@ def run_worker(
                 stats.rows_loaded += outcome.result.rows
             elif outcome.result.outcome == "duplicate":
                 stats.duplicates += 1
+        if protection is not None:
+            protection.release()  # idle between batches: fair game for scale-in
+    if protection is not None:
+        protection.release()
     log.info(
         "importer stopped messages=%d loaded=%d rows=%d duplicates=%d failures=%d dead_lettered=%d seconds=%.1f",
         stats.messages,

@@ -141,6 +141,12 @@ def down(home: Path | None = None, purge: bool = False) -> list[str]:
     home = home or pipeline_home()
     stopped = []
     with _stack_lock(home):
+        from pipeline.scaling.backends import LocalWorkerPool
+
+        pool = LocalWorkerPool(home / "workers")
+        if pool.workers():
+            pool.stop_all()
+            stopped.append("workers")
         if stop_process(read_pid(home / "moto.pid")):
             stopped.append("moto")
         (home / "moto.pid").unlink(missing_ok=True)

@@ -1,0 +1,5 @@
+from dagster import Definitions
+
+from pipeline.defs.scaling.sensors import capacity_sensor
+
+defs = Definitions(sensors=[capacity_sensor])

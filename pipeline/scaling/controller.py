@@ -1,0 +1,241 @@
+"""The capacity controller: measure the backlog, decide (policy.py), apply (backends.py), record.
+
+Called by the run launcher on every launch and by the capacity sensor on a schedule. Decisions
+are serialised on the backend's ``scaling_state`` row, so the launcher (daemon) and the sensor
+(code location) share one memory of cooldowns. A capacity API error is retried, recorded with
+the decision and logged; it never raises into the caller, so a launch is never lost to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import psycopg
+
+from pipeline.importer.queue import queue_depth
+from pipeline.scaling.backends import CapacityBackend, CapacityError
+from pipeline.scaling.policy import ScalingPolicy, ScalingState, decide
+
+log = logging.getLogger("pipeline.scaling")
+
+IMPORT_SENSOR = "import_queue_sensor"
+IMPORT_ASSET = "telemetry_events"
+PROTECTION_LEASE_S = 900  # a busy worker renews its lease every batch; a dead one lapses
+
+
+@dataclass(frozen=True)
+class Backlog:
+    visible: int
+    in_flight: int
+    pending_partitions: int
+
+    @property
+    def total(self) -> int:
+        return self.visible + self.in_flight + self.pending_partitions
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    backend: str
+    trigger: str
+    backlog: Backlog
+    current: int
+    protected: int
+    desired: int
+    applied: bool
+    attempts: int
+    reason: str
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["backlog"] = {**asdict(self.backlog), "total": self.backlog.total}
+        return data
+
+
+def pending_partitions(instance) -> int:
+    """Object partitions in import runs that are queued or running and hold no SQS message.
+
+    Runs the import sensor requested hold their messages in flight (already in the backlog);
+    backfills and the reconciler's runs do not, so their partitions are counted here.
+    """
+    if instance is None:
+        return 0
+    from dagster import AssetKey, DagsterRunStatus, RunsFilter
+
+    active = [
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+    ]
+    total = 0
+    for run in instance.get_runs(filters=RunsFilter(statuses=active)):
+        if AssetKey(IMPORT_ASSET) not in (run.asset_selection or set()):
+            continue
+        if run.tags.get("dagster/sensor_name") == IMPORT_SENSOR:
+            continue
+        if "pipeline/objects" in run.tags:
+            total += int(run.tags["pipeline/objects"])
+        elif "dagster/partition" in run.tags:
+            total += 1
+        else:
+            start, end = (
+                run.tags.get("dagster/asset_partition_range_start"),
+                run.tags.get("dagster/asset_partition_range_end"),
+            )
+            keys = instance.get_dynamic_partitions("enriched_objects") if start else []
+            if start in keys and end in keys:
+                total += keys.index(end) - keys.index(start) + 1
+            else:
+                total += 1
+    return total
+
+
+def protected_workers(conn, backend: str) -> frozenset[str]:
+    rows = conn.execute(
+        "SELECT worker_id FROM worker_protection WHERE backend = %s AND protected_until > clock_timestamp()",
+        (backend,),
+    ).fetchall()
+    return frozenset(r[0] for r in rows)
+
+
+def set_protection(database_url: str, backend: str, worker_id: str, protected: bool) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if protected:
+            conn.execute(
+                "INSERT INTO worker_protection (worker_id, backend, protected_until) "
+                "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s)) "
+                "ON CONFLICT (worker_id) DO UPDATE SET protected_until = EXCLUDED.protected_until, "
+                "backend = EXCLUDED.backend, updated_at = clock_timestamp()",
+                (worker_id, backend, PROTECTION_LEASE_S),
+            )
+        else:
+            conn.execute("DELETE FROM worker_protection WHERE worker_id = %s", (worker_id,))
+
+
+class CapacityController:
+    def __init__(
+        self,
+        backend: CapacityBackend,
+        policy: ScalingPolicy,
+        database_url: str,
+        sqs,
+        queue_url: str,
+        retries: int = 3,
+        retry_delay_s: float = 0.5,
+        clock=time.time,
+    ):
+        self.backend, self.policy, self.database_url = backend, policy, database_url
+        self.sqs, self.queue_url = sqs, queue_url
+        self.retries, self.retry_delay_s, self.clock = retries, retry_delay_s, clock
+
+    def backlog(self, instance=None) -> Backlog:
+        visible, in_flight = queue_depth(self.sqs, self.queue_url)
+        return Backlog(visible, in_flight, pending_partitions(instance))
+
+    def reconcile(self, trigger: str, instance=None, backlog: Backlog | None = None) -> DecisionRecord:
+        """One decision: measure, decide, apply with retries, record. Never raises on API errors."""
+        backlog = backlog or self.backlog(instance)
+        with psycopg.connect(self.database_url) as conn:
+            conn.execute("INSERT INTO scaling_state (backend) VALUES (%s) ON CONFLICT DO NOTHING", (self.backend.key,))
+            row = conn.execute(
+                "SELECT capacity, last_scale_out_at, last_needed_at FROM scaling_state WHERE backend = %s FOR UPDATE",
+                (self.backend.key,),
+            ).fetchone()
+            state = ScalingState(*row)
+            protected = protected_workers(conn, self.backend.key)
+            decision = decide(self.policy, state, backlog.total, self.clock())
+            desired = max(decision.desired, min(len(protected), self.policy.max_capacity))
+            reason = decision.reason
+            if desired > decision.desired:
+                reason += f"; kept {desired} for {len(protected)} busy worker(s)"
+            applied, attempts, error = self._apply(desired, protected)
+            if applied:
+                new = decision.state
+                conn.execute(
+                    "UPDATE scaling_state SET capacity = %s, last_scale_out_at = %s, last_needed_at = %s, "
+                    "updated_at = clock_timestamp() WHERE backend = %s",
+                    (desired, new.last_scale_out_at, new.last_needed_at, self.backend.key),
+                )
+            record = DecisionRecord(
+                self.backend.key,
+                trigger,
+                backlog,
+                state.capacity,
+                len(protected),
+                desired,
+                applied,
+                attempts,
+                reason,
+                error,
+            )
+            conn.execute(
+                "INSERT INTO scaling_decisions (backend, trigger, visible, in_flight, pending_partitions, backlog, "
+                "current_capacity, protected_workers, desired, applied, attempts, reason, error) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    record.backend,
+                    trigger[:200],
+                    backlog.visible,
+                    backlog.in_flight,
+                    backlog.pending_partitions,
+                    backlog.total,
+                    record.current,
+                    record.protected,
+                    desired,
+                    applied,
+                    attempts,
+                    reason,
+                    error,
+                ),
+            )
+        level = logging.INFO if applied else logging.ERROR
+        log.log(
+            level,
+            "scaling decision backend=%s trigger=%s visible=%d in_flight=%d pending_partitions=%d backlog=%d "
+            "current=%d protected=%d desired=%d applied=%s attempts=%d reason=%r error=%r",
+            record.backend,
+            trigger,
+            backlog.visible,
+            backlog.in_flight,
+            backlog.pending_partitions,
+            backlog.total,
+            record.current,
+            record.protected,
+            desired,
+            applied,
+            attempts,
+            reason,
+            error,
+        )
+        return record
+
+    def _apply(self, desired: int, protected: frozenset[str]) -> tuple[bool, int, str | None]:
+        error = None
+        for attempt in range(1, self.retries + 1):
+            try:
+                self.backend.set_desired(desired, protected)
+                return True, attempt, None
+            except CapacityError as exc:
+                error = str(exc)
+            except Exception as exc:  # a backend bug must not cost a launch either
+                error = f"{type(exc).__name__}: {exc}"
+            log.warning("scaling: %s set_desired(%d) attempt %d failed: %s", self.backend.name, desired, attempt, error)
+            if attempt < self.retries:
+                time.sleep(self.retry_delay_s * 2 ** (attempt - 1))
+        return False, self.retries, error
+
+
+def recent_decisions(database_url: str, backend: str | None = None, limit: int = 10) -> list[dict]:
+    with psycopg.connect(database_url) as conn:
+        cur = conn.execute(
+            "SELECT decided_at, backend, trigger, visible, in_flight, pending_partitions, backlog, current_capacity, "
+            "protected_workers, desired, applied, attempts, reason, error FROM scaling_decisions "
+            "WHERE %(backend)s::text IS NULL OR backend = %(backend)s ORDER BY decision_id DESC LIMIT %(limit)s",
+            {"backend": backend, "limit": limit},
+        )
+        names = [c.name for c in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]

@@ -1,0 +1,146 @@
+"""QueueDepthRunLauncher: a RunLauncher that sizes worker capacity from the backlog, then
+hands the run to the real launcher (DefaultRunLauncher here, EcsRunLauncher in production).
+
+dagster.yaml::
+
+    run_launcher:
+      module: pipeline.scaling.launcher
+      class: QueueDepthRunLauncher
+      config:
+        inner_launcher:            # the launcher that really starts the run
+          module: dagster.core.launcher
+          class: DefaultRunLauncher
+        backend: local             # local | ecs | asg (default: $PIPELINE_CAPACITY_BACKEND)
+        scale_in_cooldown_s: 300   # any ScalingPolicy field; default from PIPELINE_SCALING_*
+
+Each launch records one scaling decision (with its inputs) before delegating; the decision is
+also written to the run's event log, so the Dagster UI shows why capacity moved. A capacity API
+that fails is retried and reported, and the run is launched regardless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from dagster import Field, IntSource, Permissive, Shape, StringSource
+from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, ResumeRunContext, RunLauncher
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
+
+from pipeline.scaling.config import ScalingConfig, build_controller
+
+log = logging.getLogger("pipeline.scaling")
+
+_DEFAULT_INNER = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher", "config": {}}
+
+
+class QueueDepthRunLauncher(RunLauncher, ConfigurableClass):
+    def __init__(self, inst_data: ConfigurableClassData | None = None, inner_launcher=None, **scaling: Any):
+        super().__init__()
+        self._inst_data = inst_data
+        spec = inner_launcher or _DEFAULT_INNER
+        self._inner: RunLauncher = ConfigurableClassData(
+            spec["module"], spec["class"], yaml.dump(spec.get("config") or {}, default_flow_style=False)
+        ).rehydrate(as_type=RunLauncher)
+        self._scaling = {k: v for k, v in scaling.items() if v is not None}
+        self._controller = None
+
+    # -- ConfigurableClass ---------------------------------------------------------------------
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls):
+        return {
+            "inner_launcher": Field(
+                Shape({"module": str, "class": str, "config": Field(Permissive(), is_required=False)}),
+                is_required=False,
+                description="The launcher that starts runs (default: DefaultRunLauncher).",
+            ),
+            "backend": Field(StringSource, is_required=False, description="local | ecs | asg"),
+            "ecs_cluster": Field(StringSource, is_required=False),
+            "ecs_service": Field(StringSource, is_required=False),
+            "asg_name": Field(StringSource, is_required=False),
+            "target_per_worker": Field(IntSource, is_required=False),
+            "min_capacity": Field(IntSource, is_required=False),
+            "max_capacity": Field(IntSource, is_required=False),
+            "activation_threshold": Field(IntSource, is_required=False),
+            "scale_in_cooldown_s": Field(IntSource, is_required=False),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
+        return cls(inst_data=inst_data, **config_value)
+
+    def register_instance(self, instance) -> None:
+        super().register_instance(instance)
+        self._inner.register_instance(instance)
+
+    @property
+    def inner(self) -> RunLauncher:
+        return self._inner
+
+    # -- scaling --------------------------------------------------------------------------------
+    def controller(self):
+        if self._controller is None:
+            from pipeline.settings import load_settings
+
+            self._controller = build_controller(load_settings(), ScalingConfig.from_env(**self._scaling))
+        return self._controller
+
+    def scale(self, trigger: str, run=None):
+        """Decide and apply capacity; report the decision on the run. Never raises."""
+        try:
+            record = self.controller().reconcile(trigger, instance=self._instance)
+        except Exception as exc:  # no capacity decision is worth a lost launch
+            log.exception("scaling: no decision for %s", trigger)
+            message = f"capacity not adjusted ({type(exc).__name__}: {exc}); launching the run anyway"
+            record = None
+        else:
+            message = (
+                f"capacity {record.backend}: backlog {record.backlog.total} -> desired {record.desired} "
+                f"({record.reason})"
+            )
+            if not record.applied:
+                message += f"; NOT applied after {record.attempts} attempts: {record.error}; launching anyway"
+        if run is not None and self.has_instance:
+            try:
+                self._instance.report_engine_event(message, run, cls=self.__class__)
+            except Exception:
+                log.exception("scaling: could not report the decision on run %s", run.run_id)
+        return record
+
+    # -- RunLauncher ----------------------------------------------------------------------------
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        self.scale(f"launch {run.run_id}", run)
+        self._inner.launch_run(context)
+
+    def terminate(self, run_id: str) -> bool:
+        return self._inner.terminate(run_id)
+
+    def dispose(self) -> None:
+        self._inner.dispose()
+
+    def join(self, timeout: int = 30) -> None:
+        self._inner.join(timeout)
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return self._inner.supports_check_run_worker_health
+
+    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        return self._inner.check_run_worker_health(run)
+
+    def get_run_worker_debug_info(self, run, include_container_logs: bool | None = True) -> str | None:
+        return self._inner.get_run_worker_debug_info(run, include_container_logs)
+
+    @property
+    def supports_resume_run(self) -> bool:
+        return self._inner.supports_resume_run
+
+    def resume_run(self, context: ResumeRunContext) -> None:
+        self._inner.resume_run(context)

@@ -1,0 +1,193 @@
+"""The same behavioural tests for every capacity backend: local worker processes for real, and
+ECS / the auto-scaling group on the moto endpoint (asserting the desired counts AWS would see).
+
+Each test has its own queue and its own capacity pool, so the backlog is only its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from pipeline.importer.verify import verify
+from pipeline.importer.worker import run_worker
+from pipeline.scaling.backends import CapacityError
+from pipeline.scaling.controller import CapacityController, recent_decisions
+from pipeline.scaling.policy import ScalingPolicy
+from pipeline.scaling.protection import WorkerProtection
+from pipeline_tests.conftest import messages_for, traversable_tmpdir
+from pipeline_tests.scaling.backend_support import flood, make_backend, private_queue, wait_for, with_queue
+from pipeline_tests.support import new_customer
+
+POLICY = ScalingPolicy(target_per_worker=4, min_capacity=0, max_capacity=3, scale_in_cooldown_s=120)
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["local", "ecs", "asg"])
+def pool(request, stack, clients):
+    sqs = clients("sqs")
+    queue_url = private_queue(sqs, f"scaling-{request.param}-{uuid.uuid4().hex[:8]}")
+    settings = with_queue(stack, queue_url)
+    folder = traversable_tmpdir("pipeline-workers-")
+    backend = make_backend(request.param, clients, settings, folder)
+    clock = Clock()
+    controller = CapacityController(
+        backend, POLICY, stack.database_url, sqs, queue_url, retries=3, retry_delay_s=0.05, clock=clock
+    )
+    yield request.param, backend, controller, clock, settings
+    if request.param == "local":
+        backend.stop_all()
+    sqs.delete_queue(QueueUrl=queue_url)
+
+
+def _drop_shared_copies(stack, clients, customer_id):
+    sqs = clients("sqs")
+    for message in messages_for(sqs, stack.queue_url, customer_id):
+        sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def _drain(kind, backend, settings, customer_id):
+    """Local: the scaled-out worker processes drain the queue. ECS/ASG on moto start no real
+    machines, so the importer loop stands in for the workers they would run."""
+    if kind == "local":
+        wait_for(
+            lambda: (lambda r: r["objects_loaded"] == r["objects_enriched"] > 0)(verify(settings, customer_id)),
+            timeout=120,
+            what="local workers to import the flood",
+        )
+    else:
+        run_worker(settings, drain=True, idle_polls=1)
+
+
+def test_flood_scales_out_drains_and_returns_to_zero_after_the_cooldown(pool, stack, clients):
+    kind, backend, controller, clock, settings = pool
+    customer = new_customer()
+    flood(settings, clients("s3"), clients("sqs"), settings.queue_url, customer, objects=10)
+    _drop_shared_copies(stack, clients, customer)
+
+    out = controller.reconcile("test flood")
+    assert out.applied and out.backlog.total == 10
+    assert out.desired == 3  # ceil(10 / 4)
+    assert backend.capacity().desired == 3
+    if kind == "local":
+        wait_for(lambda: backend.capacity().running == 3, timeout=30, what="3 local workers")
+
+    _drain(kind, backend, settings, customer)
+    report = verify(settings, customer)
+    assert report["missing"] == 0 and report["duplicates"] == 0 and report["objects_loaded"] == 10
+
+    clock.now += 30
+    held = controller.reconcile("test idle, cooling down")
+    assert held.backlog.total == 0 and held.desired == 3 and "cooldown" in held.reason
+    assert backend.capacity().desired == 3
+
+    clock.now += POLICY.scale_in_cooldown_s
+    down = controller.reconcile("test idle, cooled down")
+    assert down.desired == 0 and backend.capacity().desired == 0
+    if kind == "local":
+        wait_for(lambda: backend.capacity().running == 0, timeout=60, what="local workers to exit")
+    elif kind == "asg":
+        assert backend.capacity().running == 0
+    decisions = recent_decisions(stack.database_url, backend.key, 10)
+    assert [d["desired"] for d in reversed(decisions)] == [3, 3, 0]
+    assert all(d["backlog"] is not None and d["reason"] for d in decisions)
+
+
+def test_a_busy_worker_is_never_scaled_in(pool, stack, clients):
+    kind, backend, controller, clock, settings = pool
+    customer = new_customer()
+    flood(settings, clients("s3"), clients("sqs"), settings.queue_url, customer, objects=6)
+    _drop_shared_copies(stack, clients, customer)
+    assert controller.reconcile("test flood").desired == 2
+    if kind == "local":
+        wait_for(lambda: backend.capacity().running == 2, timeout=30, what="2 local workers")
+        _drain(kind, backend, settings, customer)
+        busy_id = sorted(w[0] for w in backend.workers())[-1]  # the one scale-in would pick first
+    else:
+        run_worker(settings, drain=True, idle_polls=1)
+        if kind == "asg":
+            group = backend._group()
+            busy_id = sorted(i["InstanceId"] for i in group["Instances"])[0]
+        else:
+            busy_id = f"arn:aws:ecs:{stack.region}:123456789012:task/{backend.cluster}/busy"
+    busy = WorkerProtection(stack.database_url, backend, busy_id)
+    busy.hold()
+
+    clock.now += POLICY.scale_in_cooldown_s + 1
+    decision = controller.reconcile("test idle, one worker busy")
+    assert decision.backlog.total == 0
+    assert decision.desired == 1 and decision.protected == 1 and "busy" in decision.reason
+    assert backend.capacity().desired == 1
+    if kind == "local":
+        wait_for(lambda: len(backend.workers()) == 1, timeout=60, what="the idle worker to exit")
+        assert [w[0] for w in backend.workers()] == [busy_id]
+    if kind == "asg":
+        group = backend._group()
+        assert [i["InstanceId"] for i in group["Instances"]] == [busy_id]
+        assert group["Instances"][0]["ProtectedFromScaleIn"] is True
+
+    busy.release()
+    clock.now += POLICY.scale_in_cooldown_s + 1
+    assert controller.reconcile("test idle, worker done").desired == 0
+    assert backend.capacity().desired == 0
+
+
+class Flaky:
+    """The real backend behind a capacity API that fails the first ``failures`` calls."""
+
+    def __init__(self, backend, failures: int):
+        self.backend, self.failures, self.calls = backend, failures, 0
+        self.name, self.key = backend.name, backend.key
+
+    def capacity(self):
+        return self.backend.capacity()
+
+    def protect(self, worker_id, protected):
+        return self.backend.protect(worker_id, protected)
+
+    def set_desired(self, desired, protected=frozenset()):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise CapacityError(f"{self.name}: injected throttling on call {self.calls}")
+        return self.backend.set_desired(desired, protected)
+
+
+def test_a_capacity_api_error_is_retried_then_reported_and_retried_next_time(pool, stack, clients):
+    kind, backend, controller, clock, settings = pool
+    customer = new_customer()
+    flood(settings, clients("s3"), clients("sqs"), settings.queue_url, customer, objects=5)
+    _drop_shared_copies(stack, clients, customer)
+
+    controller.backend = Flaky(backend, failures=2)
+    retried = controller.reconcile("test throttled twice")
+    assert retried.applied and retried.attempts == 3 and backend.capacity().desired == 2
+
+    controller.backend = Flaky(backend, failures=10)
+    clock.now += 1
+    flood(settings, clients("s3"), clients("sqs"), settings.queue_url, new_customer(), objects=4)
+    failed = controller.reconcile("test capacity API down")
+    assert not failed.applied and failed.desired == 3 and "injected throttling" in failed.error
+    assert backend.capacity().desired == 2  # nothing applied, nothing pretended
+    with psycopg.connect(stack.database_url) as conn:
+        recorded = conn.execute(
+            "SELECT applied, error, capacity FROM scaling_decisions d JOIN scaling_state s USING (backend) "
+            "WHERE backend = %s ORDER BY decision_id DESC LIMIT 1",
+            (backend.key,),
+        ).fetchone()
+    assert recorded[0] is False and "injected throttling" in recorded[1]
+    assert recorded[2] == 2  # the state still says 2: the next decision tries 3 again
+
+    controller.backend = backend
+    again = controller.reconcile("test capacity API back")
+    assert again.applied and again.desired == 3 and backend.capacity().desired == 3
+    if kind == "local":
+        backend.stop_all()
