@@ -101,6 +101,7 @@ class EcsServiceBackend:
     def set_desired(self, desired: int, protected: frozenset[str] = frozenset()) -> None:
         # ECS never stops a task with scale-in protection; the controller also keeps the desired
         # count at or above the number of protected workers.
+        self._service()  # a missing service is a configuration error: say which one
         _aws_call(
             self.name,
             "UpdateService",
@@ -148,6 +149,7 @@ class AutoScalingGroupBackend:
 
     def set_desired(self, desired: int, protected: frozenset[str] = frozenset()) -> None:
         # The group terminates only unprotected instances when the desired capacity drops.
+        self._group()  # a missing group is a configuration error: say which one
         _aws_call(
             self.name,
             "SetDesiredCapacity",

@@ -191,3 +191,34 @@ def test_a_capacity_api_error_is_retried_then_reported_and_retried_next_time(poo
     assert again.applied and again.desired == 3 and backend.capacity().desired == 3
     if kind == "local":
         backend.stop_all()
+
+
+def test_scaling_status_shows_backlog_capacity_and_decisions(stack, clients):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    backend = make_backend("ecs", clients, stack, None)
+    env = {
+        **os.environ,
+        "PIPELINE_CAPACITY_BACKEND": "ecs",
+        "PIPELINE_ECS_CLUSTER": backend.cluster,
+        "PIPELINE_ECS_SERVICE": backend.service,
+        "PIPELINE_SCALING_TARGET_PER_WORKER": "1000000",
+    }
+
+    def pipeline(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True)
+
+    decided = pipeline("scaling", "reconcile")
+    assert decided.returncode == 0, decided.stderr
+    status = pipeline("scaling", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert data["backend"] == backend.key
+    assert set(data["backlog"]) == {"visible", "in_flight", "pending_partitions", "total"}
+    assert data["capacity"]["desired"] == data["decisions"][0]["desired"]
+    assert data["decisions"][0]["trigger"] == "cli" and data["decisions"][0]["applied"] is True
+    text = pipeline("scaling", "status")
+    assert "backlog" in text.stdout and "last decisions:" in text.stdout and "desired" in text.stdout

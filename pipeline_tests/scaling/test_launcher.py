@@ -1,0 +1,134 @@
+"""QueueDepthRunLauncher in the real Dagster daemon: a flood of objects becomes sensor runs that
+the daemon launches through it; capacity rises, the queue drains, capacity returns to zero.
+And a capacity API error never costs a launch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pipeline.cli import REPO_ROOT
+from pipeline.importer.verify import verify
+from pipeline.local.postgres import ensure_database
+from pipeline.scaling.backends import LocalWorkerPool
+from pipeline.scaling.controller import recent_decisions
+from pipeline.settings import dagster_sqlalchemy_url
+from pipeline_tests.conftest import traversable_tmpdir
+from pipeline_tests.scaling.backend_support import wait_for
+from pipeline_tests.support import enriched_key, new_customer, put_enriched
+
+
+def _fresh_dagster_db(stack) -> str:
+    name = f"dagster_scaling_{uuid.uuid4().hex[:8]}"
+    server = stack.dagster_database_url.rsplit("/", 1)[0]
+    ensure_database(server + "/postgres", name)
+    return f"{server}/{name}"
+
+
+@pytest.fixture
+def daemon(stack, empty_queues):
+    home = traversable_tmpdir("dagster-home-")
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")  # the shipped instance config
+    workers = home / "workers"
+    workspace = home / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: pipeline_tests.scaling.import_location\n"
+        f"      working_directory: {REPO_ROOT}\n"
+    )
+    env = {
+        **os.environ,
+        **stack.process_env(),
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_DATABASE_URL": dagster_sqlalchemy_url(_fresh_dagster_db(stack)),
+        "PIPELINE_WORKERS_DIR": str(workers),
+        "PIPELINE_CAPACITY_SENSOR_INTERVAL_S": "5",
+        "PIPELINE_SCALING_TARGET_PER_WORKER": "10",
+        "PIPELINE_SCALING_MAX": "2",
+        "PIPELINE_SCALING_COOLDOWN_S": "20",
+    }
+    log = open(home / "daemon.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    yield proc, env, workers, home
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    LocalWorkerPool(workers).stop_all()
+    log.close()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_daemon_launches_through_the_scaling_launcher_and_returns_to_zero(stack, clients, daemon):
+    proc, env, workers, home = daemon
+    customer = new_customer()
+    for n in range(30):
+        key = enriched_key(stack, customer, f"flood-{n:03d}.parquet")
+        put_enriched(clients("s3"), stack, key, rows=50, seed=n, customer_id=customer)
+
+    def loaded():
+        assert proc.poll() is None, (home / "daemon.log").read_text()[-3000:]
+        report = verify(stack, customer)
+        return report["objects_loaded"] == 30 and report["missing"] == 0
+
+    wait_for(loaded, timeout=240, interval=2, what="the flood to be imported")
+    report = verify(stack, customer)
+    assert report["duplicates"] == 0
+
+    key = f"local:{workers.absolute()}"
+    decisions = recent_decisions(stack.database_url, key, 200)
+    launches = [d for d in decisions if d["trigger"].startswith("launch ")]
+    assert launches, "no run went through QueueDepthRunLauncher"
+    assert max(d["desired"] for d in decisions) >= 1, "capacity never rose"
+
+    dagster_db = env["DAGSTER_DATABASE_URL"].replace("postgresql+psycopg2://", "postgresql://")
+    with psycopg.connect(dagster_db) as conn:
+        reported = conn.execute("SELECT count(*) FROM event_logs WHERE event LIKE '%%capacity local%%'").fetchone()[0]
+    assert reported >= len(launches), "the decision is not on the runs' event logs"
+
+    def back_to_zero():
+        latest = recent_decisions(stack.database_url, key, 1)
+        return latest and latest[0]["desired"] == 0 and not LocalWorkerPool(workers).workers()
+
+    wait_for(back_to_zero, timeout=120, interval=2, what="capacity to return to zero after the cooldown")
+
+
+def test_a_capacity_api_error_is_reported_on_the_run_and_the_run_still_launches(stack):
+    from dagster._core.test_utils import create_run_for_test, instance_for_test
+
+    group = f"no-such-group-{uuid.uuid4().hex[:6]}"
+    overrides = {
+        "run_launcher": {
+            "module": "pipeline.scaling.launcher",
+            "class": "QueueDepthRunLauncher",
+            "config": {
+                # stands in for the process-spawning part only; the capacity API error is moto's
+                "inner_launcher": {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"},
+                "backend": "asg",
+                "asg_name": group,
+            },
+        }
+    }
+    with instance_for_test(overrides=overrides) as instance:
+        run = create_run_for_test(instance, job_name="import_objects")
+        instance.launch_run(run.run_id, workspace=None)
+        assert [r.run_id for r in instance.run_launcher.inner.queue()] == [run.run_id]
+        messages = [e.message for e in instance.all_logs(run.run_id)]
+        assert any("NOT applied after 3 attempts" in m and group in m for m in messages), messages
+
+    decisions = recent_decisions(stack.database_url, f"asg:{group}", 5)
+    assert decisions and decisions[0]["applied"] is False and "not found" in decisions[0]["error"]
