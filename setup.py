@@ -12,7 +12,7 @@ setup(
     description="Event-sourced DMARC telemetry pipeline: S3 -> SNS -> SQS -> Dagster -> PostgreSQL",
     python_requires=">=3.11",
     packages=find_packages(exclude=["pipeline_tests", "pipeline_tests.*"]),
-    package_data={"pipeline": ["py.typed", "web/templates/*.html", "web/static/*"]},
+    package_data={"pipeline": ["py.typed", "warehouse/migrations/*.sql"]},
     include_package_data=True,
     install_requires=[
         f"dagster=={DAGSTER}",

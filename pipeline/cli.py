@@ -187,9 +187,11 @@ def collect(paths, customer_id, flush_only, spool_dir, max_file_mb, as_json) -> 
 def importer(batch: int, drain: bool, visibility: int, worker_id: str | None) -> None:
     """Import from the SQS queue without Dagster (same core as the Dagster importer runs)."""
     from pipeline.importer.worker import run_worker
+    from pipeline.scaling.protection import worker_identity
 
     settings = load_settings()
     protection = None
+    worker_id = worker_id or worker_identity()
     if worker_id:
         from pipeline.scaling.config import ScalingConfig, make_backend
         from pipeline.scaling.protection import WorkerProtection

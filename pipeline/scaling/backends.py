@@ -86,17 +86,9 @@ class EcsServiceBackend:
 
     def capacity(self) -> Capacity:
         service = self._service()
-        protected = 0
-        arns = _aws_call(
-            self.name, "ListTasks", self.ecs.list_tasks, cluster=self.cluster, serviceName=self.service
-        ).get("taskArns", [])
-        if arns:
-            try:
-                got = self.ecs.get_task_protection(cluster=self.cluster, tasks=arns[:10])
-                protected = sum(1 for t in got.get("protectedTasks", []) if t.get("protectionEnabled"))
-            except (ClientError, BotoCoreError, AttributeError) as exc:  # not every endpoint has it
-                log.debug("ecs: GetTaskProtection unavailable: %s", exc)
-        return Capacity(int(service["desiredCount"]), int(service.get("runningCount", 0)), protected)
+        # Protection is per task (UpdateTaskProtection, by the worker itself); the controller
+        # counts the workers' leases, so no per-task listing here (and no ListTasks permission).
+        return Capacity(int(service["desiredCount"]), int(service.get("runningCount", 0)), 0)
 
     def set_desired(self, desired: int, protected: frozenset[str] = frozenset()) -> None:
         # ECS never stops a task with scale-in protection; the controller also keeps the desired

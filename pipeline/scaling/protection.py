@@ -38,3 +38,21 @@ class WorkerProtection:
             self.backend.protect(self.worker_id, on)
         except Exception as exc:  # the lease still protects it from our own controller
             log.warning("worker %s: %s protection %s failed: %s", self.worker_id, self.backend.name, on, exc)
+
+
+def worker_identity() -> str | None:
+    """This worker's id in its capacity backend when it runs as an ECS task: the task ARN (from
+    the task metadata endpoint), which ECS task protection takes. None elsewhere."""
+    import json
+    import os
+    import urllib.request
+
+    base = os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if not base:
+        return None
+    try:
+        with urllib.request.urlopen(f"{base}/task", timeout=2) as response:
+            return json.loads(response.read()).get("TaskARN")
+    except (OSError, ValueError) as exc:
+        log.warning("ECS task metadata unavailable (%s): running without task protection", exc)
+        return None

@@ -1,0 +1,151 @@
+"""deploy/ for production: templates lint, IAM is least-privilege, the Dagster instance config is
+valid for the versions we pin (including QueueDepthRunLauncher around EcsRunLauncher)."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import REPO_ROOT
+
+COMPUTE = REPO_ROOT / "deploy" / "cloudformation" / "compute.yaml"
+PROD_INSTANCE = REPO_ROOT / "deploy" / "dagster" / "dagster.yaml"
+
+# Actions that IAM cannot scope to a resource: "*" is the only valid Resource for them.
+NO_RESOURCE_SCOPE = {"ecr:GetAuthorizationToken", "ecs:DescribeTaskDefinition", "ec2:DescribeNetworkInterfaces"}
+
+
+def _load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def iam_problems(template: dict) -> list[str]:
+    """Every statement with a wildcard action, or an unscoped resource where a scoped one exists."""
+    problems = []
+    for name, spec in template["Resources"].items():
+        if spec["Type"] not in {"AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"}:
+            continue
+        props = spec["Properties"]
+        documents = [p["PolicyDocument"] for p in props.get("Policies", [])]
+        if "PolicyDocument" in props:
+            documents.append(props["PolicyDocument"])
+        for document in documents:
+            for statement in document["Statement"]:
+                where = f"{name}/{statement.get('Sid', '?')}"
+                if statement.get("Effect") != "Allow":
+                    continue
+                actions = _as_list(statement.get("Action", []))
+                if "NotAction" in statement or "NotResource" in statement:
+                    problems.append(f"{where}: NotAction/NotResource")
+                for action in actions:
+                    if "*" in action:
+                        problems.append(f"{where}: wildcard action {action}")
+                for resource in _as_list(statement.get("Resource", [])):
+                    if resource == "*" and not set(actions) <= NO_RESOURCE_SCOPE:
+                        problems.append(f"{where}: Resource '*' for {sorted(set(actions) - NO_RESOURCE_SCOPE)}")
+    return problems
+
+
+def _statements(template: dict, role: str) -> list[dict]:
+    return [s for p in template["Resources"][role]["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+@pytest.mark.parametrize("template", ["pipeline.yaml", "compute.yaml"])
+def test_templates_pass_cfn_lint(template):
+    cfn_lint = shutil.which("cfn-lint") or str(Path(sys.executable).parent / "cfn-lint")
+    path = REPO_ROOT / "deploy" / "cloudformation" / template
+    result = subprocess.run([cfn_lint, str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_iam_statement_has_a_wildcard_action_or_an_unscoped_resource():
+    template = _load(COMPUTE)
+    assert iam_problems(template) == []
+
+    # The check itself fails when a wildcard slips in.
+    broken = copy.deepcopy(template)
+    _statements(broken, "ImporterTaskRole")[0]["Action"] = "sqs:*"
+    _statements(broken, "DaemonTaskRole")[0]["Resource"] = "*"
+    problems = iam_problems(broken)
+    assert any("wildcard action sqs:*" in p for p in problems)
+    assert any(p.startswith("DaemonTaskRole/ImportQueue: Resource '*'") for p in problems)
+
+
+def test_importer_role_can_only_take_messages_and_read_enriched_objects():
+    statements = _statements(_load(COMPUTE), "ImporterTaskRole")
+    granted = {(a, str(s["Resource"])) for s in statements for a in _as_list(s["Action"])}
+    actions = {a for a, _ in granted}
+    assert actions == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:SendMessage",  # to the dead-letter queue only
+        "s3:GetObject",
+        "ecs:UpdateTaskProtection",  # its own cluster's tasks only
+    }
+    for action, resource in granted:
+        if action.startswith("sqs:") and action != "sqs:SendMessage":
+            assert resource.endswith("${NamePrefix}-import'}"), resource
+        if action == "sqs:SendMessage":
+            assert resource.endswith("${NamePrefix}-import-dlq'}"), resource
+        if action == "s3:GetObject":
+            assert "${NamePrefix}-enriched/${EnrichedPrefix}*" in resource
+        if action.startswith("ecs:"):
+            assert ":task/${NamePrefix}/*" in resource
+
+
+def test_worker_group_scales_to_zero_and_alarms_watch_age_and_dead_letters():
+    resources = _load(COMPUTE)["Resources"]
+    group = resources["WorkerGroup"]["Properties"]
+    assert group["MinSize"] == "0" and "DesiredCapacity" not in group
+    assert resources["ImporterService"]["Properties"]["DesiredCount"] == 0
+    alarms = {r["Properties"]["MetricName"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert alarms == {"ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesVisible"}
+    families = {
+        r["Properties"]["ContainerDefinitions"][0]["Name"]
+        for r in resources.values()
+        if r["Type"] == "AWS::ECS::TaskDefinition"
+    }
+    assert families == {"code", "daemon", "webserver", "run", "importer"}
+
+
+def test_production_instance_config_is_valid_and_wraps_the_ecs_launcher(monkeypatch):
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config_schema
+    from dagster_aws.ecs import EcsRunLauncher
+
+    from pipeline.scaling.launcher import QueueDepthRunLauncher
+
+    for var in ("DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"):
+        monkeypatch.setenv(var, "x")
+    for var, value in {
+        "PIPELINE_ECS_CLUSTER": "dmarc-pipeline",
+        "PIPELINE_ECS_SERVICE": "dmarc-pipeline-importer",
+        "PIPELINE_RUN_TASK_DEFINITION": "dmarc-pipeline-run",
+    }.items():
+        monkeypatch.setenv(var, value)
+    config = _load(PROD_INSTANCE)
+    assert "password:" not in PROD_INSTANCE.read_text().replace("password:\n        env:", "")
+    result = process_config(dagster_instance_config_schema(), config)
+    assert result.success, result.errors
+    launcher = config["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("pipeline.scaling.launcher", "QueueDepthRunLauncher")
+    ours = process_config(QueueDepthRunLauncher.config_type(), launcher["config"])
+    assert ours.success, ours.errors
+    assert ours.value["backend"] == "ecs" and ours.value["min_capacity"] == 0
+    inner = launcher["config"]["inner_launcher"]
+    assert (inner["module"], inner["class"]) == ("dagster_aws.ecs", "EcsRunLauncher")
+    ecs = process_config(EcsRunLauncher.config_type(), inner["config"])
+    assert ecs.success, ecs.errors
+    assert config["run_monitoring"]["enabled"] and config["run_retries"]["enabled"]
+    assert config["run_coordinator"]["config"]["tag_concurrency_limits"]
