@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
@@ -94,7 +95,13 @@ def import_items(
     worker: str = WORKER,
     visibility: int = 300,
     on_outcome: Callable[[ItemOutcome], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[ItemOutcome]:
+    """Import ``items`` in order, one transaction each; acknowledge the committed ones.
+
+    With ``stop`` set (SIGTERM), the object in hand is finished and the rest are not started:
+    the outcomes then cover a prefix of ``items`` and the caller gives the others back.
+    """
     outcomes: list[ItemOutcome] = []
     handles = [i.receipt_handle for i in items if i.receipt_handle]
     conn: psycopg.Connection | None = None
@@ -113,6 +120,9 @@ def import_items(
             prefetch(index)
         try:
             for index, item in enumerate(items):
+                if stop is not None and stop.is_set():
+                    log.info("stop requested: %d of %d object(s) not started", len(items) - index, len(items))
+                    break
                 prefetch(index + READ_AHEAD)
                 outcome = ItemOutcome(item)
                 try:

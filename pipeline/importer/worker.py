@@ -110,9 +110,22 @@ def run_worker(
             break
         if protection is not None and items:
             protection.hold()
-        for outcome in import_items(
-            settings.database_url, s3, items, sqs, settings.queue_url, worker="importer", visibility=visibility
-        ):
+        outcomes = import_items(
+            settings.database_url,
+            s3,
+            items,
+            sqs,
+            settings.queue_url,
+            worker="importer",
+            visibility=visibility,
+            stop=stop,
+        )
+        if len(outcomes) < len(items):  # SIGTERM mid-batch: hand back what was not started, now
+            done = {id(o.item) for o in outcomes}
+            left = [i.receipt_handle for i in items if id(i) not in done]
+            release(sqs, settings.queue_url, left)
+            log.info("importer stopping: released %d message(s) not started", len(set(left)))
+        for outcome in outcomes:
             if not outcome.ok:
                 stats.failures += 1
             elif outcome.result.outcome == "loaded":

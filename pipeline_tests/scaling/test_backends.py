@@ -222,3 +222,40 @@ def test_scaling_status_shows_backlog_capacity_and_decisions(stack, clients):
     assert data["decisions"][0]["trigger"] == "cli" and data["decisions"][0]["applied"] is True
     text = pipeline("scaling", "status")
     assert "backlog" in text.stdout and "last decisions:" in text.stdout and "desired" in text.stdout
+
+
+def test_a_local_worker_drains_on_sigterm(stack, clients):
+    """SIGTERM mid-batch: the worker finishes the object in hand, hands the rest back to the queue
+    at once (not after the visibility timeout), exits; nothing is lost or loaded twice."""
+    import time
+
+    from pipeline.scaling.backends import LocalWorkerPool
+
+    sqs = clients("sqs")
+    queue_url = private_queue(sqs, f"sigterm-{uuid.uuid4().hex[:8]}")
+    settings = with_queue(stack, queue_url)
+    customer = new_customer()
+    flood(settings, clients("s3"), sqs, queue_url, customer, objects=10, rows=20_000)
+    _drop_shared_copies(stack, clients, customer)
+    pool = make_backend("local", clients, settings, traversable_tmpdir("pipeline-workers-"))
+    assert isinstance(pool, LocalWorkerPool)
+    try:
+        pool.set_desired(1)
+        wait_for(lambda: pool.capacity().protected == 1, timeout=60, what="the worker to take a batch")
+        started = time.monotonic()
+        pool.stop_all(timeout=60)
+        assert time.monotonic() - started < 60 and not pool.workers()
+    finally:
+        pool.stop_all()
+
+    partial = verify(settings, customer)
+    assert partial["duplicates"] == 0
+    logs = "".join(p.read_text() for p in pool.folder.glob("*.log"))
+    assert partial["objects_loaded"] < 10, "the worker was not stopped mid-batch:\n" + logs[-3000:]
+    # What it had not started is visible again at once (a 60 s visibility timeout would hide it).
+    visible = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert int(visible["Attributes"]["ApproximateNumberOfMessages"]) == 10 - partial["objects_loaded"]
+    run_worker(settings, drain=True, idle_polls=1)
+    final = verify(settings, customer)
+    assert final["objects_loaded"] == 10 and final["missing"] == 0 and final["duplicates"] == 0
+    sqs.delete_queue(QueueUrl=queue_url)
