@@ -292,6 +292,9 @@ def import_status(limit: int, as_json: bool) -> None:
         )
     if not report["failures"]:
         click.echo("  none")
+    click.echo(f"rejected messages (not our bucket / prefix / not from S3): {report['rejected_messages']}")
+    for rejection in report["recent_rejections"]:
+        click.secho(f"  {rejection['rejected_at']}  {rejection['message_id']}: {rejection['reason']}", fg="yellow")
 
 
 @cli.command()

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from tqdm import tqdm
 
 from pipeline.aws import client
@@ -56,7 +57,7 @@ def scratch_warehouse(settings: Settings):
         yield dataclasses.replace(settings, database_url=url)
     finally:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def put_objects(settings: Settings, prefix: str, objects: int, rows: int, progress: bool) -> list[ObjectVersion]:
@@ -97,14 +98,16 @@ def w1(settings: Settings, objects: int, rows: int, naive_rows: int, progress: b
         importer_seconds = time.perf_counter() - started
         total = sum(o.result.rows for o in outcomes if o.ok)
         assert total == objects * rows, f"importer loaded {total} of {objects * rows} rows"
-        columns = ", ".join(["ledger_id", *EVENT_COLUMNS])
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in ["ledger_id", *EVENT_COLUMNS])
         path = f"/tmp/pipeline-bench-{uuid.uuid4().hex[:8]}.copy"
         with psycopg.connect(bench.database_url, autocommit=True) as conn:
-            conn.execute(f"COPY telemetry_events ({columns}) TO '{path}' (FORMAT binary)")
+            conn.execute(sql.SQL("COPY telemetry_events ({}) TO {} (FORMAT binary)").format(columns, sql.Literal(path)))
             conn.execute("TRUNCATE telemetry_events")
             conn.execute("VACUUM ANALYZE telemetry_events")
             started = time.perf_counter()
-            conn.execute(f"COPY telemetry_events ({columns}) FROM '{path}' (FORMAT binary)")
+            conn.execute(
+                sql.SQL("COPY telemetry_events ({}) FROM {} (FORMAT binary)").format(columns, sql.Literal(path))
+            )
             copy_seconds = time.perf_counter() - started
             conn.execute("TRUNCATE telemetry_events")
         Path(path).unlink(missing_ok=True)  # the server wrote it on this machine (a local stack)
@@ -134,8 +137,10 @@ def naive_insert(database_url: str, s3, versions: list[ObjectVersion], limit: in
     rows = [tuple(r[c] for c in EVENT_COLUMNS) for r in table.slice(0, limit).to_pylist()]
     while len(rows) < limit:
         rows += rows[: limit - len(rows)]
-    placeholders = ", ".join(["%s"] * (len(EVENT_COLUMNS) + 1))
-    sql = f"INSERT INTO telemetry_events (ledger_id, {', '.join(EVENT_COLUMNS)}) VALUES ({placeholders})"
+    statement = sql.SQL("INSERT INTO telemetry_events ({}) VALUES ({})").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in ["ledger_id", *EVENT_COLUMNS]),
+        sql.SQL(", ").join([sql.Placeholder()] * (len(EVENT_COLUMNS) + 1)),
+    )
     with psycopg.connect(database_url) as conn:
         ledger_id = conn.execute(
             "INSERT INTO load_ledger (event, bucket, object_key, object_version) VALUES ('loaded','b','naive','v') "
@@ -144,7 +149,7 @@ def naive_insert(database_url: str, s3, versions: list[ObjectVersion], limit: in
         conn.commit()
         started = time.perf_counter()
         for n, row in enumerate(rows):
-            conn.execute(sql, (ledger_id, *row[:-1], f"naive-{n}"))  # event_id is the last column
+            conn.execute(statement, (ledger_id, *row[:-1], f"naive-{n}"))  # event_id is the last column
             conn.commit()
         return time.perf_counter() - started
 
@@ -197,7 +202,7 @@ def scratch_dagster_instance(settings: Settings):
         finally:
             instance.dispose()
             with psycopg.connect(settings.database_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextmanager

@@ -53,10 +53,32 @@ def discover(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
+# DMARC aggregate reports never carry a DTD. A document type declaration is how entity-expansion
+# attacks ("billion laughs") and external entities (XXE) get in, so it is refused before any XML
+# parser sees the document, whatever the parser's own defences.
+_DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+class _DtdScanner:
+    def __init__(self, name: str):
+        self.name, self.tail = name, b""
+
+    def feed(self, chunk: bytes) -> None:
+        window = self.tail + chunk
+        if _DTD.search(window):
+            raise Rejected(
+                f"{self.name}: the XML declares a DTD or entities (<!DOCTYPE/<!ENTITY>), which DMARC reports "
+                "never do and entity-expansion attacks do; not parsed"
+            )
+        self.tail = window[-16:]
+
+
 def _check_gzip(data: bytes, limits: Limits, name: str) -> None:
     total = 0
+    scanner = _DtdScanner(name)
     with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
         while chunk := stream.read(1024 * 1024):
+            scanner.feed(chunk)
             total += len(chunk)
             if total > limits.max_uncompressed_bytes:
                 raise Rejected(f"{name}: gzip expands past {limits.max_uncompressed_bytes} bytes")
@@ -79,6 +101,12 @@ def _check_zip(data: bytes, limits: Limits, name: str) -> None:
             f"{name}: zip compression ratio {total / packed:.0f}:1 is over "
             f"{limits.max_compression_ratio:.0f}:1, the mark of an archive bomb"
         )
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for member in archive.infolist():
+            scanner = _DtdScanner(f"{name} ({member.filename})")
+            with archive.open(member) as stream:  # reads at most the declared size
+                while chunk := stream.read(1024 * 1024):
+                    scanner.feed(chunk)
 
 
 def check_payload(data: bytes, limits: Limits, name: str) -> None:
@@ -93,6 +121,8 @@ def check_payload(data: bytes, limits: Limits, name: str) -> None:
             _check_gzip(data, limits, name)
         elif data[:4] == b"PK\x03\x04":
             _check_zip(data, limits, name)
+        else:
+            _DtdScanner(name).feed(data)
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise Rejected(f"{name}: damaged archive ({exc}); ask the sender for a new copy") from None
 

@@ -8,9 +8,11 @@ there; on a real cluster the same job reads the raw prefix directly (``raw_uri``
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -20,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.collector.catalog import RAW_KEY, raw_object_stats
+from pipeline.collector.normalize import CUSTOMER_ID
 from pipeline.enrich import reference
 from pipeline.enrich.java import require_java
 from pipeline.enrich.model import MODEL_VERSION
@@ -132,15 +135,32 @@ def _keys(s3, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
+def staged_path(folder: Path, customer: str, day: str, key: str) -> Path:
+    """Where a raw object is staged. The key never becomes a path: a hash names the file, and the
+    customer / day folders come from validated values; the result is checked to stay inside."""
+    if not CUSTOMER_ID.fullmatch(customer) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        raise ValueError(f"not a raw object of the collector: customer={customer!r} dt={day!r} ({key!r})")
+    name = hashlib.sha256(key.encode()).hexdigest()[:24] + ".jsonl.gz"
+    target = folder / f"customer={customer}" / f"dt={day}" / name
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"staging path for {key!r} leaves {folder}")
+    return target
+
+
 def stage_raw(s3, settings: Settings, days: list[str], folder: Path) -> dict[str, DayResult]:
     """Download the days' raw objects to ``folder``; count what the collector says they hold."""
     results = {day: DayResult(day) for day in days}
     for customer in _customers(s3, settings.raw_bucket, settings.raw_prefix):
+        if not CUSTOMER_ID.fullmatch(customer):
+            log.warning(
+                "skipped raw prefix customer=%r: not a customer id the collector writes; move or delete it", customer
+            )
+            continue
         for day in days:
             for key in _keys(s3, settings.raw_bucket, f"{settings.raw_prefix}customer={customer}/dt={day}/"):
                 if not RAW_KEY.search(key):
                     continue
-                target = folder / f"customer={customer}" / f"dt={day}" / key.rsplit("/", 1)[1]
+                target = staged_path(folder, customer, day, key)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(settings.raw_bucket, key, str(target))
                 results[day].raw_objects += 1

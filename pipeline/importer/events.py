@@ -8,7 +8,7 @@ records. ``s3:TestEvent`` (sent when notifications are configured) carries none.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from urllib.parse import unquote_plus
 
 
@@ -44,7 +44,8 @@ class ObjectVersion:
 @dataclass(frozen=True)
 class ParsedEvent:
     versions: list[ObjectVersion]
-    ignored: list[str]  # why records were skipped, one line each, for the tick log
+    ignored: list[str]  # expected and harmless (s3:TestEvent), one line each, for the tick log
+    rejected: list[str] = field(default_factory=list)  # not ours: another bucket / prefix / source
 
 
 def _unwrap(body: str) -> dict:
@@ -74,10 +75,11 @@ def parse_s3_event(body: str, bucket: str | None = None, prefix: str = "") -> Pa
         raise UnexpectedMessage(f"not an S3 event notification (no Records): {body[:200]!r}")
     versions: list[ObjectVersion] = []
     ignored: list[str] = []
+    rejected: list[str] = []
     for record in records:
         try:
             if record.get("eventSource") != "aws:s3":
-                ignored.append(f"record from {record.get('eventSource')!r}, not aws:s3")
+                rejected.append(f"record from {record.get('eventSource')!r}, not aws:s3")
                 continue
             s3 = record["s3"]
             name = s3["bucket"]["name"]
@@ -87,10 +89,10 @@ def parse_s3_event(body: str, bucket: str | None = None, prefix: str = "") -> Pa
         except (KeyError, TypeError, AttributeError) as exc:
             raise UnexpectedMessage(f"S3 event record without {exc}: {str(record)[:200]!r}") from None
         if bucket is not None and name != bucket:
-            ignored.append(f"s3://{name}/{key}: bucket is not {bucket}")
+            rejected.append(f"s3://{name}/{key}: bucket is not {bucket}")
             continue
         if not key.startswith(prefix):
-            ignored.append(f"s3://{name}/{key}: outside the prefix {prefix!r}")
+            rejected.append(f"s3://{name}/{key}: outside the prefix {prefix!r}")
             continue
         etag = (obj.get("eTag") or obj.get("etag") or "").strip('"') or None
         version = obj.get("versionId") or etag
@@ -110,4 +112,4 @@ def parse_s3_event(body: str, bucket: str | None = None, prefix: str = "") -> Pa
                 sequencer=obj.get("sequencer"),
             )
         )
-    return ParsedEvent(versions, ignored)
+    return ParsedEvent(versions, ignored, rejected)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
+from psycopg import sql
 
 from pipeline.importer.events import ObjectVersion
 from pipeline.telemetry import ENRICHED_FIELDS
@@ -46,7 +47,9 @@ _COPY_TYPES = {
 COPY_TYPES = [_COPY_TYPES[ENRICHED_FIELDS[name]] for name in EVENT_COLUMNS]
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
 _PG_EPOCH_DAYS = 10_957  # 2000-01-01 in Unix days
-COPY_SQL = f"COPY telemetry_events (ledger_id, {', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+COPY_SQL = sql.SQL("COPY telemetry_events ({}) FROM STDIN (FORMAT BINARY)").format(
+    sql.SQL(", ").join(sql.Identifier(c) for c in ["ledger_id", *EVENT_COLUMNS])
+)
 DEFAULT_MAX_OBJECT_BYTES = 512 * 1024 * 1024
 
 

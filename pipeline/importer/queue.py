@@ -23,6 +23,7 @@ class Delivery:
     sent_at: float | None
     versions: list[ObjectVersion] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
     error: str | None = None
     body: str = ""
 
@@ -41,7 +42,7 @@ def parse_delivery(message: dict, bucket: str | None, prefix: str) -> Delivery:
     except UnexpectedMessage as exc:
         delivery.error = str(exc)
         return delivery
-    delivery.versions, delivery.ignored = parsed.versions, parsed.ignored
+    delivery.versions, delivery.ignored, delivery.rejected = parsed.versions, parsed.ignored, parsed.rejected
     return delivery
 
 

@@ -38,6 +38,11 @@ def import_status(settings: Settings, limit: int = 20) -> dict:
             (limit,),
         ).fetchall()
         failures = conn.execute(UNRESOLVED_FAILURES, (limit,)).fetchall()
+        rejected_total = conn.execute("SELECT count(*) AS n FROM rejected_messages").fetchone()["n"]
+        rejected = conn.execute(
+            "SELECT message_id, reason, rejected_at FROM rejected_messages ORDER BY rejection_id DESC LIMIT %s",
+            (limit,),
+        ).fetchall()
     return {
         "queue_visible": visible,
         "queue_in_flight": in_flight,
@@ -46,4 +51,6 @@ def import_status(settings: Settings, limit: int = 20) -> dict:
         "rows_loaded": int(totals["rows"]),
         "recent_loads": recent,
         "failures": failures,
+        "rejected_messages": rejected_total,
+        "recent_rejections": rejected,
     }

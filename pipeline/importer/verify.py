@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+from psycopg import sql
 
 from pipeline.aws import client
 from pipeline.importer.inventory import list_enriched, live_loads, parquet_num_rows
@@ -27,16 +28,20 @@ def verify(settings: Settings, customer_id: str | None = None) -> dict:
         )
     with psycopg.connect(settings.database_url) as conn:
         live = live_loads(conn, settings.enriched_bucket, prefix)
-        customer_filter = "WHERE e.customer_id = %(c)s" if customer_id else ""
+        customer_filter = sql.SQL("WHERE e.customer_id = %(c)s" if customer_id else "")
         per_load = dict(
             conn.execute(
-                f"SELECT e.ledger_id, count(*) FROM telemetry_events e {customer_filter} GROUP BY e.ledger_id",
+                sql.SQL("SELECT e.ledger_id, count(*) FROM telemetry_events e {} GROUP BY e.ledger_id").format(
+                    customer_filter
+                ),
                 {"c": customer_id},
             ).fetchall()
         )
         reports, messages = conn.execute(
-            f"""SELECT count(DISTINCT (e.report_org, e.report_id)), coalesce(sum(e.message_count), 0)
-                FROM telemetry_events e {customer_filter}""",
+            sql.SQL(
+                """SELECT count(DISTINCT (e.report_org, e.report_id)), coalesce(sum(e.message_count), 0)
+                FROM telemetry_events e {}"""
+            ).format(customer_filter),
             {"c": customer_id},
         ).fetchone()
         failures = conn.execute(

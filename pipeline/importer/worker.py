@@ -40,6 +40,16 @@ class WorkerStats:
         return time.monotonic() - self.started
 
 
+def record_rejection(conn, delivery: Delivery, reason: str) -> None:
+    """A message naming something that is not ours: refused, logged, kept for the operator."""
+    log.warning("rejected message_id=%s reason=%s", delivery.message_id, reason)
+    conn.execute(
+        "INSERT INTO rejected_messages (message_id, reason, body_excerpt) VALUES (%s, %s, %s)",
+        (delivery.message_id, reason[:1000], delivery.body[:2000]),
+    )
+    conn.commit()
+
+
 def triage(
     database_url: str, sqs, settings: Settings, deliveries: list[Delivery]
 ) -> tuple[list[ImportItem], int, int, int]:
@@ -55,6 +65,8 @@ def triage(
                 continue
             for reason in delivery.ignored:
                 log.info("ignored message_id=%s reason=%s", delivery.message_id, reason)
+            for reason in delivery.rejected:
+                record_rejection(conn, delivery, reason)
             fresh = [v for v in delivery.versions if v.removed or not already_loaded(conn, v)]
             duplicates += len(delivery.versions) - len(fresh)
             if not fresh:

@@ -48,14 +48,14 @@ def test_raw_delivery_and_version_ids():
     assert version.version == "v2" and version.etag == "abc"
 
 
-def test_test_event_and_foreign_objects_are_ignored_with_reasons():
+def test_test_event_is_ignored_and_foreign_objects_are_rejected_with_reasons():
     test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}
     parsed = parse_s3_event(sns(test_event), "b", "enriched/")
-    assert parsed.versions == [] and "TestEvent" in parsed.ignored[0]
+    assert parsed.versions == [] and "TestEvent" in parsed.ignored[0] and parsed.rejected == []
     parsed = parse_s3_event(sns(s3_event("raw/x")), "b", "enriched/")
-    assert parsed.versions == [] and "outside the prefix" in parsed.ignored[0]
+    assert parsed.versions == [] and "outside the prefix" in parsed.rejected[0]
     parsed = parse_s3_event(sns(s3_event("enriched/x", bucket="other")), "b", "enriched/")
-    assert parsed.versions == [] and "bucket is not b" in parsed.ignored[0]
+    assert parsed.versions == [] and "bucket is not b" in parsed.rejected[0]
 
 
 def test_removals_are_versions_that_say_so():

@@ -90,6 +90,8 @@ def import_queue_sensor(
     for delivery in deliveries:
         for reason in delivery.ignored:
             context.log.info(f"ignored message {delivery.message_id}: {reason}")
+        for reason in delivery.rejected:
+            context.log.warning(f"rejected message {delivery.message_id}: {reason} (recorded in rejected_messages)")
         if delivery.error:
             context.log.warning(f"dead-lettered message {delivery.message_id}: {delivery.error}")
     items, ignored, duplicates, dead = triage(warehouse.database_url(), import_queue.sqs, settings, deliveries)
