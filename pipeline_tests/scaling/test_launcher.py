@@ -20,9 +20,9 @@ from pipeline.local.postgres import ensure_database
 from pipeline.scaling.backends import LocalWorkerPool
 from pipeline.scaling.controller import recent_decisions
 from pipeline.settings import dagster_sqlalchemy_url
-from pipeline_tests.conftest import traversable_tmpdir
-from pipeline_tests.scaling.backend_support import wait_for
-from pipeline_tests.support import enriched_key, new_customer, put_enriched
+from pipeline_tests.conftest import messages_for, traversable_tmpdir
+from pipeline_tests.scaling.backend_support import flood, private_queue, wait_for
+from pipeline_tests.support import new_customer
 
 
 def _fresh_dagster_db(stack) -> str:
@@ -33,7 +33,10 @@ def _fresh_dagster_db(stack) -> str:
 
 
 @pytest.fixture
-def daemon(stack, empty_queues):
+def daemon(stack, clients):
+    # Its own queue: the shared one holds other tests' leftovers (a poison object stays in flight
+    # for minutes), which would rightly keep capacity above zero.
+    queue_url = private_queue(clients("sqs"), f"launcher-{uuid.uuid4().hex[:8]}")
     home = traversable_tmpdir("dagster-home-")
     shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")  # the shipped instance config
     workers = home / "workers"
@@ -46,6 +49,7 @@ def daemon(stack, empty_queues):
         **os.environ,
         **stack.process_env(),
         "DAGSTER_HOME": str(home),
+        "PIPELINE_IMPORT_QUEUE_URL": queue_url,
         "DAGSTER_DATABASE_URL": dagster_sqlalchemy_url(_fresh_dagster_db(stack)),
         "PIPELINE_WORKERS_DIR": str(workers),
         "PIPELINE_CAPACITY_SENSOR_INTERVAL_S": "5",
@@ -62,7 +66,7 @@ def daemon(stack, empty_queues):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    yield proc, env, workers, home
+    yield proc, env, workers, home, queue_url
     proc.terminate()
     try:
         proc.wait(timeout=30)
@@ -71,14 +75,15 @@ def daemon(stack, empty_queues):
     LocalWorkerPool(workers).stop_all()
     log.close()
     shutil.rmtree(home, ignore_errors=True)
+    clients("sqs").delete_queue(QueueUrl=queue_url)
 
 
 def test_daemon_launches_through_the_scaling_launcher_and_returns_to_zero(stack, clients, daemon):
-    proc, env, workers, home = daemon
+    proc, env, workers, home, queue_url = daemon
     customer = new_customer()
-    for n in range(30):
-        key = enriched_key(stack, customer, f"flood-{n:03d}.parquet")
-        put_enriched(clients("s3"), stack, key, rows=50, seed=n, customer_id=customer)
+    flood(stack, clients("s3"), clients("sqs"), queue_url, customer, objects=30, rows=50)
+    for message in messages_for(clients("sqs"), stack.queue_url, customer):  # the bucket's own copies
+        clients("sqs").delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
 
     def loaded():
         assert proc.poll() is None, (home / "daemon.log").read_text()[-3000:]
@@ -104,7 +109,14 @@ def test_daemon_launches_through_the_scaling_launcher_and_returns_to_zero(stack,
         latest = recent_decisions(stack.database_url, key, 1)
         return latest and latest[0]["desired"] == 0 and not LocalWorkerPool(workers).workers()
 
-    wait_for(back_to_zero, timeout=120, interval=2, what="capacity to return to zero after the cooldown")
+    try:
+        wait_for(back_to_zero, timeout=120, interval=2, what="capacity to return to zero after the cooldown")
+    except AssertionError as exc:
+        recent = [
+            (d["trigger"][:20], d["backlog"], d["desired"], d["reason"])
+            for d in recent_decisions(stack.database_url, key, 5)
+        ]
+        raise AssertionError(f"{exc}; last decisions: {recent}") from None
 
 
 def test_a_capacity_api_error_is_reported_on_the_run_and_the_run_still_launches(stack):
