@@ -24,6 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	sh scripts/ensure-chromium.sh
 	$(BIN)/pytest
 
 ## Dagster's UI and daemon on the local stack: http://127.0.0.1:3000

@@ -12,7 +12,7 @@ setup(
     description="Event-sourced DMARC telemetry pipeline: S3 -> SNS -> SQS -> Dagster -> PostgreSQL",
     python_requires=">=3.11",
     packages=find_packages(exclude=["pipeline_tests", "pipeline_tests.*"]),
-    package_data={"pipeline": ["py.typed", "warehouse/migrations/*.sql"]},
+    package_data={"pipeline": ["py.typed", "warehouse/migrations/*.sql", "web/templates/*.html"]},
     include_package_data=True,
     install_requires=[
         f"dagster=={DAGSTER}",
@@ -25,7 +25,12 @@ setup(
         "pyspark>=4.0,<4.4",
         "pyarrow>=15",
         "pandas>=2.1,<3",  # pyspark 4.x does not support pandas 3 yet
-        "psycopg[binary]>=3.2,<4",
+        "psycopg[binary,pool]>=3.2,<4",
+        "starlette>=0.40",
+        "jinja2>=3.1",
+        "uvicorn>=0.30",
+        "itsdangerous>=2.1",
+        "python-multipart>=0.0.9",
         "moto[server]>=5.2,<6",
         "pgserver>=0.1.4",
         "parsedmarc>=9,<12",
@@ -40,6 +45,7 @@ setup(
             "ruff>=0.6",
             "cfn-lint>=1.0",
             "hypothesis>=6.100",
+            "playwright>=1.45",  # drives Debian's chromium (scripts/ensure-chromium.sh), no browser download
         ],
     },
     entry_points={"console_scripts": ["pipeline=pipeline.cli:main"]},

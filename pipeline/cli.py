@@ -126,11 +126,39 @@ def demo(reports_dir, customer_id, customers, reports_per_customer, seed) -> Non
             f"{v['messages_loaded']:>9} {v['missing']:>8} {v['duplicates']:>5}  "
             + click.style("ok" if v["ok"] else "NOT OK", fg="green" if v["ok"] else "red")
         )
+    _demo_headlines(settings, list(result.verify))
     click.echo("")
     click.echo(
         "Look around: `pipeline dev` (Dagster UI, http://127.0.0.1:3000), `pipeline verify`, `pipeline import-status`."
     )
     sys.exit(0 if result.ok else 1)
+
+
+def _demo_headlines(settings, customers: list[str]) -> None:
+    """The customers' headline figures as the web application shows them, and how to open it."""
+    from pipeline.web.queries import Warehouse, overview
+    from pipeline.web.tenants import issue_token
+
+    if not customers:
+        return
+    click.echo("")
+    warehouse = Warehouse(settings.database_url, pool_size=1)
+    try:
+        for cid in customers:
+            with warehouse.tenant(cid) as conn:
+                o = overview(conn, cid)
+            rate = f"{100 * o['dmarc_pass_rate']:.1f}%" if o["dmarc_pass_rate"] is not None else "-"
+            click.echo(
+                f"{cid}: {o['reports']} reports, {o['messages']} messages, DMARC pass {rate}, "
+                f"{len(o['domains'])} domain(s), {o['sources']} sending sources"
+            )
+    finally:
+        warehouse.close()
+    token = issue_token(settings.database_url, customers[0])
+    click.echo(
+        f"Web application: `pipeline web`, then http://127.0.0.1:8080/ and sign in as {customers[0]} "
+        f"with the token {token}"
+    )
 
 
 @cli.command()
@@ -340,6 +368,24 @@ def bench_import(workloads: str, scale: float, trickle_seconds: int, as_json: bo
         click.echo(f"{name:26} {value}{verdict}")
 
 
+@bench.command("web")
+@click.option("--events", default=1_000_000, show_default=True, help="Telemetry events in the scratch warehouse.")
+@click.option("--customers", default=5, show_default=True)
+@click.option("--clients", default=50, show_default=True, help="Concurrent clients.")
+@click.option("--rounds", default=6, show_default=True, help="Rounds of every page and API route per client.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_web(events: int, customers: int, clients: int, rounds: int, as_json: bool) -> None:
+    """p50/p95 page and API latency under concurrent clients, beside the SQL alone."""
+    from pipeline.bench import web as bench_web_module
+
+    figures = bench_web_module.run(load_settings(), events, customers, clients, rounds, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for name, value in figures.items():
+        click.echo(f"{name:24} {value}")
+
+
 @bench.command("enrich")
 @click.option("--customers", default=10, show_default=True)
 @click.option("--reports", default=40, show_default=True, help="Reports per customer.")
@@ -507,6 +553,77 @@ def chaos(objects: int, seed: int, rows: int, as_json: bool) -> None:
             click.echo(f"lost: {summary['lost_objects']}\nduplicated: {summary['duplicated_objects']}")
         click.echo(f"logs of the importers: {summary['logs']}")
     sys.exit(0 if summary["ok"] else 1)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def web(host: str, port: int) -> None:
+    """The customers' web application: reports, domains, sources, pipeline health (and /api/...)."""
+    import uvicorn
+
+    from pipeline.web.app import create_app
+
+    settings = load_settings()
+    click.echo(f"web application on http://{host}:{port}/  (sign in with `pipeline web-token --customer ID`)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+
+
+@cli.command("web-token")
+@click.option("--customer", "customer_id", required=True, help="The customer to issue a token for.")
+def web_token(customer_id: str) -> None:
+    """Issue (or replace) a customer's API token for the web application; shown once."""
+    from pipeline.web.tenants import issue_token
+
+    try:
+        click.echo(issue_token(load_settings().database_url, customer_id))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--customer") from None
+
+
+@cli.command()
+@click.option("--customer", "customer_id", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def report(customer_id: str, as_json: bool) -> None:
+    """The overview figures of one customer, as the web application shows them."""
+    from pipeline.warehouse.projections import refresh
+    from pipeline.web.queries import Warehouse, overview
+
+    settings = load_settings()
+    refresh(settings.database_url)
+    warehouse = Warehouse(settings.database_url, pool_size=1)
+    try:
+        with warehouse.tenant(customer_id) as conn:
+            data = overview(conn, customer_id)
+    finally:
+        warehouse.close()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    rate = f"{100 * data['dmarc_pass_rate']:.1f}%" if data["dmarc_pass_rate"] is not None else "-"
+    click.echo(
+        f"{customer_id}: {data['reports']} reports, {data['messages']} messages, DMARC pass {rate}, "
+        f"{data['sources']} sources, {data['first_day'] or '-'} .. {data['last_day'] or '-'}"
+    )
+    for d in data["domains"]:
+        dr = f"{100 * d['dmarc_pass_rate']:.1f}%" if d["dmarc_pass_rate"] is not None else "-"
+        click.echo(f"  {d['domain']:40} {d['messages']:>10} messages  DMARC pass {dr}")
+
+
+@cli.command()
+@click.argument("action", type=click.Choice(["refresh", "rebuild", "status"]))
+def projections(action: str) -> None:
+    """Keep the web application's projections: refresh dirty slices, rebuild all, or show status."""
+    from pipeline.warehouse import projections as proj
+
+    url = load_settings().database_url
+    if action == "status":
+        click.echo(f"dirty slices waiting: {proj.dirty_slices(url)}")
+        return
+    result = (proj.refresh if action == "refresh" else proj.rebuild)(url)
+    click.echo(
+        f"{action}: {result.slices} slice(s), {result.domain_rows} domain row(s), {result.source_rows} source row(s)"
+    )
 
 
 @cli.command("generate-reports")

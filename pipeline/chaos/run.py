@@ -108,7 +108,10 @@ class ChaosRun:
                 "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE)}),
             },
         )["QueueUrl"]
-        self.chaos = replace(self.settings, queue_url=queue, dead_letter_queue_url=dlq)
+        # Its own prefix, outside the one the bucket notifies: the run is the only deliverer.
+        self.chaos = replace(
+            self.settings, queue_url=queue, dead_letter_queue_url=dlq, enriched_prefix=f"chaos/{self.tag}/"
+        )
 
     def write_objects(self) -> list[tuple[str, str]]:
         bad_each = max(1, self.objects // 40)
@@ -118,7 +121,7 @@ class ChaosRun:
         written = []
         for index, kind in enumerate(kinds):
             day = f"2026-10-{1 + index % 28:02d}"
-            key = f"{self.settings.enriched_prefix}customer={self.customer}/dt={day}/chaos-{index:05d}.parquet"
+            key = f"{self.chaos.enriched_prefix}customer={self.customer}/dt={day}/chaos-{index:05d}.parquet"
             table = synthetic_enriched_table(
                 self.rows, seed=self.seed * 1_000_003 + index, customer_id=self.customer, report_id=f"{key}-r"
             )
@@ -193,7 +196,7 @@ class ChaosRun:
         with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:
             return conn.execute(
                 "SELECT count(*) FROM load_ledger WHERE event = 'loaded' AND starts_with(object_key, %s)",
-                (f"{self.settings.enriched_prefix}customer={self.customer}/",),
+                (f"{self.chaos.enriched_prefix}customer={self.customer}/",),
             ).fetchone()[0]
 
     def _restart_postgres(self) -> bool:
@@ -394,17 +397,6 @@ class ChaosRun:
                 self.sqs.delete_queue(QueueUrl=url)
             except Exception as exc:
                 log.warning("chaos: could not delete %s: %s", url, exc)
-        # The bucket's own notifications of the chaos objects went to the shared queue: drop them.
-        mine = f"customer={self.customer}/"
-        for _ in range(1000):
-            got = self.sqs.receive_message(
-                QueueUrl=self.settings.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=30
-            ).get("Messages", [])
-            if not got:
-                break
-            for message in got:
-                if mine in message["Body"]:
-                    self.sqs.delete_message(QueueUrl=self.settings.queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
 def run_chaos(settings: Settings, objects: int, seed: int, rows: int = 200, progress=None) -> dict:

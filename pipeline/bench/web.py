@@ -1,0 +1,167 @@
+"""`pipeline bench web`: page and API latency with concurrent clients over a million events,
+beside the time of the same queries run directly against PostgreSQL.
+
+Method: a scratch warehouse (its own database) gets ``events`` rows for ``customers`` customers
+over 30 days through the real importer, projections are rebuilt, the web application is served
+by uvicorn in this process, and ``clients`` threads each sign in with their customer's token and
+request pages and API routes in turn. The SQL-alone figures run the same query functions with
+the same concurrency through the same pool, without HTTP, templates or JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+from tqdm import tqdm
+
+from pipeline.aws import client
+from pipeline.bench.importer import scratch_warehouse
+from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
+from pipeline.importer.events import ObjectVersion
+from pipeline.importer.load import load_object
+from pipeline.local.ports import free_port
+from pipeline.settings import Settings
+from pipeline.warehouse.projections import rebuild
+
+PAGES = ["/", "/domains", "/sources?page=2", "/sources?sort=pass_rate&order=asc", "/health"]
+APIS = ["/api/overview", "/api/domains", "/api/sources?page=3&per_page=50", "/api/sources?q=amazon"]
+
+
+def _percentiles(samples: list[float]) -> dict:
+    if not samples:
+        return {"p50_ms": None, "p95_ms": None, "n": 0}
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {"p50_ms": round(statistics.median(ordered) * 1000, 1), "p95_ms": round(p95 * 1000, 1), "n": len(ordered)}
+
+
+def load_events(settings: Settings, events: int, customers: int, progress: bool) -> list[str]:
+    s3 = client(settings, "s3")
+    per_object = 20_000
+    objects = max(1, events // per_object)
+    names = [f"bench-web-{i:02d}" for i in range(customers)]
+    start = dt.date(2026, 10, 1)
+    tag = uuid.uuid4().hex[:6]
+
+    def one(i: int) -> int:
+        customer, day = names[i % customers], start + dt.timedelta(days=i % 30)
+        key = f"{settings.enriched_prefix}customer={customer}/dt={day}/bench-{tag}-{i:05d}.parquet"
+        table = synthetic_enriched_table(per_object, seed=i, customer_id=customer, day=day, report_id=f"{key}-r")
+        etag = s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=parquet_bytes(table))["ETag"].strip('"')
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            return load_object(conn, s3, ObjectVersion(settings.enriched_bucket, key, etag, etag=etag)).rows
+
+    with ThreadPoolExecutor(2) as pool:
+        loaded = sum(tqdm(pool.map(one, range(objects)), total=objects, desc="load events", disable=not progress))
+    assert loaded == objects * per_object, loaded
+    return names
+
+
+def _serve(app, port: int):
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return server, thread
+
+
+def run(
+    settings: Settings,
+    events: int = 1_000_000,
+    customers: int = 5,
+    clients: int = 50,
+    rounds: int = 6,
+    progress: bool = True,
+) -> dict:
+    import httpx
+
+    from pipeline.web import queries
+    from pipeline.web.app import create_app
+    from pipeline.web.tenants import issue_token
+
+    with scratch_warehouse(settings) as bench:
+        names = load_events(bench, events, customers, progress)
+        started = time.perf_counter()
+        rebuild(bench.database_url)
+        rebuild_s = time.perf_counter() - started
+        tokens = {name: issue_token(bench.database_url, name) for name in names}
+        app = create_app(bench, secret="bench")
+        app.state.warehouse.close()
+        app.state.warehouse = queries.Warehouse(bench.database_url, pool_size=20)
+        port = free_port(8700)
+        server, thread = _serve(app, port)
+        page_times: list[float] = []
+        api_times: list[float] = []
+        lock = threading.Lock()
+
+        def client_run(index: int) -> None:
+            name = names[index % len(names)]
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+                http.post("/login", data={"token": tokens[name]})
+                headers = {"Authorization": f"Bearer {tokens[name]}"}
+                for _ in range(rounds):
+                    for path in PAGES:
+                        t = time.perf_counter()
+                        assert http.get(path).status_code == 200, path
+                        with lock:
+                            page_times.append(time.perf_counter() - t)
+                    for path in APIS:
+                        t = time.perf_counter()
+                        assert http.get(path, headers=headers).status_code == 200, path
+                        with lock:
+                            api_times.append(time.perf_counter() - t)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(tqdm(pool.map(client_run, range(clients)), total=clients, desc="web clients", disable=not progress))
+        http_s = time.perf_counter() - started
+        server.should_exit = True
+        thread.join(timeout=10)
+
+        sql_times: list[float] = []
+
+        def sql_run(index: int) -> None:
+            name = names[index % len(names)]
+            for _ in range(rounds):
+                for call in (
+                    lambda c: queries.overview(c, name),
+                    lambda c: queries.domains(c, name),
+                    lambda c: queries.sources(c, name, queries.SourceQuery(page=2)),
+                    lambda c: queries.sources(c, name, queries.SourceQuery(sort="pass_rate", descending=False)),
+                    lambda c: queries.sources(c, name, queries.SourceQuery(search="amazon")),
+                ):
+                    t = time.perf_counter()
+                    with app.state.warehouse.tenant(name) as conn:
+                        call(conn)
+                    with lock:
+                        sql_times.append(time.perf_counter() - t)
+
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(sql_run, range(clients)))
+        app.state.warehouse.close()
+
+    page, api, sql_alone = _percentiles(page_times), _percentiles(api_times), _percentiles(sql_times)
+    return {
+        "events": (events // 20_000) * 20_000,
+        "customers": customers,
+        "clients": clients,
+        "projection_rebuild_s": round(rebuild_s, 2),
+        "page_p50_ms": page["p50_ms"],
+        "page_p95_ms": page["p95_ms"],
+        "api_p50_ms": api["p50_ms"],
+        "api_p95_ms": api["p95_ms"],
+        "sql_p50_ms": sql_alone["p50_ms"],
+        "sql_p95_ms": sql_alone["p95_ms"],
+        "requests": page["n"] + api["n"],
+        "requests_per_s": round((page["n"] + api["n"]) / http_s, 1),
+    }

@@ -1,0 +1,254 @@
+"""What the pages and the API show, read as the tenant.
+
+Every tenant query runs in a transaction as the ``pipeline_web`` role with ``pipeline.customer``
+set, so row-level security (migration 0007) limits it to that customer's rows whatever the SQL
+says; the explicit ``customer_id`` filters below are for the planner, not for safety.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+SORTABLE = {
+    "messages": "messages",
+    "pass_rate": "pass_rate",
+    "ip": "source_ip",
+    "asn": "asn",
+    "org": "as_org",
+    "service": "service_name",
+    "category": "sender_category",
+    "country": "country",
+}
+
+
+class Warehouse:
+    def __init__(self, database_url: str, pool_size: int = 10):
+        self.database_url = database_url
+        self.pool = ConnectionPool(
+            database_url, min_size=1, max_size=pool_size, open=True, kwargs={"autocommit": False}
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+
+    @contextmanager
+    def service(self) -> Iterator[psycopg.Connection]:
+        """Unscoped access, for sign-in and for the pipeline's own health."""
+        with self.pool.connection() as conn:
+            conn.row_factory = dict_row
+            yield conn
+
+    @contextmanager
+    def tenant(self, customer_id: str) -> Iterator[psycopg.Connection]:
+        with self.pool.connection() as conn, conn.transaction():
+            conn.row_factory = dict_row
+            conn.execute("SET LOCAL ROLE pipeline_web")
+            conn.execute("SELECT set_config('pipeline.customer', %s, true)", (customer_id,))
+            yield conn
+
+
+def overview(conn, customer_id: str) -> dict:
+    totals = conn.execute(
+        """SELECT count(DISTINCT (report_org, report_id)) AS reports, coalesce(sum(message_count), 0) AS messages,
+                  coalesce(sum(message_count) FILTER (WHERE dmarc_pass), 0) AS dmarc_pass_messages,
+                  count(DISTINCT source_ip) AS sources, min(day) AS first_day, max(day) AS last_day
+           FROM telemetry_events WHERE customer_id = %s""",
+        (customer_id,),
+    ).fetchone()
+    trend = conn.execute(
+        """SELECT day, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass, sum(dmarc_fail) AS dmarc_fail,
+                  sum(spf_pass) AS spf_pass, sum(dkim_pass) AS dkim_pass,
+                  sum(disposition_quarantine) AS quarantine, sum(disposition_reject) AS reject
+           FROM daily_domain_compliance WHERE customer_id = %s GROUP BY day ORDER BY day""",
+        (customer_id,),
+    ).fetchall()
+    messages = int(totals["messages"])
+    return {
+        "customer": customer_id,
+        "reports": totals["reports"],
+        "messages": messages,
+        "dmarc_pass_messages": int(totals["dmarc_pass_messages"]),
+        "dmarc_pass_rate": round(int(totals["dmarc_pass_messages"]) / messages, 4) if messages else None,
+        "sources": totals["sources"],
+        "first_day": totals["first_day"].isoformat() if totals["first_day"] else None,
+        "last_day": totals["last_day"].isoformat() if totals["last_day"] else None,
+        "trend": [{k: (v.isoformat() if k == "day" else int(v)) for k, v in row.items()} for row in trend],
+        "domains": domains(conn, customer_id),
+    }
+
+
+def domains(conn, customer_id: str) -> list[dict]:
+    rows = conn.execute(
+        """SELECT policy_domain AS domain, sum(reports) AS reports, sum(messages) AS messages,
+                  sum(dmarc_pass) AS dmarc_pass, sum(dmarc_fail) AS dmarc_fail, sum(spf_pass) AS spf_pass,
+                  sum(spf_fail) AS spf_fail, sum(dkim_pass) AS dkim_pass, sum(dkim_fail) AS dkim_fail,
+                  sum(disposition_none) AS disposition_none, sum(disposition_quarantine) AS quarantine,
+                  sum(disposition_reject) AS reject
+           FROM daily_domain_compliance WHERE customer_id = %s
+           GROUP BY policy_domain ORDER BY sum(messages) DESC, policy_domain""",
+        (customer_id,),
+    ).fetchall()
+    out = []
+    for row in rows:
+        item = {k: (v if k == "domain" else int(v)) for k, v in row.items()}
+        item["dmarc_pass_rate"] = round(item["dmarc_pass"] / item["messages"], 4) if item["messages"] else None
+        out.append(item)
+    return out
+
+
+@dataclass(frozen=True)
+class SourceQuery:
+    sort: str = "messages"
+    descending: bool = True
+    search: str = ""
+    category: str = ""
+    page: int = 1
+    per_page: int = 25
+
+    @classmethod
+    def parse(cls, params) -> SourceQuery:
+        def number(name: str, default: int, low: int, high: int) -> int:
+            try:
+                return max(low, min(high, int(params.get(name, default))))
+            except (TypeError, ValueError):
+                return default
+
+        sort = params.get("sort", "messages")
+        return cls(
+            sort=sort if sort in SORTABLE else "messages",
+            descending=params.get("order", "desc") != "asc",
+            search=(params.get("q") or "")[:100],
+            category=(params.get("category") or "")[:50],
+            page=number("page", 1, 1, 100_000),
+            per_page=number("per_page", 25, 5, 200),
+        )
+
+
+def sources(conn, customer_id: str, query: SourceQuery) -> dict:
+    from psycopg import sql
+
+    where = [sql.SQL("customer_id = %(c)s")]
+    params: dict = {"c": customer_id, "limit": query.per_page, "offset": (query.page - 1) * query.per_page}
+    if query.search:
+        where.append(
+            sql.SQL("(source_ip ILIKE %(q)s OR as_org ILIKE %(q)s OR service_name ILIKE %(q)s OR country ILIKE %(q)s)")
+        )
+        escaped = query.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params["q"] = "%" + escaped + "%"
+    if query.category:
+        where.append(sql.SQL("sender_category = %(category)s"))
+        params["category"] = query.category
+    order = sql.SQL("{} {} NULLS LAST, source_ip").format(
+        sql.Identifier(SORTABLE[query.sort]), sql.SQL("DESC" if query.descending else "ASC")
+    )
+    statement = sql.SQL(
+        """WITH s AS (
+             SELECT source_ip, max(asn) AS asn, max(as_org) AS as_org, max(country) AS country,
+                    max(service_name) AS service_name, max(sender_category) AS sender_category,
+                    round(avg(trust_score)::numeric, 3)::float8 AS trust_score,
+                    sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
+                    round(sum(dmarc_pass)::numeric / nullif(sum(messages), 0), 4)::float8 AS pass_rate,
+                    min(day) AS first_day, max(day) AS last_day
+             FROM daily_source_summary WHERE {where} GROUP BY source_ip)
+           SELECT *, count(*) OVER () AS total FROM s ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"""
+    ).format(where=sql.SQL(" AND ").join(where), order=order)
+    rows = conn.execute(statement, params).fetchall()
+    total = rows[0]["total"] if rows else 0
+    items = []
+    for row in rows:
+        row.pop("total")
+        row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
+        row["first_day"], row["last_day"] = row["first_day"].isoformat(), row["last_day"].isoformat()
+        items.append(row)
+    categories = [
+        r["sender_category"]
+        for r in conn.execute(
+            "SELECT DISTINCT sender_category FROM daily_source_summary WHERE customer_id = %s "
+            "AND sender_category IS NOT NULL ORDER BY 1",
+            (customer_id,),
+        ).fetchall()
+    ]
+    pages = max(1, -(-total // query.per_page))
+    return {"items": items, "total": total, "page": query.page, "pages": pages, "categories": categories}
+
+
+def report(conn, customer_id: str, report_id: str) -> dict | None:
+    rows = conn.execute(
+        """SELECT report_org, report_id, report_email, report_begin, report_end, policy_domain, policy_p,
+                  source_ip, message_count, disposition, policy_dkim, policy_spf, header_from, dkim_domain,
+                  dkim_result, spf_domain, spf_result, country, as_org, service_name, sender_category, dmarc_pass
+           FROM telemetry_events WHERE customer_id = %s AND report_id = %s ORDER BY record_index""",
+        (customer_id, report_id[:300]),
+    ).fetchall()
+    if not rows:
+        return None
+    head = rows[0]
+    return {
+        "report_org": head["report_org"],
+        "report_id": head["report_id"],
+        "report_email": head["report_email"],
+        "begin": head["report_begin"].isoformat() if head["report_begin"] else None,
+        "end": head["report_end"].isoformat() if head["report_end"] else None,
+        "policy_domain": head["policy_domain"],
+        "policy": head["policy_p"],
+        "messages": sum(int(r["message_count"] or 0) for r in rows),
+        "records": [
+            {
+                k: r[k]
+                for k in (
+                    "source_ip",
+                    "message_count",
+                    "disposition",
+                    "policy_dkim",
+                    "policy_spf",
+                    "header_from",
+                    "dkim_domain",
+                    "dkim_result",
+                    "spf_domain",
+                    "spf_result",
+                    "country",
+                    "as_org",
+                    "service_name",
+                    "sender_category",
+                    "dmarc_pass",
+                )
+            }
+            for r in rows
+        ],
+    }
+
+
+def recent_reports(conn, customer_id: str, limit: int = 10) -> list[dict]:
+    return conn.execute(
+        """SELECT report_id, max(report_org) AS report_org, max(policy_domain) AS policy_domain,
+                  max(report_end) AS report_end, sum(message_count) AS messages
+           FROM telemetry_events WHERE customer_id = %s
+           GROUP BY report_id ORDER BY max(report_end) DESC NULLS LAST, report_id LIMIT %s""",
+        (customer_id, limit),
+    ).fetchall()
+
+
+def health(conn, customer_id: str, enriched_prefix: str) -> dict:
+    """The pipeline as it concerns this customer: its last loads and unresolved failures."""
+    prefix = f"{enriched_prefix}customer={customer_id}/"
+    loads = conn.execute(
+        """SELECT event, object_key, rows, recorded_at FROM load_ledger
+           WHERE starts_with(object_key, %s) ORDER BY ledger_id DESC LIMIT 10""",
+        (prefix,),
+    ).fetchall()
+    failures = conn.execute(
+        """SELECT object_key, max(error) AS error, count(*) AS attempts, max(failed_at) AS last_failed
+           FROM import_failures f WHERE starts_with(object_key, %s) AND NOT EXISTS (
+               SELECT 1 FROM load_ledger l WHERE l.object_key = f.object_key AND l.recorded_at > f.failed_at)
+           GROUP BY object_key ORDER BY max(failed_at) DESC LIMIT 10""",
+        (prefix,),
+    ).fetchall()
+    for row in loads + failures:
+        row["object_key"] = row["object_key"][len(prefix) :]
+    return {"recent_loads": loads, "failures": failures}

@@ -1,0 +1,121 @@
+"""In a real headless Chromium (Debian's package, driven by Playwright): pages load, charts
+render, filters and pagination work, screenshots are taken; tampering with URLs gets 404."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.local.ports import free_port
+from pipeline.web.app import create_app
+from pipeline.web.tenants import issue_token
+from pipeline_tests.support import new_customer
+from pipeline_tests.web.support import customer_with_reports
+
+SCREENSHOTS = Path(os.environ.get("PIPELINE_SCREENSHOTS", "/tmp/pipeline-screenshots"))
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("PIPELINE_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def site(stack, clients):
+    import uvicorn
+
+    if _chromium() is None:
+        pytest.skip("Debian's chromium is not installed (scripts/ensure-chromium.sh installs it as root)")
+    a, b = new_customer(), new_customer()
+    customer_with_reports(stack, clients("s3"), a, objects=4, rows=80)
+    customer_with_reports(stack, clients("s3"), b, objects=1, rows=20)
+    app = create_app(stack, secret="browser-test")
+    port = free_port(8600)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield {
+        "url": f"http://127.0.0.1:{port}",
+        "a": a,
+        "b": b,
+        "token_a": issue_token(stack.database_url, a),
+        "token_b": issue_token(stack.database_url, b),
+    }
+    server.should_exit = True
+    thread.join(timeout=10)
+    app.state.warehouse.close()
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def _sign_in(browser, site, token):
+    page = browser.new_page()
+    page.goto(site["url"] + "/")
+    assert page.url.endswith("/login")
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(site["url"] + "/")
+    return page
+
+
+def test_pages_charts_filters_and_pagination_in_chromium(browser, site):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = _sign_in(browser, site, site["token_a"])
+    assert page.locator("#reports").inner_text() == "4"
+    bars = page.locator("svg.chart rect.bar")
+    assert bars.count() >= 1 and page.locator("svg.chart polyline.rate").count() == 1
+    box = page.locator("svg.chart").first.bounding_box()
+    assert box and box["width"] > 300 and box["height"] > 80  # rendered, not just present
+    page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+
+    page.click("text=Sources")
+    assert page.locator("#sources").count() == 1
+    page.goto(site["url"] + "/sources?per_page=5")
+    first_page = page.locator("#sources tr td:first-child").all_inner_texts()
+    assert len(first_page) == 5
+    page.click("#next")
+    assert "page 2 of" in page.locator("#page-info").inner_text()
+    assert not set(first_page) & set(page.locator("#sources tr td:first-child").all_inner_texts())
+    page.click("a[data-sort=ip]")
+    ips = page.locator("#sources tr td:first-child").all_inner_texts()
+    assert ips == sorted(ips, reverse=True) or ips == sorted(ips)
+    page.fill("input[name=q]", first_page[0])
+    page.click("form.filters button")
+    assert page.locator("#sources tr td:first-child").all_inner_texts() == [first_page[0]]
+    page.screenshot(path=str(SCREENSHOTS / "sources.png"), full_page=True)
+
+    page.click("text=Domains")
+    assert page.locator("#domains tr").count() >= 2
+    page.click("text=Pipeline health")
+    assert page.locator("#backlog").inner_text().strip() != ""
+    page.screenshot(path=str(SCREENSHOTS / "health.png"), full_page=True)
+    assert (SCREENSHOTS / "overview.png").stat().st_size > 5000
+
+
+def test_another_customers_report_is_not_found_in_the_browser(browser, site):
+    other = _sign_in(browser, site, site["token_b"])
+    report_link = other.locator("a[href^='/reports/']").first.get_attribute("href")
+    page = _sign_in(browser, site, site["token_a"])
+    response = page.goto(site["url"] + report_link)
+    assert response.status == 404
+    assert site["b"] not in page.content()
+    response = page.goto(site["url"] + "/api/overview?customer=" + site["b"])
+    assert response.status == 200 and site["b"] not in page.content()
