@@ -142,6 +142,7 @@ def _demo_headlines(settings, customers: list[str]) -> None:
     if not customers:
         return
     click.echo("")
+    click.echo("Headline figures, as the web application shows them:")
     warehouse = Warehouse(settings.database_url, pool_size=1)
     try:
         for cid in customers:
@@ -149,7 +150,7 @@ def _demo_headlines(settings, customers: list[str]) -> None:
                 o = overview(conn, cid)
             rate = f"{100 * o['dmarc_pass_rate']:.1f}%" if o["dmarc_pass_rate"] is not None else "-"
             click.echo(
-                f"{cid}: {o['reports']} reports, {o['messages']} messages, DMARC pass {rate}, "
+                f"  {cid}: {o['reports']} reports, {o['messages']} messages, DMARC pass {rate}, "
                 f"{len(o['domains'])} domain(s), {o['sources']} sending sources"
             )
     finally:

@@ -25,6 +25,8 @@ def test_demo_runs_the_whole_flow(stack, empty_queues):
         assert f"  {step}" in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith("customer-00")]
     assert len(lines) == 2 and all(line.rstrip().endswith("ok") for line in lines)
+    assert "  customer-001: 4 reports," in result.stdout and "DMARC pass" in result.stdout
+    assert "Web application: `pipeline web`, then http://127.0.0.1:8080/" in result.stdout
     verified = json.loads(run("verify", "--customer", "customer-001", "--json").stdout)
     assert verified["ok"] and verified["reports_loaded"] == 4 and verified["rows_loaded"] > 0
 
