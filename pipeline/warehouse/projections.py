@@ -45,6 +45,28 @@ GROUP BY e.customer_id, e.day, coalesce(e.source_ip, '')
 """
 
 
+_REPORT_INSERT = """
+INSERT INTO daily_reports
+SELECT e.customer_id, e.day, coalesce(e.report_org, ''), coalesce(e.report_id, ''), max(e.policy_domain),
+       min(e.report_begin), max(e.report_end),
+       coalesce(sum(e.message_count), 0), coalesce(sum(e.message_count) FILTER (WHERE e.dmarc_pass), 0)
+FROM telemetry_events e JOIN slices s ON s.customer_id = e.customer_id AND s.day = e.day
+GROUP BY e.customer_id, e.day, coalesce(e.report_org, ''), coalesce(e.report_id, '')
+"""
+
+# The all-days rollup of the customers whose slices changed.
+_ROLLUP = """
+INSERT INTO source_summary
+SELECT d.customer_id, d.source_ip, max(d.asn), max(d.as_org), max(d.country), max(d.service_name),
+       max(d.sender_category), round(avg(d.trust_score)::numeric, 4)::double precision,
+       sum(d.messages), sum(d.dmarc_pass),
+       round(sum(d.dmarc_pass)::numeric / nullif(sum(d.messages), 0), 4)::double precision,
+       min(d.day), max(d.day)
+FROM daily_source_summary d WHERE d.customer_id IN (SELECT DISTINCT customer_id FROM slices)
+GROUP BY d.customer_id, d.source_ip
+"""
+
+
 @dataclass(frozen=True)
 class RefreshResult:
     slices: int
@@ -61,8 +83,12 @@ def _recompute(conn: psycopg.Connection) -> RefreshResult:
     conn.execute(
         "DELETE FROM daily_source_summary d USING slices s WHERE d.customer_id = s.customer_id AND d.day = s.day"
     )
+    conn.execute("DELETE FROM daily_reports d USING slices s WHERE d.customer_id = s.customer_id AND d.day = s.day")
     domain_rows = conn.execute(_DOMAIN_INSERT).rowcount
     source_rows = conn.execute(_SOURCE_INSERT).rowcount
+    conn.execute(_REPORT_INSERT)
+    conn.execute("DELETE FROM source_summary WHERE customer_id IN (SELECT DISTINCT customer_id FROM slices)")
+    conn.execute(_ROLLUP)
     return RefreshResult(slices, domain_rows, source_rows)
 
 
@@ -83,7 +109,7 @@ def rebuild(database_url: str) -> RefreshResult:
     with psycopg.connect(database_url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         conn.execute("DELETE FROM projection_dirty")
-        conn.execute("TRUNCATE daily_domain_compliance, daily_source_summary")
+        conn.execute("TRUNCATE daily_domain_compliance, daily_source_summary, daily_reports, source_summary")
         conn.execute(
             "CREATE TEMP TABLE slices ON COMMIT DROP AS "
             "SELECT DISTINCT customer_id, day FROM telemetry_events WHERE day IS NOT NULL"
@@ -96,9 +122,4 @@ def dirty_slices(database_url: str) -> int:
         return conn.execute("SELECT count(*) FROM projection_dirty").fetchone()[0]
 
 
-def snapshot(database_url: str) -> tuple[list[tuple], list[tuple]]:
-    """Both projections, ordered: for comparing upkeep with a rebuild."""
-    with psycopg.connect(database_url) as conn:
-        domains = conn.execute("SELECT * FROM daily_domain_compliance ORDER BY 1, 2, 3").fetchall()
-        sources = conn.execute("SELECT * FROM daily_source_summary ORDER BY 1, 2, 3").fetchall()
-    return domains, sources
+PROJECTION_TABLES = ("daily_domain_compliance", "daily_source_summary", "daily_reports", "source_summary")

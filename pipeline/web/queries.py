@@ -55,11 +55,11 @@ class Warehouse:
 
 def overview(conn, customer_id: str) -> dict:
     totals = conn.execute(
-        """SELECT count(DISTINCT (report_org, report_id)) AS reports, coalesce(sum(message_count), 0) AS messages,
-                  coalesce(sum(message_count) FILTER (WHERE dmarc_pass), 0) AS dmarc_pass_messages,
-                  count(DISTINCT source_ip) AS sources, min(day) AS first_day, max(day) AS last_day
-           FROM telemetry_events WHERE customer_id = %s""",
-        (customer_id,),
+        """SELECT coalesce(sum(reports), 0) AS reports, coalesce(sum(messages), 0) AS messages,
+                  coalesce(sum(dmarc_pass), 0) AS dmarc_pass_messages, min(day) AS first_day, max(day) AS last_day,
+                  (SELECT count(*) FROM source_summary WHERE customer_id = %(c)s) AS sources
+           FROM daily_domain_compliance WHERE customer_id = %(c)s""",
+        {"c": customer_id},
     ).fetchone()
     trend = conn.execute(
         """SELECT day, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass, sum(dmarc_fail) AS dmarc_fail,
@@ -71,7 +71,7 @@ def overview(conn, customer_id: str) -> dict:
     messages = int(totals["messages"])
     return {
         "customer": customer_id,
-        "reports": totals["reports"],
+        "reports": int(totals["reports"]),
         "messages": messages,
         "dmarc_pass_messages": int(totals["dmarc_pass_messages"]),
         "dmarc_pass_rate": round(int(totals["dmarc_pass_messages"]) / messages, 4) if messages else None,
@@ -147,29 +147,24 @@ def sources(conn, customer_id: str, query: SourceQuery) -> dict:
     order = sql.SQL("{} {} NULLS LAST, source_ip").format(
         sql.Identifier(SORTABLE[query.sort]), sql.SQL("DESC" if query.descending else "ASC")
     )
+    condition = sql.SQL(" AND ").join(where)
+    total = conn.execute(sql.SQL("SELECT count(*) AS n FROM source_summary WHERE {}").format(condition), params)
+    total = total.fetchone()["n"]
     statement = sql.SQL(
-        """WITH s AS (
-             SELECT source_ip, max(asn) AS asn, max(as_org) AS as_org, max(country) AS country,
-                    max(service_name) AS service_name, max(sender_category) AS sender_category,
-                    round(avg(trust_score)::numeric, 3)::float8 AS trust_score,
-                    sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
-                    round(sum(dmarc_pass)::numeric / nullif(sum(messages), 0), 4)::float8 AS pass_rate,
-                    min(day) AS first_day, max(day) AS last_day
-             FROM daily_source_summary WHERE {where} GROUP BY source_ip)
-           SELECT *, count(*) OVER () AS total FROM s ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"""
-    ).format(where=sql.SQL(" AND ").join(where), order=order)
+        """SELECT source_ip, asn, as_org, country, service_name, sender_category, trust_score, messages,
+                  dmarc_pass, pass_rate, first_day, last_day
+           FROM source_summary WHERE {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"""
+    ).format(where=condition, order=order)
     rows = conn.execute(statement, params).fetchall()
-    total = rows[0]["total"] if rows else 0
     items = []
     for row in rows:
-        row.pop("total")
         row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
         row["first_day"], row["last_day"] = row["first_day"].isoformat(), row["last_day"].isoformat()
         items.append(row)
     categories = [
         r["sender_category"]
         for r in conn.execute(
-            "SELECT DISTINCT sender_category FROM daily_source_summary WHERE customer_id = %s "
+            "SELECT DISTINCT sender_category FROM source_summary WHERE customer_id = %s "
             "AND sender_category IS NOT NULL ORDER BY 1",
             (customer_id,),
         ).fetchall()
@@ -226,10 +221,8 @@ def report(conn, customer_id: str, report_id: str) -> dict | None:
 
 def recent_reports(conn, customer_id: str, limit: int = 10) -> list[dict]:
     return conn.execute(
-        """SELECT report_id, max(report_org) AS report_org, max(policy_domain) AS policy_domain,
-                  max(report_end) AS report_end, sum(message_count) AS messages
-           FROM telemetry_events WHERE customer_id = %s
-           GROUP BY report_id ORDER BY max(report_end) DESC NULLS LAST, report_id LIMIT %s""",
+        """SELECT report_id, report_org, policy_domain, report_end, messages
+           FROM daily_reports WHERE customer_id = %s ORDER BY report_end DESC NULLS LAST, report_id LIMIT %s""",
         (customer_id, limit),
     ).fetchall()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
-from pipeline.warehouse.projections import rebuild, refresh
+from pipeline.warehouse.projections import PROJECTION_TABLES, rebuild, refresh
 from pipeline_tests.support import new_customer
 from pipeline_tests.web.support import delete_and_load, put_and_load
 
@@ -17,15 +18,16 @@ OPS = st.lists(
 )
 
 
-def _mine(database_url: str, customer: str) -> tuple[list, list]:
+def _mine(database_url: str, customer: str) -> tuple[list, ...]:
+    """Every projection's rows of this customer, ordered."""
     with psycopg.connect(database_url) as conn:
-        domains = conn.execute(
-            "SELECT * FROM daily_domain_compliance WHERE customer_id = %s ORDER BY 1, 2, 3", (customer,)
-        ).fetchall()
-        sources = conn.execute(
-            "SELECT * FROM daily_source_summary WHERE customer_id = %s ORDER BY 1, 2, 3", (customer,)
-        ).fetchall()
-    return domains, sources
+        return tuple(
+            conn.execute(
+                sql.SQL("SELECT * FROM {} WHERE customer_id = %s ORDER BY 1, 2, 3, 4").format(sql.Identifier(table)),
+                (customer,),
+            ).fetchall()
+            for table in PROJECTION_TABLES
+        )
 
 
 def _truth(database_url: str, customer: str) -> int:
@@ -46,7 +48,7 @@ def test_incremental_upkeep_equals_a_full_rebuild(stack, clients, ops):
         elif slot in live:  # a delete (tombstone)
             delete_and_load(stack, s3, live.pop(slot), step)
         refresh(stack.database_url)
-        domains, _ = _mine(stack.database_url, customer)
+        domains = _mine(stack.database_url, customer)[0]
         assert sum(row[4] for row in domains) == _truth(stack.database_url, customer)  # messages follow the events
     incremental = _mine(stack.database_url, customer)
     rebuild(stack.database_url)
@@ -60,7 +62,7 @@ def test_a_tombstone_empties_its_slice(stack, clients):
     assert _mine(stack.database_url, customer)[0]
     delete_and_load(stack, s3, key, 2)
     refresh(stack.database_url)
-    assert _mine(stack.database_url, customer) == ([], [])
+    assert _mine(stack.database_url, customer) == ([], [], [], [])
 
 
 def test_projection_assets_materialize_through_dagster(stack, clients):

@@ -66,6 +66,41 @@ CREATE TABLE daily_source_summary (
     PRIMARY KEY (customer_id, day, source_ip)
 );
 
+-- One row per report (a report covers one day and one policy domain), for report lists.
+CREATE TABLE daily_reports (
+    customer_id   text   NOT NULL,
+    day           date   NOT NULL,
+    report_org    text   NOT NULL,
+    report_id     text   NOT NULL,
+    policy_domain text,
+    report_begin  timestamptz,
+    report_end    timestamptz,
+    messages      bigint NOT NULL,
+    dmarc_pass    bigint NOT NULL,
+    PRIMARY KEY (customer_id, day, report_org, report_id)
+);
+CREATE INDEX daily_reports_recent ON daily_reports (customer_id, report_end DESC);
+
+-- Per customer and sending IP over all days (rolled up from daily_source_summary for the
+-- customers whose slices changed), so that the sources page sorts and pages without grouping.
+CREATE TABLE source_summary (
+    customer_id     text   NOT NULL,
+    source_ip       text   NOT NULL,
+    asn             bigint,
+    as_org          text,
+    country         text,
+    service_name    text,
+    sender_category text,
+    trust_score     double precision,
+    messages        bigint NOT NULL,
+    dmarc_pass      bigint NOT NULL,
+    pass_rate       double precision,
+    first_day       date   NOT NULL,
+    last_day        date   NOT NULL,
+    PRIMARY KEY (customer_id, source_ip)
+);
+CREATE INDEX source_summary_by_messages ON source_summary (customer_id, messages DESC, source_ip);
+
 -- Tenants of the web application: API tokens are stored as SHA-256 hashes only.
 CREATE TABLE tenants (
     customer_id text PRIMARY KEY,
@@ -82,17 +117,24 @@ DO $$ BEGIN
     END IF;
 END $$;
 
-GRANT SELECT ON telemetry_events, daily_domain_compliance, daily_source_summary TO pipeline_web;
+GRANT SELECT ON telemetry_events, daily_domain_compliance, daily_source_summary, daily_reports, source_summary
+    TO pipeline_web;
 
 ALTER TABLE telemetry_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE daily_domain_compliance ENABLE ROW LEVEL SECURITY;
 ALTER TABLE daily_source_summary ENABLE ROW LEVEL SECURITY;
+ALTER TABLE daily_reports ENABLE ROW LEVEL SECURITY;
+ALTER TABLE source_summary ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY tenant_rows ON telemetry_events FOR SELECT TO pipeline_web
     USING (customer_id = current_setting('pipeline.customer', true));
 CREATE POLICY tenant_rows ON daily_domain_compliance FOR SELECT TO pipeline_web
     USING (customer_id = current_setting('pipeline.customer', true));
 CREATE POLICY tenant_rows ON daily_source_summary FOR SELECT TO pipeline_web
+    USING (customer_id = current_setting('pipeline.customer', true));
+CREATE POLICY tenant_rows ON daily_reports FOR SELECT TO pipeline_web
+    USING (customer_id = current_setting('pipeline.customer', true));
+CREATE POLICY tenant_rows ON source_summary FOR SELECT TO pipeline_web
     USING (customer_id = current_setting('pipeline.customer', true));
 
 -- Every other role (the importer, migrations, operators) keeps seeing and writing all rows
@@ -102,4 +144,8 @@ CREATE POLICY pipeline_service ON telemetry_events TO PUBLIC
 CREATE POLICY pipeline_service ON daily_domain_compliance TO PUBLIC
     USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
 CREATE POLICY pipeline_service ON daily_source_summary TO PUBLIC
+    USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
+CREATE POLICY pipeline_service ON daily_reports TO PUBLIC
+    USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
+CREATE POLICY pipeline_service ON source_summary TO PUBLIC
     USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
