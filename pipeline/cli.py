@@ -344,7 +344,12 @@ def bench() -> None:
 
 
 @bench.command("import")
-@click.option("--workloads", default="w1,w2,w3", show_default=True, help="Which of W1, W2, W3 to run.")
+@click.option(
+    "--workloads",
+    default="w1,w2,w3",
+    show_default=True,
+    help="Which of W1, W2, W3 (and W4: tick flatness with 100,000 objects seen) to run.",
+)
 @click.option("--scale", default=1.0, show_default=True, help="Fraction of W1/W2 object counts (quick runs: 0.1).")
 @click.option("--trickle-seconds", default=120, show_default=True, help="Length of W3.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")

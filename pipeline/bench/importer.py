@@ -39,6 +39,8 @@ from pipeline.local.postgres import ensure_database, sibling_database_url
 from pipeline.settings import Settings
 from pipeline.warehouse.schema import migrate
 
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
 TARGETS = {
     "efficiency": (">=", 0.70),
     "speedup_vs_naive": (">=", 35.0),
@@ -272,6 +274,58 @@ def _committed(settings: Settings, prefix: str) -> dict[str, float]:
     return {k: float(t) for k, t in rows}
 
 
+def w4(settings: Settings, seen: int, new: int, progress: bool) -> dict:
+    """Tick flatness: one import-sensor tick of ``new`` objects, and adding their partitions and
+    resolving a run's partition range, with no objects seen before and with ``seen`` objects
+    seen (rows in object_partitions, and as many dynamic partitions in Dagster's storage)."""
+    from dagster import PartitionKeyRange
+
+    from pipeline.defs.warehouse.partitions import enriched_objects
+    from pipeline.defs.warehouse.sensors import import_queue_sensor
+    from pipeline.local.inprocess import tick
+
+    timings: dict[str, float] = {}
+    with scratch_warehouse(settings) as bench, _database(bench), scratch_dagster_instance(settings) as instance:
+        drain_queue_silently(settings)  # warm-up: connections, imports, caches
+        put_objects(settings, f"w4warm-{uuid.uuid4().hex[:6]}", 10, 10, False)
+        time.sleep(1)
+        tick(instance, import_queue_sensor)
+        for label, existing in (("empty", 0), ("seen", seen)):
+            if existing:
+                keys = [f"customer=seen/dt=2026-01-01/old-{i:07d}.parquet" for i in range(existing)]
+                for start in tqdm(range(0, existing, 10_000), desc="seed partitions", disable=not progress):
+                    instance.add_dynamic_partitions("enriched_objects", keys[start : start + 10_000])
+                copy_sql = "COPY object_partitions (partition_key, bucket, object_key) FROM STDIN"
+                with psycopg.connect(bench.database_url) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                    for key in keys:
+                        copy.write_row((key, settings.enriched_bucket, f"{settings.enriched_prefix}{key}"))
+            drain_queue_silently(settings)
+            put_objects(settings, f"w4{label}-{uuid.uuid4().hex[:6]}", new, 10, progress)
+            time.sleep(1)  # the notifications reach the queue
+            started = time.perf_counter()
+            result = tick(instance, import_queue_sensor)
+            tick_s = time.perf_counter() - started
+            new_keys = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
+            started = time.perf_counter()
+            instance.add_dynamic_partitions("enriched_objects", new_keys)
+            for request in result.run_requests:
+                enriched_objects.get_partition_keys_in_range(
+                    PartitionKeyRange(request.tags[RANGE_START], request.tags[RANGE_END]),
+                    dynamic_partitions_store=instance,
+                )
+            apply_s = time.perf_counter() - started
+            timings[f"tick_{label}_s"] = round(tick_s, 3)
+            timings[f"apply_{label}_s"] = round(apply_s, 3)
+            drain_queue_silently(settings)
+    return {
+        "w4_seen_objects": seen,
+        "w4_new_objects": new,
+        **timings,
+        "tick_growth": round(timings["tick_seen_s"] / timings["tick_empty_s"], 2),
+        "apply_growth": round(timings["apply_seen_s"] / timings["apply_empty_s"], 2),
+    }
+
+
 def verdicts(figures: dict) -> dict[str, bool]:
     out = {}
     for name, (op, target) in TARGETS.items():
@@ -293,6 +347,8 @@ def run(
         figures.update(w1(settings, max(1, int(200 * scale)), 5000, 20_000 if scale >= 1 else 3000, progress))
     if "w2" in chosen:
         figures.update(w2(settings, max(1, int(2000 * scale)), 500, progress))
+    if "w4" in chosen:
+        figures.update(w4(settings, max(1000, int(100_000 * scale)), 100, progress))
     if "w3" in chosen:
         figures.update(w3(settings, max(5, int(trickle_seconds)), 500, progress))
     figures["targets_met"] = verdicts(figures)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
+import time
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -149,19 +151,45 @@ def report_api(request: Request) -> Response:
     return JSONResponse(_report(request, _require(request, api=True)))
 
 
-def _health(request: Request, customer: str) -> dict:
+QUEUE_DEPTH_TTL_S = 5.0
+
+
+def _queue_depths(app) -> dict:
+    """Backlog and dead letters, cached for a few seconds: every health view needs them, SQS
+    does not need to be asked for each one."""
+
+    cached = app.state.queue_depths
+    if cached and time.monotonic() - cached[0] < QUEUE_DEPTH_TTL_S:
+        return cached[1]
+    if cached and not app.state.queue_depths_lock.acquire(blocking=False):
+        return cached[1]  # another request is asking SQS right now: the last answer will do
+    try:
+        return _ask_queue_depths(app)
+    finally:
+        if cached:
+            app.state.queue_depths_lock.release()
+
+
+def _ask_queue_depths(app) -> dict:
     from pipeline.importer.queue import queue_depth
 
+    settings = app.state.settings
+    try:
+        visible, in_flight = queue_depth(app.state.sqs, settings.queue_url)
+        dead, dead_in_flight = queue_depth(app.state.sqs, settings.dead_letter_queue_url)
+        depths = {"backlog": visible + in_flight, "dead_letter": dead + dead_in_flight, "queue_error": None}
+    except Exception as exc:  # the queue being down is itself health information
+        log.warning("web health: queue not reachable: %s", exc)
+        depths = {"backlog": None, "dead_letter": None, "queue_error": "the import queue did not answer"}
+    app.state.queue_depths = (time.monotonic(), depths)
+    return depths
+
+
+def _health(request: Request, customer: str) -> dict:
     settings = request.app.state.settings
     with request.app.state.warehouse.service() as conn:
         data = queries.health(conn, customer, settings.enriched_prefix)
-    try:
-        visible, in_flight = queue_depth(request.app.state.sqs, settings.queue_url)
-        dead, dead_in_flight = queue_depth(request.app.state.sqs, settings.dead_letter_queue_url)
-        data.update(backlog=visible + in_flight, dead_letter=dead + dead_in_flight, queue_error=None)
-    except Exception as exc:  # the queue being down is itself health information
-        log.warning("web health: queue not reachable: %s", exc)
-        data.update(backlog=None, dead_letter=None, queue_error="the import queue did not answer")
+    data.update(_queue_depths(request.app))
     return data
 
 
@@ -221,4 +249,6 @@ def create_app(settings, secret: str | None = None) -> Starlette:
     app.state.settings = settings
     app.state.warehouse = queries.Warehouse(settings.database_url)
     app.state.sqs = client(settings, "sqs")
+    app.state.queue_depths = None
+    app.state.queue_depths_lock = threading.Lock()
     return app
