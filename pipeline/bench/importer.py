@@ -279,6 +279,7 @@ def w4(settings: Settings, seen: int, new: int, progress: bool) -> dict:
     resolving a run's partition range, with no objects seen before and with ``seen`` objects
     seen (rows in object_partitions, and as many dynamic partitions in Dagster's storage)."""
     from dagster import PartitionKeyRange
+    from dagster._core.definitions.partitions.context import partition_loading_context
 
     from pipeline.defs.warehouse.partitions import enriched_objects
     from pipeline.defs.warehouse.sensors import import_queue_sensor
@@ -308,11 +309,11 @@ def w4(settings: Settings, seen: int, new: int, progress: bool) -> dict:
             new_keys = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
             started = time.perf_counter()
             instance.add_dynamic_partitions("enriched_objects", new_keys)
-            for request in result.run_requests:
-                enriched_objects.get_partition_keys_in_range(
-                    PartitionKeyRange(request.tags[RANGE_START], request.tags[RANGE_END]),
-                    dynamic_partitions_store=instance,
-                )
+            with partition_loading_context(dynamic_partitions_store=instance):
+                for request in result.run_requests:
+                    enriched_objects.get_partition_keys_in_range(
+                        PartitionKeyRange(request.tags[RANGE_START], request.tags[RANGE_END])
+                    )
             apply_s = time.perf_counter() - started
             timings[f"tick_{label}_s"] = round(tick_s, 3)
             timings[f"apply_{label}_s"] = round(apply_s, 3)
