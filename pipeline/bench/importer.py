@@ -77,8 +77,15 @@ def put_objects(settings: Settings, prefix: str, objects: int, rows: int, progre
 
 
 def drain_queue_silently(settings: Settings) -> None:
-    """Empty the import queue (the benchmark's own notifications) without importing."""
+    """Empty the import queue (the benchmark's own notifications) without importing. PurgeQueue
+    first: it also drops messages still in flight from an earlier workload, which would
+    reappear later and be imported by the next one."""
     sqs = client(settings, "sqs")
+    try:
+        sqs.purge_queue(QueueUrl=settings.queue_url)
+    except sqs.exceptions.PurgeQueueInProgress:
+        time.sleep(61)  # one purge a minute
+        sqs.purge_queue(QueueUrl=settings.queue_url)
     while True:
         got = sqs.receive_message(QueueUrl=settings.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         messages = got.get("Messages", [])
