@@ -87,6 +87,9 @@ class Settings:
             "PIPELINE_IMPORT_QUEUE_URL": self.queue_url,
             "PIPELINE_DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
             "PIPELINE_TOPIC_ARN": self.topic_arn,
+            # Dagster stores events that carry batch metadata (an import run's per-object
+            # materializations, a range run's planned events) in one write each (BENCHMARKS.md).
+            "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", "1000"),
         }
         return {k: v for k, v in pairs.items() if v}
 
