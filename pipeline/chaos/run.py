@@ -325,42 +325,35 @@ class ChaosRun:
         run_worker(self.chaos, batch=10, drain=True, idle_polls=1, visibility=VISIBILITY)
         return fixed
 
+    def _dead_letters(self):
+        """Every message now on the dead-letter queue (each taken for a minute), with its keys."""
+        while True:
+            got = self.sqs.receive_message(
+                QueueUrl=self.chaos.dead_letter_queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,
+                VisibilityTimeout=60,
+            ).get("Messages", [])
+            if not got:
+                return
+            for message in got:
+                yield message, {v.key for v in parse_s3_event(message["Body"]).versions}
+
     def redrive_dead_letters(self) -> dict[str, int]:
         """`pipeline redrive` after the incident: transient faults may have dead-lettered good
         objects (maxReceiveCount failed deliveries in a row); poison goes back there by itself."""
         self.redriven_keys: set[str] = set()
         moved = 0
-        while True:
-            got = self.sqs.receive_message(
-                QueueUrl=self.chaos.dead_letter_queue_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=0,
-                VisibilityTimeout=60,
-            ).get("Messages", [])
-            if not got:
-                return {"messages": moved}
-            for message in got:
-                self.redriven_keys.update(v.key for v in parse_s3_event(message["Body"]).versions)
-                self.sqs.send_message(QueueUrl=self.chaos.queue_url, MessageBody=message["Body"])
-                self.sqs.delete_message(
-                    QueueUrl=self.chaos.dead_letter_queue_url, ReceiptHandle=message["ReceiptHandle"]
-                )
-                moved += 1
+        for message, keys in self._dead_letters():
+            self.redriven_keys |= keys
+            self.sqs.send_message(QueueUrl=self.chaos.queue_url, MessageBody=message["Body"])
+            self.sqs.delete_message(QueueUrl=self.chaos.dead_letter_queue_url, ReceiptHandle=message["ReceiptHandle"])
+            moved += 1
+        return {"messages": moved}
 
     # -- the check ------------------------------------------------------------------------------
     def dead_lettered(self) -> set[str]:
-        keys = set()
-        while True:
-            got = self.sqs.receive_message(
-                QueueUrl=self.chaos.dead_letter_queue_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=0,
-                VisibilityTimeout=60,
-            ).get("Messages", [])
-            if not got:
-                return keys
-            for message in got:
-                keys.update(v.key for v in parse_s3_event(message["Body"]).versions)
+        return {key for _, keys in self._dead_letters() for key in keys}
 
     def check(self, fixed: int, redriven: dict, seconds: float) -> dict:
         report = verify(self.chaos, self.customer)

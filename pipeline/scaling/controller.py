@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import psycopg
+from psycopg import sql
 
 from pipeline.importer.queue import queue_depth
 from pipeline.scaling.backends import CapacityBackend, CapacityError
@@ -48,6 +49,24 @@ class DecisionRecord:
     attempts: int
     reason: str
     error: str | None = None
+
+    def columns(self) -> dict:
+        """The decision as the columns of its scaling_decisions row (also its log line)."""
+        return {
+            "backend": self.backend,
+            "trigger": self.trigger[:200],
+            "visible": self.backlog.visible,
+            "in_flight": self.backlog.in_flight,
+            "pending_partitions": self.backlog.pending_partitions,
+            "backlog": self.backlog.total,
+            "current_capacity": self.current,
+            "protected_workers": self.protected,
+            "desired": self.desired,
+            "applied": self.applied,
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "error": self.error,
+        }
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -172,44 +191,18 @@ class CapacityController:
                 reason,
                 error,
             )
+            columns = record.columns()
             conn.execute(
-                "INSERT INTO scaling_decisions (backend, trigger, visible, in_flight, pending_partitions, backlog, "
-                "current_capacity, protected_workers, desired, applied, attempts, reason, error) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    record.backend,
-                    trigger[:200],
-                    backlog.visible,
-                    backlog.in_flight,
-                    backlog.pending_partitions,
-                    backlog.total,
-                    record.current,
-                    record.protected,
-                    desired,
-                    applied,
-                    attempts,
-                    reason,
-                    error,
+                sql.SQL("INSERT INTO scaling_decisions ({}) VALUES ({})").format(
+                    sql.SQL(", ").join(map(sql.Identifier, columns)),
+                    sql.SQL(", ").join(sql.Placeholder() * len(columns)),
                 ),
+                list(columns.values()),
             )
-        level = logging.INFO if applied else logging.ERROR
         log.log(
-            level,
-            "scaling decision backend=%s trigger=%s visible=%d in_flight=%d pending_partitions=%d backlog=%d "
-            "current=%d protected=%d desired=%d applied=%s attempts=%d reason=%r error=%r",
-            record.backend,
-            trigger,
-            backlog.visible,
-            backlog.in_flight,
-            backlog.pending_partitions,
-            backlog.total,
-            record.current,
-            record.protected,
-            desired,
-            applied,
-            attempts,
-            reason,
-            error,
+            logging.INFO if applied else logging.ERROR,
+            "scaling decision " + " ".join(f"{name}=%r" for name in columns),
+            *columns.values(),
         )
         return record
 

@@ -37,11 +37,15 @@ TEMPLATES = Environment(
 
 
 def _customer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        with request.app.state.warehouse.service() as conn:
-            return customer_for(conn, header[7:].strip())
-    return request.session.get("customer")
+    """The request's tenant (bearer token, else the session), looked up once per request."""
+    if "customer" not in request.state._state:
+        customer = request.session.get("customer")
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            with request.app.state.warehouse.service() as conn:
+                customer = customer_for(conn, header[7:].strip())
+        request.state.customer = customer
+    return request.state.customer
 
 
 def _page(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:

@@ -23,8 +23,8 @@ def test_killed_importer_loses_nothing_and_doubles_nothing(stack, clients, empty
     key = enriched_key(stack, cid, f"crash-{fault}.parquet")
     put_enriched(clients("s3"), stack, key, rows=500, customer_id=cid)
     child = subprocess.run(
-        [sys.executable, "-m", "pipeline_tests.fault_importer", fault],
-        env=dict(os.environ),
+        [sys.executable, "-m", "pipeline.chaos.faulty_worker", f"kill-{fault}"],
+        env={**os.environ, "PIPELINE_CHAOS_VISIBILITY": "2"},
         capture_output=True,
         text=True,
         timeout=120,
