@@ -61,7 +61,7 @@ def _start_moto(home: Path, previous: Settings | None) -> tuple[str, int]:
     preferred = int(endpoint.rsplit(":", 1)[1]) if endpoint else MOTO_PREFERRED_PORT
     port = free_port(preferred)
     pid = spawn_detached(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "pipeline.local.moto_server", "-H", "127.0.0.1", "-p", str(port)],
         log_file=home / "moto.log",
         pid_file=pid_file,
     )

@@ -1,0 +1,56 @@
+"""The local stack's moto server: SQS receive in linear time, retention still honoured."""
+
+import json
+import subprocess
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.sqs import models
+
+from pipeline.local.moto_server import patch_sqs
+
+
+@pytest.fixture
+def patched_sqs(monkeypatch):
+    monkeypatch.setattr(
+        models.SQSBackend,
+        "is_message_valid_based_on_retention_period",
+        models.SQSBackend.is_message_valid_based_on_retention_period,
+    )  # restored after the test
+    patch_sqs()
+    with mock_aws():
+        yield boto3.client("sqs", region_name="us-east-1")
+
+
+def test_receive_does_not_compute_every_queue_attribute(patched_sqs, monkeypatch):
+    url = patched_sqs.create_queue(QueueName="linear")["QueueUrl"]
+    for _ in range(20):
+        patched_sqs.send_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": json.dumps({"n": i})} for i in range(10)]
+        )
+    walks = []
+    original = models.Queue.attributes
+    monkeypatch.setattr(models.Queue, "attributes", property(lambda q: walks.append(1) or original.fget(q)))
+    got = patched_sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert len(got) == 10
+    assert walks == []  # unpatched moto walks the queue's attributes once per message returned
+
+
+def test_expired_messages_are_still_not_delivered(patched_sqs):
+    url = patched_sqs.create_queue(QueueName="retention", Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+    patched_sqs.send_message(QueueUrl=url, MessageBody="old")
+    backend = models.sqs_backends["123456789012"]["us-east-1"]
+    for message in backend.get_queue("retention")._messages:
+        message.sent_timestamp -= 61_000  # sent 61 s ago: past the 60 s retention
+    assert patched_sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []) == []
+    patched_sqs.send_message(QueueUrl=url, MessageBody="new")
+    got = patched_sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    assert [m["Body"] for m in got] == ["new"]
+
+
+def test_the_stack_runs_the_patched_server(stack, pipeline_home):
+    """`pipeline up` starts moto through pipeline.local.moto_server, not moto.server."""
+    pid = (pipeline_home / "moto.pid").read_text().strip()
+    cmdline = subprocess.run(["ps", "-o", "args=", "-p", pid], capture_output=True, text=True).stdout
+    assert "pipeline.local.moto_server" in cmdline, cmdline
