@@ -208,13 +208,20 @@ def collect(paths, customer_id, flush_only, spool_dir, max_file_mb, as_json) -> 
 @click.option("--drain", is_flag=True, help="Exit when the queue is empty instead of waiting for more.")
 @click.option("--visibility", default=300, show_default=True, help="Seconds a message stays invisible.")
 @click.option(
+    "--streams",
+    type=click.IntRange(1, 16),
+    default=None,
+    help="Objects loaded at once, each on its own connection (default 2, or PIPELINE_IMPORT_STREAMS).",
+)
+@click.option(
     "--worker-id",
     envvar="PIPELINE_WORKER_ID",
     help="This worker's id in its capacity backend (local worker id, ECS task ARN, EC2 instance id): "
     "the worker then holds scale-in protection while busy.",
 )
-def importer(batch: int, drain: bool, visibility: int, worker_id: str | None) -> None:
+def importer(batch: int, drain: bool, visibility: int, streams: int | None, worker_id: str | None) -> None:
     """Import from the SQS queue without Dagster (same core as the Dagster importer runs)."""
+    from pipeline.importer.batch import IMPORT_STREAMS
     from pipeline.importer.worker import run_worker
     from pipeline.scaling.protection import worker_identity
 
@@ -228,7 +235,14 @@ def importer(batch: int, drain: bool, visibility: int, worker_id: str | None) ->
         backend = make_backend(ScalingConfig.from_env(), settings)
         protection = WorkerProtection(settings.database_url, backend, worker_id)
         logging.getLogger(__name__).info("worker %s started (capacity backend %s)", worker_id, backend.name)
-    stats = run_worker(settings, batch=batch, drain=drain, visibility=visibility, protection=protection)
+    stats = run_worker(
+        settings,
+        batch=batch,
+        drain=drain,
+        visibility=visibility,
+        protection=protection,
+        streams=streams or IMPORT_STREAMS,
+    )
     click.echo(
         f"messages {stats.messages}  objects loaded {stats.objects_loaded}  rows {stats.rows_loaded}  "
         f"duplicates {stats.duplicates}  failures {stats.failures}  dead-lettered {stats.dead_lettered}  "
@@ -371,7 +385,7 @@ def bench_import(workloads: str, scale: float, trickle_seconds: int, as_json: bo
             verdict = click.style(
                 f"  target {target[0]} {target[1]}: {'met' if met else 'NOT met'}", fg="green" if met else "red"
             )
-        click.echo(f"{name:26} {value}{verdict}")
+        click.echo(f"{name:30} {value}{verdict}")
 
 
 @bench.command("web")

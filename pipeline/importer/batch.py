@@ -9,6 +9,7 @@ the others; a message is deleted only when every object it names is committed.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import traceback
@@ -26,6 +27,8 @@ from pipeline.importer.queue import VisibilityHeartbeat, delete
 log = logging.getLogger(__name__)
 WORKER = socket.gethostname()
 READ_AHEAD = 2
+# COPY streams (connections) per importer process; PIPELINE_IMPORT_STREAMS overrides.
+IMPORT_STREAMS = max(1, int(os.environ.get("PIPELINE_IMPORT_STREAMS", "2")))
 
 
 @dataclass(frozen=True)
@@ -96,20 +99,62 @@ def import_items(
     visibility: int = 300,
     on_outcome: Callable[[ItemOutcome], None] | None = None,
     stop: threading.Event | None = None,
+    streams: int = IMPORT_STREAMS,
 ) -> list[ItemOutcome]:
-    """Import ``items`` in order, one transaction each; acknowledge the committed ones.
+    """Import ``items``, one transaction each; acknowledge the committed ones.
 
-    With ``stop`` set (SIGTERM), the object in hand is finished and the rest are not started:
-    the outcomes then cover a prefix of ``items`` and the caller gives the others back.
+    ``streams`` > 1 loads on that many connections at once (PostgreSQL takes ~1.35x the rows/s
+    from two COPY streams here). Items are sharded by object key, so the versions of one key
+    stay in one stream, in their order. With ``stop`` set (SIGTERM), each stream finishes the
+    object in hand and starts no other: the caller gives back the items without an outcome.
     """
-    outcomes: list[ItemOutcome] = []
     handles = [i.receipt_handle for i in items if i.receipt_handle]
+    shards = shard_items(items, streams)
+    with VisibilityHeartbeat(sqs, queue_url, handles if sqs else [], visibility):
+        if len(shards) <= 1:
+            outcomes = _import_stream(database_url, s3, items, run_id, worker, stop)
+        else:
+            with ThreadPoolExecutor(max_workers=len(shards), thread_name_prefix="import-stream") as pool:
+                done = list(
+                    pool.map(lambda shard: _import_stream(database_url, s3, shard, run_id, worker, stop), shards)
+                )
+            position = {id(item): n for n, item in enumerate(items)}
+            outcomes = sorted((o for stream in done for o in stream), key=lambda o: position[id(o.item)])
+    if len(outcomes) < len(items):
+        log.info("stop requested: %d of %d object(s) not started", len(items) - len(outcomes), len(items))
+    if sqs and queue_url:
+        acknowledge(sqs, queue_url, outcomes)
+    if on_outcome:
+        for outcome in outcomes:
+            on_outcome(outcome)
+    return outcomes
+
+
+def shard_items(items: list[ImportItem], streams: int) -> list[list[ImportItem]]:
+    """Split ``items`` into at most ``streams`` lists; all versions of a key in one, in order."""
+    # Keys go round-robin in order of first appearance: balanced, and a key never spans two.
+    slot: dict[tuple[str, str], int] = {}
+    for item in items:
+        slot.setdefault((item.version.bucket, item.version.key), len(slot) % max(1, streams))
+    shards: list[list[ImportItem]] = [[] for _ in range(max(1, min(streams, len(slot))))]
+    for item in items:
+        shards[slot[(item.version.bucket, item.version.key)]].append(item)
+    return [shard for shard in shards if shard]
+
+
+def _import_stream(
+    database_url: str,
+    s3,
+    items: list[ImportItem],
+    run_id: str | None,
+    worker: str,
+    stop: threading.Event | None,
+) -> list[ItemOutcome]:
+    """Import ``items`` in order on one connection, reading the next objects ahead."""
+    outcomes: list[ItemOutcome] = []
     conn: psycopg.Connection | None = None
     # Read ahead: the next objects are downloaded and decoded while this one is copied.
-    with (
-        VisibilityHeartbeat(sqs, queue_url, handles if sqs else [], visibility),
-        ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch") as pool,
-    ):
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch") as pool:
         futures: dict[int, Future] = {}
 
         def prefetch(index: int) -> None:
@@ -121,7 +166,6 @@ def import_items(
         try:
             for index, item in enumerate(items):
                 if stop is not None and stop.is_set():
-                    log.info("stop requested: %d of %d object(s) not started", len(items) - index, len(items))
                     break
                 prefetch(index + READ_AHEAD)
                 outcome = ItemOutcome(item)
@@ -149,11 +193,6 @@ def import_items(
                 future.cancel()
             if conn is not None:
                 conn.close()
-    if sqs and queue_url:
-        acknowledge(sqs, queue_url, outcomes)
-    if on_outcome:
-        for outcome in outcomes:
-            on_outcome(outcome)
     return outcomes
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from pipeline.aws import client
-from pipeline.importer.batch import ImportItem, connect, import_items
+from pipeline.importer.batch import IMPORT_STREAMS, ImportItem, connect, import_items
 from pipeline.importer.load import already_loaded
 from pipeline.importer.queue import Delivery, dead_letter, delete, parse_delivery, receive
 from pipeline.settings import Settings
@@ -90,6 +90,7 @@ def run_worker(
     stop: threading.Event | None = None,
     max_seconds: float | None = None,
     protection=None,
+    streams: int = IMPORT_STREAMS,
 ) -> WorkerStats:
     """Import until stopped (SIGTERM/SIGINT, ``stop``), or with ``drain`` until the queue is empty."""
     stop = stop or threading.Event()
@@ -131,6 +132,7 @@ def run_worker(
             worker="importer",
             visibility=visibility,
             stop=stop,
+            streams=streams,
         )
         if len(outcomes) < len(items):  # SIGTERM mid-batch: hand back what was not started, now
             done = {id(o.item) for o in outcomes}

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from pipeline.defs.resources import ImportQueueResource, ObjectStoreResource, WarehouseResource
 from pipeline.defs.warehouse.partitions import enriched_objects
-from pipeline.importer.batch import ImportItem, connect, import_items
+from pipeline.importer.batch import IMPORT_STREAMS, ImportItem, connect, import_items
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.partitions import objects_for
 from pipeline.local.inprocess import pool_instance_connections
@@ -47,6 +47,12 @@ class ImportConfig(Config):
         "backfill from the UI: the run then imports each partition's current object.",
     )
     visibility_seconds: int = Field(default=300, description="Visibility extension per heartbeat.")
+    streams: int = Field(
+        default=IMPORT_STREAMS,
+        ge=1,
+        le=16,
+        description="Objects loaded at once, each on its own warehouse connection (PIPELINE_IMPORT_STREAMS).",
+    )
 
 
 def _log_materializations(context: AssetExecutionContext, materializations: list[AssetMaterialization]) -> None:
@@ -140,6 +146,7 @@ def telemetry_events(
         run_id=context.run_id,
         worker=f"dagster:{context.run_id[:8]}",
         visibility=config.visibility_seconds,
+        streams=config.streams,
     )
     failed: dict[str, str] = dict(unknown)
     reported: set[str] = set()

@@ -1,0 +1,83 @@
+"""Several COPY streams in one importer: sharding by key, failures isolated, ack after commit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+
+from pipeline.importer.batch import ImportItem, import_items, shard_items
+from pipeline.importer.events import ObjectVersion
+from pipeline.importer.queue import parse_delivery
+from pipeline.importer.verify import verify
+from pipeline_tests.conftest import messages_for
+from pipeline_tests.importer.test_import_flow import own_messages
+from pipeline_tests.support import enriched_key, new_customer, put_enriched
+
+
+def _item(key: str, version: str, removed: bool = False) -> ImportItem:
+    event = "ObjectRemoved:Delete" if removed else "ObjectCreated:Put"
+    return ImportItem(ObjectVersion("b", key, version, event_name=event))
+
+
+def test_a_keys_versions_stay_in_one_stream_in_their_order():
+    items = [_item("a", "1"), _item("b", "1"), _item("a", "2"), _item("c", "1"), _item("a", "x", removed=True)]
+    shards = shard_items(items, 2)
+    assert len(shards) == 2
+    assert sorted(id(i) for shard in shards for i in shard) == sorted(id(i) for i in items)
+    [with_a] = [shard for shard in shards if any(i.version.key == "a" for i in shard)]
+    assert [i.version.version for i in with_a if i.version.key == "a"] == ["1", "2", "x"]
+    assert all(i.version.key != "a" for shard in shards if shard is not with_a for i in shard)
+
+
+def test_keys_are_spread_evenly_and_never_over_more_streams_than_keys():
+    items = [_item(f"k{n}", "1") for n in range(10)]
+    assert sorted(len(s) for s in shard_items(items, 3)) == [3, 3, 4]
+    assert len(shard_items(items[:1] * 3, 4)) == 1
+    assert len(shard_items(items, 1)) == 1
+
+
+def test_streams_load_in_parallel_and_a_poison_object_fails_alone(stack, clients, empty_queues, monkeypatch):
+    import pipeline.importer.batch as batch
+
+    cid = new_customer()
+    s3, sqs = clients("s3"), clients("sqs")
+    poison = enriched_key(stack, cid, "poison.parquet")
+    s3.put_object(Bucket=stack.enriched_bucket, Key=poison, Body=b"PAR1 not parquet")
+    for n in range(8):
+        put_enriched(s3, stack, enriched_key(stack, cid, f"obj-{n}.parquet"), rows=30, seed=n, customer_id=cid)
+    messages = own_messages(sqs, stack.queue_url, cid, visibility=10)
+    received = time.monotonic()
+    assert len(messages) == 9
+    items = [
+        ImportItem(v, None, m["ReceiptHandle"], m["MessageId"])
+        for m in messages
+        for v in parse_delivery(m, stack.enriched_bucket, stack.enriched_prefix).versions
+    ]
+    streams_seen: set[str] = set()
+    real_stream = batch._import_stream
+
+    def watched(*args, **kwargs):
+        streams_seen.add(threading.current_thread().name)
+        return real_stream(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "_import_stream", watched)
+    outcomes = import_items(stack.database_url, s3, items, sqs, stack.queue_url, streams=3)
+
+    assert len(streams_seen) == 3
+    assert [o.item for o in outcomes] == items  # outcomes come back in the items' order
+    failed = [o for o in outcomes if not o.ok]
+    assert [o.item.version.key for o in failed] == [poison] and not failed[0].acknowledged
+    assert all(o.acknowledged for o in outcomes if o.ok)
+    report = verify(stack, cid)
+    assert (report["objects_loaded"], report["rows_loaded"], report["duplicates"]) == (8, 240, 0)
+    assert report["unreadable_objects"] == [poison]
+    time.sleep(max(0.0, 10.5 - (time.monotonic() - received)))  # unacknowledged messages reappear
+    left = messages_for(sqs, stack.queue_url, cid)  # only the poison object's message stays
+    assert [v.key for m in left for v in parse_delivery(m, stack.enriched_bucket, stack.enriched_prefix).versions] == [
+        poison
+    ]
+    with psycopg.connect(stack.database_url) as conn:
+        (recorded,) = conn.execute("SELECT count(*) FROM import_failures WHERE object_key = %s", (poison,)).fetchone()
+    assert recorded == 1
