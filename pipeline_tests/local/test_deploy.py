@@ -4,6 +4,7 @@ valid for the versions we pin (including QueueDepthRunLauncher around EcsRunLaun
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,7 @@ def test_production_instance_config_is_valid_and_wraps_the_ecs_launcher(monkeypa
     from dagster._core.instance.config import dagster_instance_config_schema
     from dagster_aws.ecs import EcsRunLauncher
 
+    from pipeline.instance import PooledPostgresStorage
     from pipeline.scaling.launcher import QueueDepthRunLauncher
 
     for var in ("DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"):
@@ -135,9 +137,13 @@ def test_production_instance_config_is_valid_and_wraps_the_ecs_launcher(monkeypa
     }.items():
         monkeypatch.setenv(var, value)
     config = _load(PROD_INSTANCE)
-    assert "password:" not in PROD_INSTANCE.read_text().replace("password:\n        env:", "")
+    assert not re.search(r"password:(?!\s*\n\s*env:)", PROD_INSTANCE.read_text())  # from the environment only
     result = process_config(dagster_instance_config_schema(), config)
     assert result.success, result.errors
+    storage = config["storage"]["custom"]
+    assert (storage["module"], storage["class"]) == ("pipeline.instance", "PooledPostgresStorage")
+    pooled = process_config(PooledPostgresStorage.config_type(), storage["config"])
+    assert pooled.success, pooled.errors
     launcher = config["run_launcher"]
     assert (launcher["module"], launcher["class"]) == ("pipeline.scaling.launcher", "QueueDepthRunLauncher")
     ours = process_config(QueueDepthRunLauncher.config_type(), launcher["config"])
