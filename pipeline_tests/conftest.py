@@ -72,6 +72,15 @@ def clients(stack: Settings):
 
 
 @pytest.fixture
+def restored_environ():
+    """For tests that export variables the way `pipeline dev` does: the environment as it was after."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
 def empty_queues(stack: Settings, clients):
     """Both queues empty before the test (PurgeQueue is rate-limited, so receive and delete)."""
     sqs = clients("sqs")

@@ -45,7 +45,7 @@ def graphql(port: int, query: str) -> dict:
 
 
 @pytest.fixture
-def webserver(stack):
+def webserver(stack, restored_environ):
     from pipeline.local.inprocess import local_instance
 
     local_instance()  # exports DAGSTER_HOME and the stack's variables, like `pipeline dev`

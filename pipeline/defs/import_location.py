@@ -1,7 +1,8 @@
-"""A code location with only the import path (warehouse asset, import sensor, capacity sensor):
-the launcher test's daemon must not start Spark for the raw objects other tests left behind."""
+"""A code location with only the import path: the warehouse asset, the import sensor and the
+capacity sensor. The launcher test's daemon and `pipeline bench import` (W2 through the daemon)
+load it, so that no Spark enrichment starts for raw objects the stack may hold."""
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from pipeline.defs.resources import resource_defs
 from pipeline.defs.scaling import definitions as scaling
@@ -11,5 +12,5 @@ from pipeline.defs.warehouse.sensors import import_queue_sensor
 defs = Definitions.merge(
     Definitions(assets=[telemetry_events], sensors=[import_queue_sensor]),
     scaling.defs,
-    Definitions(resources=resource_defs()),
+    Definitions(resources=resource_defs(), executor=in_process_executor),  # as pipeline.definitions
 )

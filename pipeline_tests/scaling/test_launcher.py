@@ -42,7 +42,7 @@ def daemon(stack, clients):
     workers = home / "workers"
     workspace = home / "workspace.yaml"
     workspace.write_text(
-        "load_from:\n  - python_module:\n      module_name: pipeline_tests.scaling.import_location\n"
+        "load_from:\n  - python_module:\n      module_name: pipeline.defs.import_location\n"
         f"      working_directory: {REPO_ROOT}\n"
     )
     env = {

@@ -16,6 +16,7 @@ import os
 import time
 
 from dagster import (
+    AddDynamicPartitionsRequest,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -96,6 +97,7 @@ def import_queue_sensor(
             context.log.warning(f"dead-lettered message {delivery.message_id}: {delivery.error}")
     items, ignored, duplicates, dead = triage(warehouse.database_url(), import_queue.sqs, settings, deliveries)
     result, new_keys = partitioned_runs(warehouse.database_url(), items, settings.enriched_prefix)
+    result = add_partitions_now(context, result)
     context.log.info(
         f"import tick messages={len(messages)} objects={len(items)} new_partitions={len(new_keys)} "
         f"duplicates={duplicates} ignored={ignored} dead_lettered={dead} runs={len(result.run_requests)}"
@@ -132,6 +134,28 @@ def partitioned_runs(
     return SensorResult(run_requests=requests, dynamic_partitions_requests=adds), new_keys
 
 
+def add_partitions_now(context: SensorEvaluationContext, result: SensorResult) -> SensorResult:
+    """Add the tick's partitions in one storage call instead of handing them to the daemon.
+
+    The daemon applies an AddDynamicPartitionsRequest with one existence query per key (500
+    queries for a tick of 500 objects, ~2 s before its runs are even created); the storage's
+    ``add_dynamic_partitions`` takes them all in one query and one insert. Should that fail (a
+    concurrent sensor adding the same key), the request goes to the daemon as usual. The keys
+    are in the tick log either way (``new_partitions=``).
+    """
+    adds = [r for r in result.dynamic_partitions_requests or [] if isinstance(r, AddDynamicPartitionsRequest)]
+    if not adds or context.instance is None:
+        return result
+    try:
+        for request in adds:
+            context.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    except Exception as exc:  # the daemon's path still adds them, key by key
+        context.log.warning(f"adding partitions in the sensor failed ({exc}); the daemon adds them")
+        return result
+    rest = [r for r in result.dynamic_partitions_requests if not isinstance(r, AddDynamicPartitionsRequest)]
+    return SensorResult(run_requests=result.run_requests, dynamic_partitions_requests=rest)
+
+
 @sensor(
     name="import_reconciler",
     minimum_interval_seconds=600,
@@ -153,6 +177,7 @@ def import_reconciler(
     result, _ = partitioned_runs(
         warehouse.database_url(), drift.items, settings.enriched_prefix, salt=f"reconcile:{time.time():.0f}"
     )
+    result = add_partitions_now(context, result)
     context.log.warning(f"reconcile: {len(drift.unloaded)} unloaded, {len(drift.removed)} removed object(s)")
     return result
 
