@@ -303,3 +303,34 @@ def test_old_settled_partitions_are_pruned_and_come_back_when_needed(stack, clie
     assert runs and all(r.success for r in runs)
     assert [p for p in instance.get_dynamic_partitions("enriched_objects") if p.startswith(f"customer={cid}/")]
     assert assert_exactly_once(stack, cid)["rows_loaded"] == 14
+
+
+def test_the_tick_adds_its_partitions_itself_and_falls_back_to_the_daemon(stack, clients, empty_queues, monkeypatch):
+    from dagster import AddDynamicPartitionsRequest
+
+    cid = new_customer()
+    for i in range(3):
+        put_enriched(clients("s3"), stack, enriched_key(stack, cid, f"tick-{i}.parquet"), rows=5, customer_id=cid)
+    instance = DagsterInstance.ephemeral()
+    result = sensor_tick(instance, import_queue_sensor)
+    ours = [k for k in instance.get_dynamic_partitions("enriched_objects") if k.startswith(f"customer={cid}/")]
+    assert len(ours) == 3  # in storage before any request reaches a daemon
+    assert not [r for r in result.dynamic_partitions_requests if isinstance(r, AddDynamicPartitionsRequest)]
+    execute_requests(instance, result)
+    assert_exactly_once(stack, cid)
+
+    # Storage refusing the bulk add (say, a concurrent sensor added a key): the daemon's path.
+    for i in range(3, 5):
+        put_enriched(clients("s3"), stack, enriched_key(stack, cid, f"tick-{i}.parquet"), rows=5, customer_id=cid)
+    broken = DagsterInstance.ephemeral()
+
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(broken, "add_dynamic_partitions", refuse)
+    result = sensor_tick(broken, import_queue_sensor)
+    [request] = [r for r in result.dynamic_partitions_requests if isinstance(r, AddDynamicPartitionsRequest)]
+    assert sum(k.startswith(f"customer={cid}/") for k in request.partition_keys) == 2
+    monkeypatch.undo()
+    execute_requests(broken, result)
+    assert assert_exactly_once(stack, cid)["objects_loaded"] == 5
