@@ -183,13 +183,14 @@ def load_object(
         raise ValueError("load_object needs an autocommit connection, so that its transaction commits by itself")
     started = time.monotonic()
     if version.removed:
-        return tombstone(conn, version, run_id, worker)
+        return tombstone(conn, version, run_id, worker, s3)
     if already_loaded(conn, version):
         return LoadResult(version, "duplicate")
     fetched = prefetched.result() if prefetched is not None else fetch(s3, version, max_bytes)
     if fetched is None:
         return LoadResult(version, "stale", seconds=time.monotonic() - started)
     with conn.transaction(), conn.cursor() as cur:
+        _lock_key(cur, version)
         cur.execute(
             """INSERT INTO load_ledger (event, bucket, object_key, object_version, etag, rows,
                                         bytes, checksum, run_id, worker, event_time, started_at)
@@ -232,12 +233,41 @@ def load_object(
     return LoadResult(version, "loaded", fetched.table.num_rows, fetched.body_bytes, ledger_id, superseded, seconds)
 
 
+def _exists(s3, version: ObjectVersion) -> bool:
+    try:
+        s3.head_object(Bucket=version.bucket, Key=version.key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            return False
+        raise
+    return True
+
+
+def _lock_key(cur, version: ObjectVersion) -> None:
+    """Serialize the transactions that change one key's live version (loads and deletes)."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{version.bucket}/{version.key}",))
+
+
 def tombstone(
-    conn: psycopg.Connection, version: ObjectVersion, run_id: str | None = None, worker: str | None = None
+    conn: psycopg.Connection,
+    version: ObjectVersion,
+    run_id: str | None = None,
+    worker: str | None = None,
+    s3=None,
 ) -> LoadResult:
-    """The key was deleted: end its live load so its rows leave the warehouse."""
+    """The key was deleted: end its live load so its rows leave the warehouse.
+
+    S3 events arrive in any order: a delete can come after the key was written again. With
+    ``s3``, the key is looked up under the key's lock; if it exists, this delete is older than
+    the object there (whose own event loads it) and is ``stale``. The lock makes the look-up and
+    a concurrent load of the new object take turns, so neither can undo the other.
+    """
     started = time.monotonic()
     with conn.transaction(), conn.cursor() as cur:
+        _lock_key(cur, version)
+        if s3 is not None and _exists(s3, version):
+            log.info("stale delete s3://%s/%s: the key exists again", version.bucket, version.key)
+            return LoadResult(version, "stale", seconds=time.monotonic() - started)
         ended = _supersede(cur, version, "tombstoned", run_id, worker)
     outcome = "tombstoned" if ended else "nothing_to_tombstone"
     return LoadResult(version, outcome, superseded=ended, seconds=time.monotonic() - started)

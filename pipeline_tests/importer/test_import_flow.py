@@ -334,3 +334,41 @@ def test_the_tick_adds_its_partitions_itself_and_falls_back_to_the_daemon(stack,
     monkeypatch.undo()
     execute_requests(broken, result)
     assert assert_exactly_once(stack, cid)["objects_loaded"] == 5
+
+
+def test_a_delete_delivered_after_the_key_was_written_again_is_stale(stack, clients, empty_queues):
+    """S3 sends events in any order: delete, re-create, and the delete's event arrives last."""
+    cid = new_customer()
+    s3, sqs = clients("s3"), clients("sqs")
+    key = enriched_key(stack, cid, "again.parquet")
+    put_enriched(s3, stack, key, rows=10, seed=1, customer_id=cid)
+    s3.delete_object(Bucket=stack.enriched_bucket, Key=key)
+    put_enriched(s3, stack, key, rows=12, seed=2, customer_id=cid)
+    time.sleep(0.5)
+    versions = [
+        (v, m)
+        for m in own_messages(sqs, stack.queue_url, cid, visibility=60)
+        for v in parse_delivery(m, stack.enriched_bucket, stack.enriched_prefix).versions
+    ]
+    removed = [(v, m) for v, m in versions if v.removed]
+    written = [(v, m) for v, m in versions if not v.removed]
+    assert len(removed) == 1 and len(written) == 2
+    # The writes' events first (the first write is stale by now), the delete's event last.
+    ordered = written + removed
+    items = [ImportItem(v, None, m["ReceiptHandle"], m["MessageId"]) for v, m in ordered]
+    outcomes = import_items(stack.database_url, s3, items, sqs, stack.queue_url, streams=1)
+    assert [o.result.outcome for o in outcomes][-1] == "stale"
+    report = assert_exactly_once(stack, cid)
+    assert (report["objects_loaded"], report["rows_loaded"]) == (1, 12)  # the object S3 holds
+    assert all(o.acknowledged for o in outcomes)
+
+    # A delete that is the latest event still removes the rows.
+    s3.delete_object(Bucket=stack.enriched_bucket, Key=key)
+    time.sleep(0.5)
+    [message] = own_messages(sqs, stack.queue_url, cid, visibility=60)
+    [version] = parse_delivery(message, stack.enriched_bucket, stack.enriched_prefix).versions
+    [outcome] = import_items(
+        stack.database_url, s3, [ImportItem(version, None, message["ReceiptHandle"])], sqs, stack.queue_url
+    )
+    assert outcome.result.outcome == "tombstoned"
+    assert assert_exactly_once(stack, cid)["rows_loaded"] == 0
