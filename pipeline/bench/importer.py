@@ -213,12 +213,38 @@ def w2(settings: Settings, objects: int, rows: int, progress: bool) -> dict:
     }
 
 
-def drain_through_daemon(settings: Settings, bench: Settings, loaded_total: int, progress: bool) -> dict:
-    """The queue drained as deployed: `dagster-daemon` with the shipped dagster.yaml (queued run
-    coordinator, QueueDepthRunLauncher around the default launcher: each run its own process),
-    the import sensor ticking on its own. Capacity is capped at 0 workers, so only the runs
-    import. Timed from the sensor's first tick (the daemon is long-running in production; its
-    start-up is not part of a drain) to the end of the last run."""
+@dataclasses.dataclass
+class Daemon:
+    process: object
+    dagster_url: str
+    log_path: Path
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"dagster-daemon exited: {self.log_path.read_text()[-3000:]}")
+
+    def ticked(self) -> bool:
+        """The import sensor has ticked at least once (the daemon is up and evaluating it)."""
+        try:
+            return bool(self.query(f"SELECT count(*) {SENSOR_TICKS}")[0])
+        except psycopg.errors.UndefinedTable:  # storage not created yet
+            return False
+
+    def query(self, statement: str) -> tuple:
+        """One row from the daemon's Dagster database (a literal statement: no parameters)."""
+        with psycopg.connect(self.dagster_url) as conn:
+            return conn.execute(statement).fetchone()
+
+
+SENSOR_TICKS = "FROM job_ticks WHERE type = 'SENSOR' AND tick_body LIKE '%import_queue_sensor%'"
+
+
+@contextmanager
+def running_daemon(settings: Settings, bench: Settings):
+    """`dagster-daemon` as deployed: the shipped dagster.yaml (queued run coordinator,
+    QueueDepthRunLauncher around the default launcher: each run its own process), on a scratch
+    Dagster database, importing into the scratch warehouse ``bench``, the import sensor ticking
+    on its own. Capacity is capped at 0 workers, so only the runs import."""
     import os
     import shutil
     import signal
@@ -247,7 +273,7 @@ def drain_through_daemon(settings: Settings, bench: Settings, loaded_total: int,
     }
     log_path = home / "daemon.log"
     with open(log_path, "wb") as log:
-        daemon = subprocess.Popen(
+        process = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(home / "workspace.yaml")],
             env=env,
             cwd=REPO_ROOT,
@@ -256,58 +282,55 @@ def drain_through_daemon(settings: Settings, bench: Settings, loaded_total: int,
             start_new_session=True,
         )
     try:
+        yield Daemon(process, dagster_url, log_path)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(home, ignore_errors=True)
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def drain_through_daemon(settings: Settings, bench: Settings, loaded_total: int, progress: bool) -> dict:
+    """The queue drained through the daemon (``running_daemon``). Timed from the sensor's first
+    tick (the daemon is long-running in production; its start-up is not part of a drain) to the
+    end of the last run."""
+    with running_daemon(settings, bench) as daemon:
         bar = tqdm(total=loaded_total, desc="W2 through dagster-daemon", disable=not progress)
         deadline = time.monotonic() + 1800
         while True:
-            if daemon.poll() is not None:
-                raise RuntimeError(f"dagster-daemon exited: {log_path.read_text()[-3000:]}")
+            daemon.check()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"W2 through the daemon did not drain in 30 min; see {log_path}")
-            loaded, active = _daemon_progress(bench.database_url, dagster_url)
+                raise RuntimeError(f"W2 through the daemon did not drain in 30 min; see {daemon.log_path}")
+            loaded, active = _daemon_progress(bench.database_url, daemon.dagster_url)
             bar.n = loaded
             bar.refresh()
             if loaded >= loaded_total and active == 0:
                 break
             time.sleep(1)
         bar.close()
-        with psycopg.connect(dagster_url) as conn:
-            (first_tick,) = conn.execute(
-                "SELECT extract(epoch FROM min(timestamp)) FROM job_ticks WHERE type = 'SENSOR' AND tick_body LIKE %s",
-                ("%import_queue_sensor%",),
-            ).fetchone()
-            statuses = conn.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
-            (ticks,) = conn.execute(
-                "SELECT count(*) FROM job_ticks WHERE type = 'SENSOR' AND tick_body LIKE %s AND status = 'SUCCESS'",
-                ("%import_queue_sensor%",),
-            ).fetchone()
-            (last_end,) = conn.execute("SELECT max(end_time) FROM runs").fetchone()
-            # Where a run's time goes: from the tick that asked for it, waiting in the run queue,
-            # starting its process, importing.
-            (first_run_s,) = conn.execute(
-                "SELECT extract(epoch FROM min(create_timestamp)) FROM runs",
-            ).fetchone()
-            (queued_s, run_s) = conn.execute(
-                "SELECT avg(start_time - extract(epoch FROM create_timestamp)), avg(end_time - start_time) FROM runs"
-            ).fetchone()
-        if any(status != "SUCCESS" for status, _ in statuses):
-            raise RuntimeError(f"runs through the daemon did not all succeed: {statuses}; see {log_path}")
-        return {
-            "seconds": float(last_end) - float(first_tick),
-            "runs": sum(n for _, n in statuses),
-            "ticks": ticks,
-            "first_run_s": round(float(first_run_s) - float(first_tick), 2),
-            "queued_s": round(float(queued_s or 0), 2),
-            "run_s": round(float(run_s or 0), 2),
-        }
-    finally:
-        try:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            daemon.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(daemon.pid, signal.SIGKILL)
-        shutil.rmtree(home, ignore_errors=True)
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        (first_tick,) = daemon.query(f"SELECT extract(epoch FROM min(timestamp)) {SENSOR_TICKS}")
+        (ticks,) = daemon.query(f"SELECT count(*) {SENSOR_TICKS} AND status = 'SUCCESS'")
+        runs, failed, first_created, last_end, queued_s, run_s = daemon.query(
+            "SELECT count(*), count(*) FILTER (WHERE status <> 'SUCCESS'), extract(epoch FROM min(create_timestamp)), "
+            "max(end_time), avg(start_time - extract(epoch FROM create_timestamp)), avg(end_time - start_time) "
+            "FROM runs"
+        )
+        if failed:
+            raise RuntimeError(f"{failed} of {runs} runs through the daemon failed; see {daemon.log_path}")
+    # Where a run's time goes: from the tick that asked for it, waiting in the run queue and
+    # starting its process (start_time is set once the run's process is up), importing.
+    return {
+        "seconds": float(last_end) - float(first_tick),
+        "runs": runs,
+        "ticks": ticks,
+        "first_run_s": round(float(first_created) - float(first_tick), 2),
+        "queued_s": round(float(queued_s or 0), 2),
+        "run_s": round(float(run_s or 0), 2),
+    }
 
 
 def _daemon_progress(warehouse_url: str, dagster_url: str) -> tuple[int, int]:
@@ -365,36 +388,42 @@ def _database(settings: Settings):
 
 
 def w3(settings: Settings, seconds: int, rows: int, progress: bool) -> dict:
-    from pipeline.defs.warehouse.sensors import import_queue_sensor
-    from pipeline.local.inprocess import apply, tick
-
+    """One object per second into a running daemon (``running_daemon``): the sensor ticks, runs
+    launch in their own processes, as deployed. Per object, seconds from its PUT to its ledger
+    row (the commit)."""
     s3 = client(settings, "s3")
     written: dict[str, float] = {}
     prefix = f"w3-{uuid.uuid4().hex[:6]}"
-    body = parquet_bytes(synthetic_enriched_table(rows, seed=3, customer_id="bench"))
 
     def trickle():
         for i in range(seconds):
             key = f"{settings.enriched_prefix}customer=bench/dt=2026-11-01/{prefix}/obj-{i:05d}.parquet"
-            tbl = synthetic_enriched_table(rows, seed=i, customer_id="bench", report_id=f"{prefix}-{i}")
-            data = parquet_bytes(tbl) if i else body
+            body = parquet_bytes(synthetic_enriched_table(rows, seed=i, customer_id="bench", report_id=f"{prefix}-{i}"))
             written[key] = time.time()
-            s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=data)
+            s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=body)
             time.sleep(max(0.0, 1.0 - (time.time() - written[key])))
 
-    with scratch_warehouse(settings) as bench, _database(bench), scratch_dagster_instance(settings) as instance:
+    with scratch_warehouse(settings) as bench:
         drain_queue_silently(settings)
-        writer = threading.Thread(target=trickle, daemon=True)
-        writer.start()
-        bar = tqdm(total=seconds, desc="W3 trickle", disable=not progress)
-        while writer.is_alive() or len(_committed(bench, prefix)) < len(written):
-            apply(instance, tick(instance, import_queue_sensor))
-            bar.n = len(_committed(bench, prefix))
-            bar.refresh()
-            if not writer.is_alive() and time.time() - max(written.values()) > 60:
-                break
-        bar.close()
-        committed = _committed(bench, prefix)
+        with running_daemon(settings, bench) as daemon:
+            deadline = time.monotonic() + 120
+            while not daemon.ticked():
+                daemon.check()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the import sensor never ticked; see {daemon.log_path}")
+                time.sleep(0.5)
+            writer = threading.Thread(target=trickle, daemon=True)
+            writer.start()
+            bar = tqdm(total=seconds, desc="W3 trickle through dagster-daemon", disable=not progress)
+            while writer.is_alive() or len(_committed(bench, prefix)) < len(written):
+                daemon.check()
+                bar.n = len(_committed(bench, prefix))
+                bar.refresh()
+                if not writer.is_alive() and time.time() - max(written.values()) > 120:
+                    break
+                time.sleep(0.5)
+            bar.close()
+            committed = _committed(bench, prefix)
     lags = sorted(committed[k] - written[k] for k in committed)
     p95 = lags[min(len(lags) - 1, int(0.95 * len(lags)))] if lags else float("inf")
     return {
