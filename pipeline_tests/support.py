@@ -33,6 +33,15 @@ def put_enriched(s3, settings, key: str, rows: int = 20, seed: int = 0, customer
     return s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
 
 
+def put_poison_and_good(s3, settings, customer_id: str, good: int, rows: int) -> str:
+    """One object that is not Parquet (``poison.parquet``, returned) and ``good`` good ones."""
+    poison = enriched_key(settings, customer_id, "poison.parquet")
+    s3.put_object(Bucket=settings.enriched_bucket, Key=poison, Body=b"PAR1 this is not parquet")
+    for n in range(good):
+        put_enriched(s3, settings, enriched_key(settings, customer_id, f"good-{n}.parquet"), rows, n, customer_id)
+    return poison
+
+
 def sensor_tick(instance: DagsterInstance, sensor_def, cursor=None):
     return tick(instance, sensor_def, cursor)
 

@@ -27,6 +27,7 @@ from pipeline_tests.support import (
     materialized,
     new_customer,
     put_enriched,
+    put_poison_and_good,
     sensor_tick,
 )
 
@@ -159,10 +160,7 @@ def test_poison_object_dead_letters_without_blocking_then_redrives_after_fix(sta
 
     cid = new_customer()
     s3, sqs = clients("s3"), clients("sqs")
-    poison = enriched_key(stack, cid, "poison.parquet")
-    s3.put_object(Bucket=stack.enriched_bucket, Key=poison, Body=b"PAR1 this is not parquet")
-    for i in range(3):
-        put_enriched(s3, stack, enriched_key(stack, cid, f"good-{i}.parquet"), rows=10, seed=i, customer_id=cid)
+    poison = put_poison_and_good(s3, stack, cid, good=3, rows=10)
     # A short visibility timeout stands in for waiting out the real one between redeliveries.
     sqs.set_queue_attributes(QueueUrl=stack.queue_url, Attributes={"VisibilityTimeout": "1"})
     try:

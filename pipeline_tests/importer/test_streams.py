@@ -13,7 +13,7 @@ from pipeline.importer.queue import parse_delivery
 from pipeline.importer.verify import verify
 from pipeline_tests.conftest import messages_for
 from pipeline_tests.importer.test_import_flow import own_messages
-from pipeline_tests.support import enriched_key, new_customer, put_enriched
+from pipeline_tests.support import new_customer, put_poison_and_good
 
 
 def _item(key: str, version: str, removed: bool = False) -> ImportItem:
@@ -43,10 +43,7 @@ def test_streams_load_in_parallel_and_a_poison_object_fails_alone(stack, clients
 
     cid = new_customer()
     s3, sqs = clients("s3"), clients("sqs")
-    poison = enriched_key(stack, cid, "poison.parquet")
-    s3.put_object(Bucket=stack.enriched_bucket, Key=poison, Body=b"PAR1 not parquet")
-    for n in range(8):
-        put_enriched(s3, stack, enriched_key(stack, cid, f"obj-{n}.parquet"), rows=30, seed=n, customer_id=cid)
+    poison = put_poison_and_good(s3, stack, cid, good=8, rows=30)
     messages = own_messages(sqs, stack.queue_url, cid, visibility=10)
     received = time.monotonic()
     assert len(messages) == 9
