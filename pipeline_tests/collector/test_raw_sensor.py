@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from dagster import DagsterInstance, build_sensor_context
+from dagster import AssetKey, DagsterInstance, build_sensor_context
 
 from pipeline.collector.collect import collect
 from pipeline.collector.spool import Spool
@@ -33,3 +33,19 @@ def test_sensor_reports_new_raw_objects_once(stack, tmp_path):
     # Nothing new: nothing reported, cursor unchanged.
     again = tick(instance, result.cursor)
     assert again.asset_events == [] and again.cursor == result.cursor
+
+
+def test_enrichment_requests_resolve_the_way_the_daemon_resolves_them(stack, tmp_path):
+    """Through SensorDefinition.evaluate_tick (what the daemon's code server calls), which
+    refuses run requests of a sensor that names no target."""
+    instance = DagsterInstance.ephemeral()
+    baseline = tick(instance)
+    collect([SAMPLES], f"c-{uuid.uuid4().hex[:10]}", stack, Spool(tmp_path / "spool"))
+    from pipeline.definitions import defs
+
+    with build_sensor_context(
+        instance=instance, resources=resource_defs(), cursor=baseline.cursor, definitions=defs
+    ) as context:
+        data = raw_telemetry_sensor.evaluate_tick(context)
+    assert data.run_requests
+    assert all(list(r.asset_selection) == [AssetKey("enriched_telemetry")] for r in data.run_requests)

@@ -55,6 +55,9 @@ def new_raw_objects(object_store: ObjectStoreResource, cursor: str | None, limit
     name="raw_telemetry_sensor",
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
+    # The target of its run requests: without it the daemon refuses them (in-process driving
+    # does not check, so only `pipeline dev` showed it).
+    asset_selection=[AssetKey("enriched_telemetry")],
     description="Reports objects the collector wrote to the raw prefix as raw_telemetry materializations, and "
     "requests enrichment of their days.",
 )
