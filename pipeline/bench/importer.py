@@ -1,13 +1,17 @@
 """``pipeline bench import``: the importer's figures of DESIGN.md section 7, measured in one run.
 
 * W1 (200 objects x 5,000 rows): importer rows/s (one process: S3 GET, Parquet decode, ledger
-  claim, binary COPY, commit, per object) against a server-side ``COPY ... (FORMAT binary)`` of
-  the same rows into the same table -> ``efficiency``; and against a naive importer (one INSERT
-  and one commit per row, on a sample) -> ``speedup_vs_naive``.
-* W2 (2,000 objects x 500 rows): drain time through the sensor and importer runs minus the
-  Dagster-free importer's drain time, per object -> ``overhead_ms_per_object``.
-* W3 (1 object/s for two minutes): seconds from object written to rows committed, p95 ->
-  ``freshness_p95_s``.
+  claim, binary COPY, commit, per object, on the default two COPY streams; one stream beside
+  it) against a server-side ``COPY ... (FORMAT binary)`` of the same rows into the same table ->
+  ``efficiency``; and against a naive importer (one INSERT and one commit per row, on a sample)
+  -> ``speedup_vs_naive``.
+* W2 (2,000 objects x 500 rows): drain time through a running ``dagster-daemon`` (the shipped
+  dagster.yaml: sensor, run queue, launcher, one process per run) minus the Dagster-free
+  importer's drain time, per object -> ``overhead_ms_per_object``; the same with the sensor and
+  runs in this process beside it.
+* W3 (1 object/s for two minutes, into a running daemon): seconds from object written to rows
+  committed, p95 -> ``freshness_p95_s``.
+* W4 (on request): one sensor tick with 0 and with 100,000 objects seen -> tick flatness.
 
 Each workload runs in a scratch database on the stack's server (migrated like the warehouse)
 and under its own key prefix, so a benchmark never touches real data.
