@@ -38,7 +38,6 @@ from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
 from pipeline.importer.batch import IMPORT_STREAMS, import_items
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.load import EVENT_COLUMNS
-from pipeline.local.inprocess import pool_instance_connections
 from pipeline.local.postgres import ensure_database, sibling_database_url
 from pipeline.settings import Settings
 from pipeline.warehouse.schema import migrate
@@ -354,7 +353,7 @@ def _daemon_progress(warehouse_url: str, dagster_url: str) -> tuple[int, int]:
 @contextmanager
 def scratch_dagster_instance(settings: Settings):
     """A Dagster instance with its storage in a scratch PostgreSQL database, as deployed
-    (dagster-postgres), so that event writes cost what they cost in production."""
+    (the shipped storage, PooledPostgresStorage), so that event writes cost what they cost there."""
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
@@ -364,9 +363,8 @@ def scratch_dagster_instance(settings: Settings):
     ensure_database(settings.database_url, name)
     url = dagster_sqlalchemy_url(sibling_database_url(settings.database_url, name))
     with tempfile.TemporaryDirectory() as home:
-        ref = InstanceRef.from_dir(home, overrides={"storage": {"postgres": {"postgres_url": url}}})
-        instance = DagsterInstance.from_ref(ref)
-        pool_instance_connections(instance)
+        storage = {"module": "pipeline.instance", "class": "PooledPostgresStorage", "config": {"postgres_url": url}}
+        instance = DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides={"storage": {"custom": storage}}))
         try:
             yield instance
         finally:

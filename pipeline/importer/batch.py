@@ -139,7 +139,7 @@ def shard_items(items: list[ImportItem], streams: int) -> list[list[ImportItem]]
     shards: list[list[ImportItem]] = [[] for _ in range(max(1, min(streams, len(slot))))]
     for item in items:
         shards[slot[(item.version.bucket, item.version.key)]].append(item)
-    return [shard for shard in shards if shard]
+    return shards
 
 
 def _import_stream(

@@ -29,17 +29,7 @@ def local_instance() -> DagsterInstance:
     settings = load_settings()
     os.environ.update(settings.process_env())
     os.environ["DAGSTER_HOME"] = str(dagster_home())
-    return pool_instance_connections(DagsterInstance.get())
-
-
-def pool_instance_connections(instance: DagsterInstance) -> DagsterInstance:
-    """Hold pooled storage connections, as the webserver and daemon processes do.
-
-    dagster-postgres otherwise opens a connection per event and per query; a long-lived process
-    that writes one materialization (and one planned event) per object pays that per object.
-    """
-    instance.optimize_for_webserver(statement_timeout=60_000, pool_recycle=3600, max_overflow=4)
-    return instance
+    return DagsterInstance.get()  # the shipped dagster.yaml: pooled storage (pipeline/instance.py)
 
 
 def tick(instance: DagsterInstance, sensor_def, cursor: str | None = None):

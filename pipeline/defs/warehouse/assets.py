@@ -18,7 +18,6 @@ from pipeline.defs.warehouse.partitions import enriched_objects
 from pipeline.importer.batch import IMPORT_STREAMS, ImportItem, connect, import_items
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.partitions import objects_for
-from pipeline.local.inprocess import pool_instance_connections
 
 
 class ObjectVersionConfig(Config):
@@ -128,9 +127,6 @@ def telemetry_events(
     import_queue: ImportQueueResource,
     warehouse: WarehouseResource,
 ):
-    # A run writes one materialization event per object; dagster-postgres opens a connection per
-    # event unless the instance holds pooled ones (BENCHMARKS.md: 21 ms -> 5 ms per event here).
-    pool_instance_connections(context.instance)
     keys = list(context.partition_keys)
     items = [ImportItem.from_config(i.model_dump()) for i in config.items if i.partition_key in set(keys)]
     given = {i.partition_key for i in items}
