@@ -71,6 +71,38 @@ def clients(stack: Settings):
     return client_factory(stack)
 
 
+@pytest.fixture(scope="session")
+def versioned_stack(stack: Settings) -> Settings:
+    """A second data plane on the same endpoint and warehouse, from the same template, with
+    versioning enabled on its enriched bucket (what PIPELINE_BUCKET_VERSIONING=1 gives `up`)."""
+    return local_stack.provision_stack(
+        stack, name_prefix="dmarc-pipeline-v", versioning="Enabled", stack_name="dmarc-pipeline-data-versioned"
+    )
+
+
+VERSIONED_ENV = {
+    "PIPELINE_RAW_BUCKET": "raw_bucket",
+    "PIPELINE_ENRICHED_BUCKET": "enriched_bucket",
+    "PIPELINE_IMPORT_QUEUE_URL": "queue_url",
+    "PIPELINE_DEAD_LETTER_QUEUE_URL": "dead_letter_queue_url",
+    "PIPELINE_TOPIC_ARN": "topic_arn",
+}
+
+
+@pytest.fixture(params=["plain", "versioned"])
+def bucket(request, stack: Settings, clients, monkeypatch) -> Settings:
+    """The settings of a plain or a versioned enriched bucket, with its queues empty; the
+    environment points Dagster's resources at it too."""
+    settings = stack if request.param == "plain" else request.getfixturevalue("versioned_stack")
+    for var, name in VERSIONED_ENV.items():
+        monkeypatch.setenv(var, getattr(settings, name))
+    sqs = clients("sqs")
+    for url in (settings.queue_url, settings.dead_letter_queue_url):
+        for message in receive_all(sqs, url, wait=0):
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return settings
+
+
 @pytest.fixture
 def restored_environ():
     """For tests that export variables the way `pipeline dev` does: the environment as it was after."""

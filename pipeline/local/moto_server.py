@@ -8,6 +8,14 @@ of milliseconds on SQS. It made any consumer that keeps many messages in flight 
 sensor, by design) look slower than one that does not, for a reason that is not in AWS.
 
 The fix reads the retention period the check needs and nothing else; behaviour is unchanged.
+
+Versioned buckets: moto's S3 event records leave out the ``versionId`` that S3 sends for a
+versioned bucket, and moto sends no event when a delete creates a delete marker, or when one of
+several versions of a key is deleted; S3 sends ``ObjectRemoved:DeleteMarkerCreated`` and
+``ObjectRemoved:Delete``. The local stack sends them as S3 does, so a versioned enriched bucket
+(PIPELINE_BUCKET_VERSIONING=1) notifies the importer of every change, as in production. (moto's
+records still carry no ``sequencer``; tests that need one build their events by hand.)
+
 ``python -m pipeline.local.moto_server`` takes moto.server's arguments.
 """
 
@@ -27,10 +35,56 @@ def patch_sqs() -> None:
     SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period
 
 
+def patch_s3_versioned_events() -> None:
+    from moto.s3 import notifications
+    from moto.s3.models import FakeDeleteMarker, S3Backend
+
+    original_event = notifications._get_s3_event
+
+    def get_s3_event(event_name, bucket, key, notification_id):
+        if isinstance(key, FakeDeleteMarker):  # no bytes: S3 names the key and the marker's version
+            body = original_event(event_name, bucket, key.key, notification_id)
+            body["Records"][0]["s3"]["object"] = {"key": body["Records"][0]["s3"]["object"]["key"]}
+        else:
+            body = original_event(event_name, bucket, key, notification_id)
+        if bucket.is_versioned and getattr(key, "version_id", None):
+            body["Records"][0]["s3"]["object"]["versionId"] = str(key.version_id)
+        return body
+
+    notifications._get_s3_event = get_s3_event
+    original_delete = S3Backend.delete_object
+
+    def delete_object(self, bucket_name, key_name, version_id=None, bypass=False):
+        bucket = self.get_bucket(bucket_name)
+        versioned = bucket.is_versioned
+        target = None
+        if versioned and version_id is not None:
+            target = next((k for k in bucket.keys.getlist(key_name, []) if str(k.version_id) == str(version_id)), None)
+        deleted, meta = original_delete(self, bucket_name, key_name, version_id, bypass)
+        if versioned and deleted:
+            if version_id is None:
+                marker = bucket.keys.get(key_name)
+                if isinstance(marker, FakeDeleteMarker):
+                    notifications.send_event(
+                        self.account_id,
+                        notifications.S3NotificationEvent.OBJECT_REMOVED_DELETE_MARKER_CREATED_EVENT,
+                        bucket,
+                        marker,
+                    )
+            elif target is not None and not isinstance(target, FakeDeleteMarker) and bucket.keys.getlist(key_name, []):
+                notifications.send_event(  # moto notifies only when the last version goes
+                    self.account_id, notifications.S3NotificationEvent.OBJECT_REMOVED_DELETE_EVENT, bucket, target
+                )
+        return deleted, meta
+
+    S3Backend.delete_object = delete_object
+
+
 def main(argv: list[str] | None = None) -> None:
     from moto.server import main as moto_main
 
     patch_sqs()
+    patch_s3_versioned_events()
     moto_main(argv if argv is not None else sys.argv[1:])
 
 

@@ -1,10 +1,10 @@
 """Provision the local AWS endpoint from deploy/cloudformation/pipeline.yaml.
 
 The template goes to moto's CloudFormation first. moto (5.2.x) creates the buckets, topic,
-queues and redrive policy from it but ignores a bucket's
-``NotificationConfiguration``, ``AWS::SNS::Subscription`` resources and the topic/queue
-policies, so those are then applied through
-the service APIs, read from the same template. There is one description of the infrastructure.
+queues, key and redrive policy from it but ignores a bucket's ``NotificationConfiguration`` and
+``VersioningConfiguration``, ``AWS::SNS::Subscription`` resources and the bucket, topic and
+queue policies, so those are then applied through the service APIs, read from the same
+template. There is one description of the infrastructure.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ def template_parameters(template: dict, overrides: dict[str, str] | None = None)
     return params
 
 
-def provision(session, template_path: Path = TEMPLATE, parameters: dict | None = None) -> dict:
+def provision(
+    session, template_path: Path = TEMPLATE, parameters: dict | None = None, stack_name: str = STACK_NAME
+) -> dict:
     """Create (or find) the stack on the endpoint of ``session``; return its outputs.
 
     ``session`` is a callable ``session(service_name) -> boto3 client``.
@@ -77,26 +79,26 @@ def provision(session, template_path: Path = TEMPLATE, parameters: dict | None =
     params = template_parameters(template, parameters)
     cfn = session("cloudformation")
     try:
-        stack = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
+        stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
         if stack["StackStatus"] not in {"CREATE_COMPLETE", "UPDATE_COMPLETE"}:
-            cfn.delete_stack(StackName=STACK_NAME)
+            cfn.delete_stack(StackName=stack_name)
             raise LookupError
     except (ClientError, LookupError):
         cfn.create_stack(
-            StackName=STACK_NAME,
+            StackName=stack_name,
             TemplateBody=template_path.read_text(),
             Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
         )
-        cfn.get_waiter("stack_create_complete").wait(StackName=STACK_NAME, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-        stack = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
-    resolver = stack_resolver(session, template, params)
+        cfn.get_waiter("stack_create_complete").wait(StackName=stack_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
+    resolver = stack_resolver(session, template, params, stack_name)
     apply_skipped(session, template, resolver)
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
-def stack_resolver(session, template: dict, params: dict[str, str]) -> Resolver:
+def stack_resolver(session, template: dict, params: dict[str, str], stack_name: str = STACK_NAME) -> Resolver:
     cfn = session("cloudformation")
-    resources = cfn.describe_stack_resources(StackName=STACK_NAME)["StackResources"]
+    resources = cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
     # moto lists policies and subscriptions without ids: they are applied by apply_skipped.
     physical = {
         r["LogicalResourceId"]: r["PhysicalResourceId"]
@@ -133,6 +135,23 @@ def bucket_notification(properties: dict) -> dict:
     return out
 
 
+def _insecure_transport_denial(statement: dict) -> bool:
+    condition = statement.get("Condition", {}).get("Bool", {})
+    return statement.get("Effect") == "Deny" and str(condition.get("aws:SecureTransport")).lower() == "false"
+
+
+def local_policy(document: dict) -> dict | None:
+    """A policy as the local stack applies it: without the statements that deny plain HTTP.
+
+    Production allows TLS only (every bucket, topic and queue policy denies
+    ``aws:SecureTransport = false``); the local endpoint is plain HTTP on 127.0.0.1, and moto
+    enforces bucket policies, so those statements alone are left out here. None when nothing is
+    left to apply.
+    """
+    statements = [s for s in document.get("Statement", []) if not _insecure_transport_denial(s)]
+    return {**document, "Statement": statements} if statements else None
+
+
 def apply_skipped(session, template: dict, resolve: Resolver) -> None:
     """Apply through the APIs what moto's CloudFormation leaves out.
 
@@ -143,17 +162,26 @@ def apply_skipped(session, template: dict, resolve: Resolver) -> None:
     for logical, spec in resources:
         props = resolve(spec.get("Properties", {}))
         kind = spec["Type"]
+        if kind == "AWS::S3::Bucket" and "VersioningConfiguration" in props:
+            session("s3").put_bucket_versioning(
+                Bucket=resolve.physical[logical],
+                VersioningConfiguration={"Status": props["VersioningConfiguration"]["Status"]},
+            )
         if kind == "AWS::S3::Bucket" and "NotificationConfiguration" in props:
             session("s3").put_bucket_notification_configuration(
                 Bucket=resolve.physical[logical],
                 NotificationConfiguration=bucket_notification(props["NotificationConfiguration"]),
             )
-        elif kind == "AWS::SNS::TopicPolicy":
+        elif kind == "AWS::S3::BucketPolicy" and local_policy(props["PolicyDocument"]):
+            session("s3").put_bucket_policy(
+                Bucket=props["Bucket"], Policy=json.dumps(local_policy(props["PolicyDocument"]))
+            )
+        elif kind == "AWS::SNS::TopicPolicy" and local_policy(props["PolicyDocument"]):
             for topic in props["Topics"]:
                 session("sns").set_topic_attributes(
                     TopicArn=topic,
                     AttributeName="Policy",
-                    AttributeValue=json.dumps(props["PolicyDocument"]),
+                    AttributeValue=json.dumps(local_policy(props["PolicyDocument"])),
                 )
         elif kind == "AWS::SNS::Subscription":
             attributes = {
@@ -174,8 +202,8 @@ def apply_skipped(session, template: dict, resolve: Resolver) -> None:
                     Endpoint=props["Endpoint"],
                     Attributes=attributes,
                 )
-        elif kind == "AWS::SQS::QueuePolicy":
+        elif kind == "AWS::SQS::QueuePolicy" and local_policy(props["PolicyDocument"]):
             for queue_url in props["Queues"]:
                 session("sqs").set_queue_attributes(
-                    QueueUrl=queue_url, Attributes={"Policy": json.dumps(props["PolicyDocument"])}
+                    QueueUrl=queue_url, Attributes={"Policy": json.dumps(local_policy(props["PolicyDocument"]))}
                 )

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import sys
 import time
 import urllib.request
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -21,8 +22,8 @@ from pipeline.aws import client_factory
 from pipeline.local.ports import free_port, wait_for_port
 from pipeline.local.postgres import EmbeddedPostgres, check_reachable, prepare_databases, redact_url
 from pipeline.local.processes import pid_alive, read_pid, spawn_detached, stop_process
-from pipeline.local.provision import provision
-from pipeline.settings import ConfigurationError, Settings, pipeline_home, read_state, write_state
+from pipeline.local.provision import STACK_NAME, provision
+from pipeline.settings import DEFAULT_NAME_PREFIX, ConfigurationError, Settings, pipeline_home, read_state, write_state
 from pipeline.warehouse.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -100,18 +101,7 @@ def _finish_up(
     dagster_database_url: str | None,
 ) -> Settings:
     """Provision the endpoint, prepare PostgreSQL, migrate, record the state (moto is running)."""
-    settings = Settings(env="local", aws_endpoint_url=endpoint, **LOCAL_CREDENTIALS)
-    outputs = provision(client_factory(settings))
-    sqs = client_factory(settings)("sqs")
-    settings.raw_bucket = outputs["RawBucketName"]
-    settings.enriched_bucket = outputs["EnrichedBucketName"]
-    settings.enriched_prefix = outputs["EnrichedPrefix"]
-    settings.topic_arn = outputs["ImportTopicArn"]
-    # moto's stack outputs name queues by their AWS URL; ask for the endpoint's own.
-    settings.queue_url = sqs.get_queue_url(QueueName=outputs["ImportQueueUrl"].rsplit("/", 1)[1])["QueueUrl"]
-    settings.dead_letter_queue_url = sqs.get_queue_url(QueueName=outputs["ImportDeadLetterQueueUrl"].rsplit("/", 1)[1])[
-        "QueueUrl"
-    ]
+    settings = provision_stack(Settings(env="local", aws_endpoint_url=endpoint, **LOCAL_CREDENTIALS))
 
     preferred_pg = None
     if previous and previous.extra.get("postgres") == "embedded" and previous.database_url:
@@ -133,6 +123,46 @@ def _finish_up(
         redact_url(warehouse_url),
         applied or "none",
     )
+    return settings
+
+
+def bucket_versioning() -> str:
+    """The enriched bucket's versioning for the local stack: PIPELINE_BUCKET_VERSIONING=1 enables it."""
+    raw = os.environ.get("PIPELINE_BUCKET_VERSIONING", "").strip().lower()
+    if raw in {"", "0", "false", "no", "off", "suspended"}:
+        return "Suspended"
+    if raw in {"1", "true", "yes", "on", "enabled"}:
+        return "Enabled"
+    raise ConfigurationError(f"PIPELINE_BUCKET_VERSIONING={raw!r}: set 1 (versioned enriched bucket) or 0 (default).")
+
+
+def provision_stack(
+    settings: Settings,
+    name_prefix: str = DEFAULT_NAME_PREFIX,
+    versioning: str | None = None,
+    stack_name: str = STACK_NAME,
+) -> Settings:
+    """Provision deploy/cloudformation/pipeline.yaml on ``settings``' endpoint; the names it made.
+
+    Another ``name_prefix`` and ``stack_name`` give a second, independent data plane on the same
+    endpoint (the tests run a versioned one beside the plain one).
+    """
+    sqs = client_factory(settings)("sqs")
+    outputs = provision(
+        client_factory(settings),
+        parameters={"NamePrefix": name_prefix, "EnrichedBucketVersioning": versioning or bucket_versioning()},
+        stack_name=stack_name,
+    )
+    settings = replace(settings)
+    settings.raw_bucket = outputs["RawBucketName"]
+    settings.enriched_bucket = outputs["EnrichedBucketName"]
+    settings.enriched_prefix = outputs["EnrichedPrefix"]
+    settings.topic_arn = outputs["ImportTopicArn"]
+    # moto's stack outputs name queues by their AWS URL; ask for the endpoint's own.
+    settings.queue_url = sqs.get_queue_url(QueueName=outputs["ImportQueueUrl"].rsplit("/", 1)[1])["QueueUrl"]
+    settings.dead_letter_queue_url = sqs.get_queue_url(QueueName=outputs["ImportDeadLetterQueueUrl"].rsplit("/", 1)[1])[
+        "QueueUrl"
+    ]
     return settings
 
 
