@@ -206,7 +206,14 @@ def collect(paths, customer_id, flush_only, spool_dir, max_file_mb, as_json) -> 
 @cli.command()
 @click.option("--batch", default=10, show_default=True, help="Messages received per poll.")
 @click.option("--drain", is_flag=True, help="Exit when the queue is empty instead of waiting for more.")
-@click.option("--visibility", default=300, show_default=True, help="Seconds a message stays invisible.")
+@click.option(
+    "--lease",
+    "lease_s",
+    type=float,
+    default=None,
+    help="Seconds this worker's claim on an inbox row lasts without a heartbeat (default "
+    "PIPELINE_IMPORT_LEASE_S, 300); the rows of a worker that died come free after it.",
+)
 @click.option(
     "--streams",
     type=click.IntRange(1, 16),
@@ -219,7 +226,7 @@ def collect(paths, customer_id, flush_only, spool_dir, max_file_mb, as_json) -> 
     help="This worker's id in its capacity backend (local worker id, ECS task ARN, EC2 instance id): "
     "the worker then holds scale-in protection while busy.",
 )
-def importer(batch: int, drain: bool, visibility: int, streams: int | None, worker_id: str | None) -> None:
+def importer(batch: int, drain: bool, lease_s: float | None, streams: int | None, worker_id: str | None) -> None:
     """Import from the SQS queue without Dagster (same core as the Dagster importer runs)."""
     from pipeline.importer.batch import IMPORT_STREAMS
     from pipeline.importer.worker import run_worker
@@ -239,14 +246,15 @@ def importer(batch: int, drain: bool, visibility: int, streams: int | None, work
         settings,
         batch=batch,
         drain=drain,
-        visibility=visibility,
+        lease_s=lease_s,
         protection=protection,
         streams=streams or IMPORT_STREAMS,
+        worker_id=worker_id,
     )
     click.echo(
         f"messages {stats.messages}  objects loaded {stats.objects_loaded}  rows {stats.rows_loaded}  "
-        f"duplicates {stats.duplicates}  failures {stats.failures}  dead-lettered {stats.dead_lettered}  "
-        f"{stats.seconds:.1f}s"
+        f"duplicates {stats.duplicates}  stale {stats.stale}  failures {stats.failures}  "
+        f"dead-lettered {stats.dead_lettered}  {stats.seconds:.1f}s"
     )
     sys.exit(1 if stats.failures else 0)
 
@@ -287,26 +295,41 @@ def verify(customer_id: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--dry-run", is_flag=True, help="Only list what would be imported or tombstoned.")
-def reconcile(dry_run: bool) -> None:
-    """List the enriched prefix against the ledger; import what lost notifications left behind."""
-    from pipeline.aws import client
-    from pipeline.importer.batch import connect, import_items
-    from pipeline.importer.reconcile import find_drift
+@click.option("--dry-run", is_flag=True, help="Only list the drift; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def reconcile(dry_run: bool, as_json: bool) -> None:
+    """Compare S3 with the warehouse and repair every drift: unloaded or wrong versions, deleted
+    objects, partial loads, stray rows. Exit 0 when nothing failed."""
+    from pipeline.importer.reconcile import reconcile as run_reconcile
 
-    settings = load_settings()
-    s3 = client(settings, "s3")
-    with connect(settings.database_url) as conn:
-        drift = find_drift(conn, s3, settings.enriched_bucket, settings.enriched_prefix)
-    click.echo(f"unloaded objects {len(drift.unloaded)}  removed objects {len(drift.removed)}")
-    for version in [*drift.unloaded, *drift.removed][:50]:
-        click.echo(f"  {version.event_name:25} s3://{version.bucket}/{version.key}")
-    if dry_run or not drift.items:
-        return
-    outcomes = import_items(settings.database_url, s3, drift.items, worker="reconcile")
-    failed = [o for o in outcomes if not o.ok]
-    click.echo(f"imported {sum(1 for o in outcomes if o.ok)}  failed {len(failed)}")
-    sys.exit(1 if failed else 0)
+    result = run_reconcile(load_settings(), dry_run=dry_run)
+    drift = result.drift
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "unloaded": [v.key for v in drift.unloaded],
+                    "removed": [v.key for v in drift.removed],
+                    "partial": [v.key for v in drift.partial],
+                    "stray_loads": drift.stray_loads,
+                    "imported": result.imported,
+                    "failed": result.failed,
+                    "dry_run": dry_run,
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(
+            f"unloaded or wrong version {len(drift.unloaded)}  removed {len(drift.removed)}  "
+            f"partial {len(drift.partial)}  loads with stray rows {len(drift.stray_loads)}"
+        )
+        for label, versions in (("unloaded", drift.unloaded), ("removed", drift.removed), ("partial", drift.partial)):
+            for version in versions[:50]:
+                click.echo(f"  {label:9} s3://{version.bucket}/{version.key}")
+        if not dry_run and drift.total:
+            click.echo(f"repaired {result.imported}  failed {result.failed}")
+    sys.exit(1 if result.failed else 0)
 
 
 @cli.command("import-status")
@@ -320,9 +343,14 @@ def import_status(limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
+    box = report["inbox"]
     click.echo(
         f"queue visible {report['queue_visible']}  in flight {report['queue_in_flight']}  "
-        f"dead letters {report['dead_letter']}"
+        f"dead letters {report['dead_letter']} (queue {report['queue_dead_letter']}, inbox {box['dead']})"
+    )
+    oldest = f"{box['oldest_pending_s']:.0f}s" if box["oldest_pending_s"] is not None else "-"
+    click.echo(
+        f"import inbox pending {box['pending']}  claimed {box['claimed']}  retrying {box['retrying']}  oldest {oldest}"
     )
     click.echo(f"loaded objects {report['objects_loaded']}  rows {report['rows_loaded']}")
     click.echo("recent loads:")
@@ -335,21 +363,32 @@ def import_status(limit: int, as_json: bool) -> None:
         )
     if not report["failures"]:
         click.echo("  none")
+    if report["dead_letters"]:
+        click.echo("dead letters in the inbox (fix the cause, then `pipeline redrive`):")
+    for dead in report["dead_letters"]:
+        click.secho(f"  x{dead['attempts']}  {dead['object_key']}: {dead['last_error']}", fg="red")
     click.echo(f"rejected messages (not our bucket / prefix / not from S3): {report['rejected_messages']}")
     for rejection in report["recent_rejections"]:
         click.secho(f"  {rejection['rejected_at']}  {rejection['message_id']}: {rejection['reason']}", fg="yellow")
 
 
 @cli.command()
-@click.option("--limit", default=10_000, show_default=True, help="Most messages to move.")
+@click.option("--limit", default=10_000, show_default=True, help="Most dead-letter-queue messages to move.")
 def redrive(limit: int) -> None:
-    """Move dead-lettered messages back to the import queue (after fixing their cause)."""
+    """Retry what was dead-lettered (after fixing its cause): the inbox's dead objects get a new set
+    of attempts, and the dead-letter queue's messages go back to the import queue."""
     from pipeline.aws import client
+    from pipeline.importer import inbox
+    from pipeline.importer.batch import connect
     from pipeline.importer.queue import redrive as move
 
     settings = load_settings()
+    with connect(settings.database_url) as conn:
+        revived = inbox.redrive(conn, settings.enriched_bucket)
     moved = move(client(settings, "sqs"), settings.dead_letter_queue_url, settings.queue_url, limit)
-    click.echo(f"moved {moved} message(s) back to {settings.queue_url}")
+    click.echo(
+        f"inbox: {revived} dead object(s) due again; queue: moved {moved} message(s) back to {settings.queue_url}"
+    )
 
 
 @cli.group()
@@ -505,8 +544,8 @@ def scaling_status(as_json: bool, decisions: int) -> None:
         f"cooldown {p.scale_in_cooldown_s:.0f}s)"
     )
     click.echo(
-        f"backlog    {backlog.total}  (visible {backlog.visible}, in flight {backlog.in_flight}, "
-        f"pending partitions {backlog.pending_partitions})"
+        f"backlog    {backlog.total}  (queue visible {backlog.visible}, in flight {backlog.in_flight}, "
+        f"import inbox {backlog.inbox}, backfill partitions {backlog.pending_partitions})"
     )
     if capacity:
         click.echo(f"capacity   desired {capacity.desired}  running {capacity.running}  protected {capacity.protected}")

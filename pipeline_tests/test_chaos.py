@@ -24,17 +24,21 @@ def test_small_chaos_run_loses_nothing_and_doubles_nothing(stack):
     )
     summary = json.loads(result.stdout)
     assert result.returncode == 0, summary
-    assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["ok"]
+    assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["wrong_version"] == 0 and summary["ok"]
     assert summary["rows_loaded"] == summary["rows_expected"] > 0
+    assert summary["dead_lettered_good"] == 0  # waiting (a held run queue) dead-letters nothing
     faults = summary["faults"]
     for planned in (
         "duplicated_delivery",
         "reordered_delivery",
         "delayed_delivery",
-        "visibility_expiry_two_importers",
+        "claim_expiry_two_importers",
         "truncated_parquet",
         "malformed_rows",
         "poison_object",
+        "reversion",
+        "run_queue_delay",
+        "versioned_bucket",
     ):
         assert faults[planned] > 0, planned
     kills = ("kill_between_copy_and_commit", "kill_between_commit_and_delete", "kill_during_heartbeat")
@@ -43,20 +47,29 @@ def test_small_chaos_run_loses_nothing_and_doubles_nothing(stack):
     assert summary["recovered"] >= 1  # the truncated object, fixed
 
 
-def test_the_checker_sees_loss_and_duplication(stack, clients):
+def test_the_checker_sees_loss_duplication_and_wrong_versions(stack, clients):
     from pipeline.chaos.run import ChaosRun
+    from pipeline.enrich.synthetic import parquet_bytes
     from pipeline.importer.worker import run_worker
 
     run = ChaosRun(stack, objects=5, seed=5, rows=20)
     run.make_queues()
     try:
-        written = run.write_objects()
-        good = [(k, e) for k, e in written if run.kinds[k] == "good"]
+        messages = run.write_objects()
+        good = [(k, body) for k, body in messages if run.kinds[k] == "good"]
         summary = run.check(0, {"messages": 0}, 0.0)
         assert summary["lost"] == 5 and not summary["ok"]  # nothing imported, nothing dead-lettered
 
         run.deliver(good)
         run_worker(run.chaos, drain=True, idle_polls=2)
+        summary = run.check(0, {"messages": 0}, 0.0)
+        assert summary["lost"] == 3 and summary["wrong_version"] == 0  # only the unreadable ones are missing
+
+        key = good[1][0]  # a new version that nobody is told about: the warehouse holds the old one
+        index = int(key.rsplit("-", 1)[1].split(".")[0])
+        run.put(key, parquet_bytes(run._table(key, index, 1)), "good")
+        summary = run.check(0, {"messages": 0}, 0.0)
+        assert summary["wrong_version"] == 1 and not summary["ok"]
         with psycopg.connect(stack.database_url) as conn:  # one load's rows twice
             conn.execute(
                 """INSERT INTO telemetry_events SELECT (jsonb_populate_record(e, jsonb_build_object(

@@ -186,7 +186,7 @@ def w2(settings: Settings, objects: int, rows: int, progress: bool) -> dict:
         drain_queue_silently(settings)
         put_objects(settings, f"w2a-{uuid.uuid4().hex[:6]}", objects, rows, progress)
         started = time.perf_counter()
-        stats = run_worker(bench, batch=10, drain=True, visibility=300)
+        stats = run_worker(bench, batch=10, drain=True)
         bare_seconds = time.perf_counter() - started
         assert stats.objects_loaded == objects, stats
         put_objects(settings, f"w2b-{uuid.uuid4().hex[:6]}", objects, rows, progress)

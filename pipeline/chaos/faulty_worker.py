@@ -1,14 +1,19 @@
 """A `pipeline importer` that fails on purpose, in its own process only:
 
-    python -m pipeline.chaos.faulty_worker MODE
+    python -m pipeline.chaos.faulty_worker MODE [SECONDS]
 
-MODE: clean | kill-copy (SIGKILL after COPY, before COMMIT) | kill-ack (after COMMIT, before the
-SQS delete) | kill-heartbeat (SIGKILL right after a visibility heartbeat) | slow (no heartbeat and
-a pause before each load: its messages' visibility runs out, so another importer takes the same
-object at the same time).
+MODE:
+  clean           no fault
+  kill-copy       SIGKILL after COPY, before COMMIT (the load's transaction dies with it)
+  kill-ack        SIGKILL after intake's COMMIT, before the SQS delete (the messages come back)
+  kill-heartbeat  SIGKILL right after renewing its inbox claims
+  slow            no claim heartbeat and a pause before each load: its claims lapse, so another
+                  importer takes the same objects at the same time
+  late            a pause between fetching an object and its transaction, so a newer write of
+                  the key can be loaded meanwhile (the late load must come out ``stale``)
 
 Settings come from the environment like `pipeline importer` (the chaos run points them at its
-own queues, and possibly at a connection-resetting proxy in front of PostgreSQL).
+own queues and bucket, and possibly at a proxy in front of PostgreSQL).
 """
 
 from __future__ import annotations
@@ -20,14 +25,14 @@ import signal
 import sys
 import time
 
-import psycopg
-
 import pipeline.importer.batch as batch
-import pipeline.importer.queue as queue
+import pipeline.importer.intake as intake
+import pipeline.importer.load as load
 from pipeline.importer.worker import run_worker
 from pipeline.settings import load_settings
 
-MODES = ("clean", "kill-copy", "kill-ack", "kill-heartbeat", "slow")
+MODES = ("clean", "kill-copy", "kill-ack", "kill-heartbeat", "slow", "late")
+log = logging.getLogger("pipeline.chaos")
 
 
 def die(*_args, **_kwargs):
@@ -44,57 +49,57 @@ def _delay_loads(seconds: float) -> None:
     batch.load_object = slow_load
 
 
-def arm(mode: str, visibility: int) -> None:
+def arm(mode: str, lease_s: float) -> None:
     if mode == "kill-copy":
-        original = psycopg.Transaction.__exit__
+        original_settle = load.inbox.settle
 
-        def exit_then_die(self, exc_type, exc, tb):
-            if exc_type is None:
+        def settle_or_die(conn_or_cursor, inbox_id, outcome, ledger_id=None):
+            if outcome == "loaded":  # inside the load's transaction, after its COPY
                 die()
-            return original(self, exc_type, exc, tb)
+            return original_settle(conn_or_cursor, inbox_id, outcome, ledger_id)
 
-        psycopg.Transaction.__exit__ = exit_then_die
+        load.inbox.settle = settle_or_die
     elif mode == "kill-ack":
-        batch.acknowledge = die
+        intake.delete = die
     elif mode == "kill-heartbeat":
-        original_batch = queue.VisibilityHeartbeat._run
+        original_renew = batch.inbox.renew
 
-        def beat_then_die(self):
-            self.interval = 0.5
-            time.sleep(0.6)
-            self.sqs.change_message_visibility_batch(
-                QueueUrl=self.queue_url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.visibility}
-                    for i, h in enumerate(self.handles[:10])
-                ],
-            )
+        def renew_then_die(*args, **kwargs):
+            original_renew(*args, **kwargs)
             die()
-            original_batch(self)
 
-        queue.VisibilityHeartbeat._run = beat_then_die
-        _delay_loads(1.5)
+        batch.inbox.renew = renew_then_die
+        _delay_loads(lease_s / 3 + 1.5)
     elif mode == "slow":
 
-        class NoHeartbeat(queue.VisibilityHeartbeat):
+        class NoHeartbeat(batch.ClaimHeartbeat):
             def __enter__(self):
                 return self
 
-        batch.VisibilityHeartbeat = NoHeartbeat
-        _delay_loads(visibility + 1.5)
+        batch.ClaimHeartbeat = NoHeartbeat
+        _delay_loads(lease_s + 1.5)
+    elif mode == "late":
+        original_lock = load._lock_key
+
+        def late_lock(cur, version):
+            log.warning("late load of s3://%s/%s version=%s", version.bucket, version.key, version.version)
+            time.sleep(float(os.environ.get("PIPELINE_CHAOS_LATE_S", "3")))
+            return original_lock(cur, version)
+
+        load._lock_key = late_lock
     elif mode != "clean":
         raise SystemExit(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
 
 
 def main(argv: list[str]) -> int:
     mode = argv[0] if argv else "clean"
-    visibility = int(os.environ.get("PIPELINE_CHAOS_VISIBILITY", "5"))
+    lease_s = float(os.environ.get("PIPELINE_IMPORT_LEASE_S", "5"))
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {mode} %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1)  # the chaos run asks a hung worker where it hangs
-    arm(mode, visibility)
+    arm(mode, lease_s)
     max_seconds = float(argv[1]) if len(argv) > 1 else None
     stats = run_worker(
-        load_settings(), batch=5, drain=True, idle_polls=1, visibility=visibility, max_seconds=max_seconds
+        load_settings(), batch=5, drain=True, idle_polls=1, max_seconds=max_seconds, worker_id=f"chaos-{mode}"
     )
     return 1 if stats.failures else 0
 

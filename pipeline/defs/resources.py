@@ -68,11 +68,21 @@ class ImportQueueResource(ConfigurableResource):
     def sqs(self) -> Any:
         return self.stack.client("sqs")
 
+    def settings(self) -> Settings:
+        """The stack's settings with this resource's queue overrides: receiving, deleting and
+        dead-lettering all use the same queues."""
+        settings = self.stack.settings()
+        if self.queue_url:
+            settings.queue_url = self.queue_url
+        if self.dead_letter_queue_url:
+            settings.dead_letter_queue_url = self.dead_letter_queue_url
+        return settings
+
     def url(self) -> str:
-        return self.queue_url or self.stack.settings().queue_url
+        return self.settings().queue_url
 
     def dead_letter_url(self) -> str:
-        return self.dead_letter_queue_url or self.stack.settings().dead_letter_queue_url
+        return self.settings().dead_letter_queue_url
 
 
 class WarehouseResource(ConfigurableResource):

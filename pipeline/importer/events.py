@@ -33,6 +33,23 @@ class ObjectVersion:
     def removed(self) -> bool:
         return self.event_name.startswith("ObjectRemoved")
 
+    @property
+    def version_id(self) -> str | None:
+        """The S3 version id the event named (a versioned bucket), or None: the version is its ETag."""
+        if self.removed or self.version == self.etag or self.version == "null":
+            return None
+        return self.version
+
+    def same_object(self, object_version: str, etag: str | None) -> bool:
+        """Whether a load recorded as (``object_version``, ``etag``) is this version.
+
+        Identity is the version id where the event names one; an event without one (an
+        unversioned bucket, or a notifier that leaves it out) is matched by its ETag.
+        """
+        if self.version_id is not None:
+            return object_version == self.version_id
+        return self.etag is not None and (etag == self.etag or object_version == self.etag)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -95,11 +112,14 @@ def parse_s3_event(body: str, bucket: str | None = None, prefix: str = "") -> Pa
             rejected.append(f"s3://{name}/{key}: outside the prefix {prefix!r}")
             continue
         etag = (obj.get("eTag") or obj.get("etag") or "").strip('"') or None
-        version = obj.get("versionId") or etag
-        if not version:
-            if not event_name.startswith("ObjectRemoved"):
-                raise UnexpectedMessage(f"s3://{name}/{key}: {event_name} without ETag or versionId")
-            version = f"removed@{obj.get('sequencer') or record.get('eventTime')}"
+        version_id = obj.get("versionId")
+        version = version_id if version_id and version_id != "null" else etag
+        if event_name.startswith("ObjectRemoved"):
+            # A removal names no version that could be loaded: it is identified by its event, so
+            # duplicates of one delete are one, and two deletes of a key are two.
+            version = f"removed@{obj.get('sequencer') or record.get('eventTime') or version}"
+        elif not version:
+            raise UnexpectedMessage(f"s3://{name}/{key}: {event_name} without ETag or versionId")
         versions.append(
             ObjectVersion(
                 bucket=name,
@@ -113,3 +133,24 @@ def parse_s3_event(body: str, bucket: str | None = None, prefix: str = "") -> Pa
             )
         )
     return ParsedEvent(versions, ignored, rejected)
+
+
+def version_identity(version_id: str | None, etag: str | None) -> str:
+    """What the ledger records as ``object_version``: the version id, or the ETag where S3 has
+    none (an unversioned bucket answers no version id; a suspended one answers ``null``)."""
+    if version_id and version_id != "null":
+        return version_id
+    if not etag:
+        raise ValueError("an object version needs a version id or an ETag")
+    return etag
+
+
+def compare_sequencers(a: str, b: str) -> int:
+    """-1, 0 or 1 as S3 event ``a`` happened before, with or after ``b`` (same key only).
+
+    S3's sequencers are hexadecimal strings of varying length: right-pad the shorter with zeros,
+    then compare as strings (Amazon S3 User Guide, "Event message structure").
+    """
+    width = max(len(a), len(b))
+    left, right = a.upper().ljust(width, "0"), b.upper().ljust(width, "0")
+    return (left > right) - (left < right)

@@ -1,14 +1,18 @@
 """Load one enriched object version into the warehouse, in one transaction.
 
-Order inside the transaction (DESIGN.md section 5):
-1. claim the version's ``loaded`` ledger row (its unique index serializes concurrent importers
-   of the same version: the second one waits, then finds the claim and backs off);
-2. end the earlier live version of the same key (``superseded``) and drop its rows;
-3. bulk-load the rows with ``COPY ... (FORMAT BINARY)``;
-4. commit. Only after this may the caller acknowledge the queue message.
+Order inside the transaction (DESIGN.md section 5, as built):
+1. take the key's lock (an advisory lock that loads and deletes of one key share);
+2. re-check, under that lock, that this version is what S3 holds for the key now (a HEAD: a
+   load fetched before a newer write is ``stale`` when it commits late), that no newer S3 event
+   of the key was applied already (its ``sequencer``, where the event carries one), and that it
+   is not the key's live load already (``duplicate``);
+3. record the load (a new ``loaded`` ledger row: a version written again after another one is
+   loaded again), end the key's earlier live load (``superseded``) and drop its rows;
+4. bulk-load the rows with ``COPY ... (FORMAT BINARY)``;
+5. settle the object's inbox row, and commit.
 
 The object is fetched and decoded before the transaction opens, so no database lock is held
-while bytes cross the network.
+while the bytes cross the network; only the HEAD is made under the lock.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import io
 import logging
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 import pyarrow as pa
@@ -27,7 +31,8 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 from psycopg import sql
 
-from pipeline.importer.events import ObjectVersion
+from pipeline.importer import inbox
+from pipeline.importer.events import ObjectVersion, compare_sequencers, version_identity
 from pipeline.telemetry import ENRICHED_FIELDS
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,26 @@ class ObjectRejected(ValueError):
     """
 
 
+class S3AccessDenied(PermissionError):
+    """S3 answered 403. Without ``s3:ListBucket`` S3 answers 403, not 404, for a missing key, so a
+    403 is never taken for "gone": the message names the permission the importer needs."""
+
+
+def _access_denied(exc: ClientError, what: str, where: str, permission: str) -> S3AccessDenied | None:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if error.get("Code") in {"AccessDenied", "403", "Forbidden"} or status == 403:
+        return S3AccessDenied(
+            f"{what} {where} answered 403 Forbidden: the importer's role needs {permission} (a missing key "
+            "also answers 403 without s3:ListBucket on the enriched prefix, see deploy/cloudformation/"
+            "compute.yaml). The object is retried, not taken for deleted."
+        )
+    return None
+
+
+_GONE = {"NoSuchKey", "404", "NotFound", "NoSuchVersion", "PreconditionFailed", "412", "MethodNotAllowed", "405"}
+
+
 @dataclass(frozen=True)
 class LoadResult:
     version: ObjectVersion
@@ -76,21 +101,59 @@ class FetchedObject:
     table: pa.Table
     body_bytes: int
     checksum: str
+    etag: str
+    version_id: str | None
+
+    @property
+    def identity(self) -> str:
+        return version_identity(self.version_id, self.etag)
+
+
+@dataclass(frozen=True)
+class CurrentObject:
+    """What S3 holds for a key now (a HEAD)."""
+
+    etag: str
+    version_id: str | None
+    size: int
+
+    @property
+    def identity(self) -> str:
+        return version_identity(self.version_id, self.etag)
+
+
+def current_object(s3, bucket: str, key: str) -> CurrentObject | None:
+    """The key's current object, or None when it does not exist (or its current version is a
+    delete marker). A 403 raises ``S3AccessDenied``: forbidden is not gone."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        denied = _access_denied(exc, "HEAD", f"s3://{bucket}/{key}", "s3:GetObject and s3:ListBucket")
+        if denied:
+            raise denied from None
+        if exc.response.get("Error", {}).get("Code") in _GONE:
+            return None
+        raise
+    version_id = head.get("VersionId")
+    return CurrentObject(head["ETag"].strip('"'), version_id if version_id != "null" else None, head["ContentLength"])
 
 
 def fetch(s3, version: ObjectVersion, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> FetchedObject | None:
-    """Download and decode the version; None when that version no longer exists (overwritten)."""
+    """Download and decode the version; None when that version no longer exists (overwritten or
+    deleted since the event)."""
     where = f"s3://{version.bucket}/{version.key}"
     kwargs = {"Bucket": version.bucket, "Key": version.key}
-    if version.etag and version.version != version.etag:
-        kwargs["VersionId"] = version.version
+    if version.version_id:
+        kwargs["VersionId"] = version.version_id
     elif version.etag:
         kwargs["IfMatch"] = f'"{version.etag}"'
     try:
         response = s3.get_object(**kwargs)
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in {"NoSuchKey", "PreconditionFailed", "412", "404", "NoSuchVersion"}:
+        denied = _access_denied(exc, "GET", where, "s3:GetObject (and s3:GetObjectVersion on a versioned bucket)")
+        if denied:
+            raise denied from None
+        if exc.response.get("Error", {}).get("Code") in _GONE:
             return None
         raise
     length = response.get("ContentLength") or 0
@@ -116,7 +179,14 @@ def fetch(s3, version: ObjectVersion, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES)
             f"{where} (version {version.version}) lacks columns {missing}: it was not written "
             "by this pipeline's enrichment (or by an older schema). Re-run enrichment for its partition."
         )
-    return FetchedObject(table.select(EVENT_COLUMNS), len(body), hashlib.sha256(body).hexdigest())
+    version_id = response.get("VersionId")
+    return FetchedObject(
+        table.select(EVENT_COLUMNS),
+        len(body),
+        hashlib.sha256(body).hexdigest(),
+        etag or version.etag or "",
+        version_id if version_id and version_id != "null" else None,
+    )
 
 
 def _wire_column(table: pa.Table, name: str) -> list:
@@ -136,19 +206,38 @@ def _rows(table: pa.Table, ledger_id: int):
     return zip(ids, *columns, strict=True)
 
 
-def _supersede(cur, version: ObjectVersion, event: str, run_id: str | None, worker: str | None) -> int:
-    """End the live loads of the key (all of them for a removal, else all but ``version``); drop their rows."""
+@dataclass(frozen=True)
+class LiveLoad:
+    ledger_id: int
+    object_version: str
+    etag: str | None
+    rows: int | None
+
+
+def live_load(conn_or_cursor, bucket: str, key: str) -> LiveLoad | None:
+    row = conn_or_cursor.execute(
+        "SELECT ledger_id, object_version, etag, rows FROM live_object_versions WHERE bucket = %s AND object_key = %s "
+        "ORDER BY ledger_id DESC LIMIT 1",
+        (bucket, key),
+    ).fetchone()
+    return LiveLoad(*row) if row else None
+
+
+def _supersede(
+    cur, version: ObjectVersion, event: str, run_id: str | None, worker: str | None, keep: int | None = None
+) -> int:
+    """End the key's live loads (all of them, or all but ``keep``) and drop their rows."""
     cur.execute(
         """SELECT ledger_id FROM live_object_versions
-           WHERE bucket = %s AND object_key = %s AND (%s OR object_version <> %s)""",
-        (version.bucket, version.key, event == "tombstoned", version.version),
+           WHERE bucket = %s AND object_key = %s AND ledger_id IS DISTINCT FROM %s""",
+        (version.bucket, version.key, keep),
     )
     ended = [row[0] for row in cur.fetchall()]
     for ledger_id in ended:
         cur.execute(
             """INSERT INTO load_ledger (event, bucket, object_key, object_version, etag,
-                                        refers_to, run_id, worker, event_time)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                                        refers_to, run_id, worker, event_time, sequencer)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (
                 event,
                 version.bucket,
@@ -159,10 +248,53 @@ def _supersede(cur, version: ObjectVersion, event: str, run_id: str | None, work
                 run_id,
                 worker,
                 version.event_time,
+                version.sequencer,
             ),
         )
         cur.execute("DELETE FROM telemetry_events WHERE ledger_id = %s", (ledger_id,))
     return len(ended)
+
+
+def _lock_key(cur, version: ObjectVersion) -> None:
+    """Serialize the transactions that change one key's live version (loads and deletes)."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{version.bucket}/{version.key}",))
+
+
+def _older_than_applied(cur, version: ObjectVersion) -> bool:
+    """Whether a newer S3 event of this key (by sequencer) was applied already."""
+    if not version.sequencer:
+        return False
+    row = cur.execute(
+        "SELECT sequencer FROM object_sequencers WHERE bucket = %s AND object_key = %s",
+        (version.bucket, version.key),
+    ).fetchone()
+    return row is not None and compare_sequencers(version.sequencer, row[0]) < 0
+
+
+def _remember_sequencer(cur, version: ObjectVersion) -> None:
+    if not version.sequencer:
+        return
+    row = cur.execute(
+        "SELECT sequencer FROM object_sequencers WHERE bucket = %s AND object_key = %s",
+        (version.bucket, version.key),
+    ).fetchone()
+    if row is None:
+        cur.execute(
+            "INSERT INTO object_sequencers (bucket, object_key, sequencer) VALUES (%s, %s, %s)",
+            (version.bucket, version.key, version.sequencer),
+        )
+    elif compare_sequencers(version.sequencer, row[0]) > 0:
+        cur.execute(
+            "UPDATE object_sequencers SET sequencer = %s, updated_at = clock_timestamp() "
+            "WHERE bucket = %s AND object_key = %s",
+            (version.sequencer, version.bucket, version.key),
+        )
+
+
+def _stale(cur, version: ObjectVersion, inbox_id: int | None, started: float, why: str) -> LoadResult:
+    log.info("stale s3://%s/%s version=%s: %s", version.bucket, version.key, version.version, why)
+    inbox.settle(cur, inbox_id, "stale")
+    return LoadResult(version, "stale", seconds=time.monotonic() - started)
 
 
 def load_object(
@@ -173,58 +305,92 @@ def load_object(
     worker: str | None = None,
     max_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
     prefetched: Future | None = None,
+    inbox_id: int | None = None,
+    repair: bool = False,
 ) -> LoadResult:
-    """Import ``version`` exactly once. Safe to call again for the same version: a duplicate.
+    """Make ``version`` the key's live load, exactly once. Safe to call again: a duplicate.
 
     ``prefetched``: a future of ``fetch(s3, version)`` started earlier (the batch importer reads
-    the next objects while this one is copied).
+    the next objects while this one is copied). ``inbox_id``: the inbox row this settles, in the
+    same transaction. ``repair``: load even when this version is live already (the reconciler,
+    when the live load's rows do not match the object).
     """
     if not conn.autocommit:
         raise ValueError("load_object needs an autocommit connection, so that its transaction commits by itself")
     started = time.monotonic()
     if version.removed:
-        return tombstone(conn, version, run_id, worker, s3)
-    if already_loaded(conn, version):
-        return LoadResult(version, "duplicate")
-    fetched = prefetched.result() if prefetched is not None else fetch(s3, version, max_bytes)
-    if fetched is None:
-        return LoadResult(version, "stale", seconds=time.monotonic() - started)
+        if prefetched is not None:
+            prefetched.cancel()
+        return tombstone(conn, version, run_id, worker, s3, inbox_id=inbox_id, max_bytes=max_bytes)
+    if _older_than_applied(conn, version):  # decided by the sequencer alone: no fetch, no lock
+        if prefetched is not None:
+            prefetched.cancel()
+        return _stale(conn, version, inbox_id, started, f"a newer event than sequencer {version.sequencer} applied")
+    if not repair:
+        live = live_load(conn, version.bucket, version.key)
+        if live is not None and version.same_object(live.object_version, live.etag):
+            if prefetched is not None:
+                prefetched.cancel()
+            inbox.settle(conn, inbox_id, "duplicate", live.ledger_id)
+            return LoadResult(version, "duplicate", ledger_id=live.ledger_id)
+    try:
+        fetched = prefetched.result() if prefetched is not None else fetch(s3, version, max_bytes)
+    except ObjectRejected:
+        # Unreadable, but is it still what S3 holds? A version overwritten since (a fixed
+        # re-publish) needs no import: stale, not a failure that ends in the dead letters.
+        now = current_object(s3, version.bucket, version.key)
+        if now is not None and version.same_object(now.identity, now.etag):
+            raise
+        with conn.cursor() as cur:
+            return _stale(cur, version, inbox_id, started, "unreadable, and no longer what S3 holds")
     with conn.transaction(), conn.cursor() as cur:
+        if fetched is None:
+            return _stale(cur, version, inbox_id, started, "this version is no longer in S3")
         _lock_key(cur, version)
+        if _older_than_applied(cur, version):
+            return _stale(cur, version, inbox_id, started, f"a newer event than sequencer {version.sequencer} applied")
+        now = current_object(s3, version.bucket, version.key)
+        if now is None:
+            return _stale(cur, version, inbox_id, started, "the key was deleted since")
+        if now.identity != fetched.identity and not (now.version_id is None and now.etag == fetched.etag):
+            return _stale(cur, version, inbox_id, started, f"S3 holds {now.identity} now")
+        live = live_load(cur, version.bucket, version.key)
+        if live is not None and live.object_version == fetched.identity and not repair:
+            inbox.settle(cur, inbox_id, "duplicate", live.ledger_id)
+            return LoadResult(version, "duplicate", ledger_id=live.ledger_id, seconds=time.monotonic() - started)
         cur.execute(
             """INSERT INTO load_ledger (event, bucket, object_key, object_version, etag, rows,
-                                        bytes, checksum, run_id, worker, event_time, started_at)
-               VALUES ('loaded', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
-               ON CONFLICT (bucket, object_key, object_version) WHERE event = 'loaded' DO NOTHING
+                                        bytes, checksum, run_id, worker, event_time, started_at, sequencer)
+               VALUES ('loaded', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
                RETURNING ledger_id""",
             (
                 version.bucket,
                 version.key,
-                version.version,
-                version.etag,
+                fetched.identity,
+                fetched.etag,
                 fetched.table.num_rows,
                 fetched.body_bytes,
                 fetched.checksum,
                 run_id,
                 worker,
                 version.event_time,
+                version.sequencer,
             ),
         )
-        claimed = cur.fetchone()
-        if claimed is None:
-            return LoadResult(version, "duplicate", seconds=time.monotonic() - started)
-        ledger_id = claimed[0]
-        superseded = _supersede(cur, version, "superseded", run_id, worker)
+        ledger_id = cur.fetchone()[0]
+        superseded = _supersede(cur, version, "superseded", run_id, worker, keep=ledger_id)
         with cur.copy(COPY_SQL) as copy:
             copy.set_types(["int8", *COPY_TYPES])
             for row in _rows(fetched.table, ledger_id):
                 copy.write_row(row)
+        _remember_sequencer(cur, version)
+        inbox.settle(cur, inbox_id, "loaded", ledger_id)
     seconds = time.monotonic() - started
     log.info(
         "imported s3://%s/%s version=%s rows=%d bytes=%d superseded=%d seconds=%.3f",
         version.bucket,
         version.key,
-        version.version,
+        fetched.identity,
         fetched.table.num_rows,
         fetched.body_bytes,
         superseded,
@@ -233,50 +399,60 @@ def load_object(
     return LoadResult(version, "loaded", fetched.table.num_rows, fetched.body_bytes, ledger_id, superseded, seconds)
 
 
-def _exists(s3, version: ObjectVersion) -> bool:
-    try:
-        s3.head_object(Bucket=version.bucket, Key=version.key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-            return False
-        raise
-    return True
-
-
-def _lock_key(cur, version: ObjectVersion) -> None:
-    """Serialize the transactions that change one key's live version (loads and deletes)."""
-    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{version.bucket}/{version.key}",))
-
-
 def tombstone(
     conn: psycopg.Connection,
     version: ObjectVersion,
     run_id: str | None = None,
     worker: str | None = None,
     s3=None,
+    inbox_id: int | None = None,
+    max_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
 ) -> LoadResult:
     """The key was deleted: end its live load so its rows leave the warehouse.
 
     S3 events arrive in any order: a delete can come after the key was written again. With
-    ``s3``, the key is looked up under the key's lock; if it exists, this delete is older than
-    the object there (whose own event loads it) and is ``stale``. The lock makes the look-up and
-    a concurrent load of the new object take turns, so neither can undo the other.
+    ``s3``, the key is looked up under the key's lock. If it exists and its current version is
+    the live load, this delete is older than that object: ``stale``. If it exists at a version
+    that is not loaded (a versioned bucket whose newest version was deleted, so an older one is
+    current again; or a re-creation whose own event is still on its way), that version is loaded.
     """
     started = time.monotonic()
+    restore: CurrentObject | None = None
     with conn.transaction(), conn.cursor() as cur:
         _lock_key(cur, version)
-        if s3 is not None and _exists(s3, version):
-            log.info("stale delete s3://%s/%s: the key exists again", version.bucket, version.key)
-            return LoadResult(version, "stale", seconds=time.monotonic() - started)
-        ended = _supersede(cur, version, "tombstoned", run_id, worker)
-    outcome = "tombstoned" if ended else "nothing_to_tombstone"
-    return LoadResult(version, outcome, superseded=ended, seconds=time.monotonic() - started)
+        if _older_than_applied(cur, version):
+            return _stale(cur, version, inbox_id, started, f"a newer event than sequencer {version.sequencer} applied")
+        now = current_object(s3, version.bucket, version.key) if s3 is not None else None
+        if now is not None:
+            live = live_load(cur, version.bucket, version.key)
+            if live is not None and live.object_version == now.identity:
+                _remember_sequencer(cur, version)
+                return _stale(cur, version, inbox_id, started, "the key exists again and is loaded")
+            restore = now
+        else:
+            ended = _supersede(cur, version, "tombstoned", run_id, worker)
+            _remember_sequencer(cur, version)
+            outcome = "tombstoned" if ended else "nothing_to_tombstone"
+            inbox.settle(cur, inbox_id, outcome)
+            return LoadResult(version, outcome, superseded=ended, seconds=time.monotonic() - started)
+    current = replace(
+        version,
+        version=restore.identity,
+        etag=restore.etag,
+        size=restore.size,
+        event_name="ObjectCreated:Current",
+        sequencer=None,
+    )
+    log.info(
+        "delete of s3://%s/%s: the key holds %s, which is not loaded: loading it",
+        version.bucket,
+        version.key,
+        restore.identity,
+    )
+    return load_object(conn, s3, current, run_id, worker, max_bytes, inbox_id=inbox_id)
 
 
-def already_loaded(conn: psycopg.Connection, version: ObjectVersion) -> bool:
-    row = conn.execute(
-        """SELECT 1 FROM load_ledger WHERE event = 'loaded' AND bucket = %s
-           AND object_key = %s AND object_version = %s""",
-        (version.bucket, version.key, version.version),
-    ).fetchone()
-    return row is not None
+def is_live(conn: psycopg.Connection, version: ObjectVersion) -> bool:
+    """Whether ``version`` is its key's live load (not merely loaded once: X, Y, X again)."""
+    live = live_load(conn, version.bucket, version.key)
+    return live is not None and version.same_object(live.object_version, live.etag)

@@ -1,9 +1,8 @@
-"""The SQS side of importing: receive deliveries, acknowledge after commit, heartbeat, dead letters."""
+"""The SQS side of importing: receive deliveries, delete them after intake, dead letters, redrive."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -120,59 +119,3 @@ def queue_depth(sqs, queue_url: str) -> tuple[int, int]:
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
-class VisibilityHeartbeat:
-    """Keeps messages invisible while their objects load: extends every ``interval`` seconds.
-
-    Stops extending after ``max_seconds`` in total (a stuck load must not hold a message
-    forever: SQS then redelivers it, and the ledger claim keeps the effect exactly-once).
-    """
-
-    def __init__(
-        self,
-        sqs,
-        queue_url: str,
-        receipt_handles: Iterable[str],
-        visibility: int = 300,
-        interval: float | None = None,
-        max_seconds: float = 6 * 3600,
-    ):
-        self.sqs, self.queue_url = sqs, queue_url
-        self.handles = list(dict.fromkeys(receipt_handles))
-        self.visibility = visibility
-        self.interval = interval or max(1.0, visibility / 3)
-        self.max_seconds = max_seconds
-        self.beats = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="visibility-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        while not self._stop.wait(self.interval):
-            if time.monotonic() - started > self.max_seconds:
-                log.warning("visibility heartbeat cap reached seconds=%.0f", self.max_seconds)
-                return
-            for start in range(0, len(self.handles), 10):
-                chunk = self.handles[start : start + 10]
-                try:
-                    self.sqs.change_message_visibility_batch(
-                        QueueUrl=self.queue_url,
-                        Entries=[
-                            {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.visibility}
-                            for i, h in enumerate(chunk)
-                        ],
-                    )
-                except Exception as exc:
-                    log.warning("visibility heartbeat failed error=%s", exc)
-            self.beats += 1
-
-    def __enter__(self) -> VisibilityHeartbeat:
-        if self.handles:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)

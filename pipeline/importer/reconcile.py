@@ -1,47 +1,135 @@
-"""The reconciler: S3 notifications are not guaranteed, so list the enriched prefix and import
-(or tombstone) whatever the ledger does not reflect. Runs from ``pipeline reconcile`` and from
-Dagster's ``import_reconciler`` sensor."""
+"""The reconciler: S3 notifications are not guaranteed, and a warehouse can drift, so list the
+enriched prefix, compare it with the ledger and the rows, and repair every difference that
+``pipeline verify`` can report:
+
+* **unloaded**: S3 holds a version that is not its key's live load (a lost notification, or a
+  key written again: X -> Y -> X) -> import it;
+* **removed**: a live load whose key S3 no longer holds -> tombstone it;
+* **partial**: a live load whose rows do not match what it recorded, or a key with two live
+  loads -> load the current version again (``repair``), which ends the others;
+* **stray**: rows of loads that were superseded or tombstoned -> delete them.
+
+The first three go through the import inbox like any notification (the import sensor plans
+them, or ``pipeline reconcile`` imports them at once); stray rows are deleted here. Runs from
+``pipeline reconcile`` and from Dagster's ``import_reconciler`` sensor.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
-from pipeline.importer.batch import ImportItem
+from pipeline.importer import inbox
 from pipeline.importer.events import ObjectVersion
-from pipeline.importer.inventory import list_enriched, live_loads
+from pipeline.importer.inventory import (
+    doubly_live,
+    ended_loads_with_rows,
+    list_enriched,
+    live_loads,
+    rows_per_load,
+)
+from pipeline.importer.partitions import partition_key
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Drift:
-    unloaded: list[ObjectVersion]  # objects (or versions) in S3 that the ledger has not loaded
-    removed: list[ObjectVersion]  # live loads whose object is gone from S3
+    unloaded: list[ObjectVersion] = field(default_factory=list)
+    removed: list[ObjectVersion] = field(default_factory=list)
+    partial: list[ObjectVersion] = field(default_factory=list)
+    stray_loads: list[int] = field(default_factory=list)
 
     @property
-    def items(self) -> list[ImportItem]:
-        return [ImportItem(v) for v in [*self.unloaded, *self.removed]]
+    def total(self) -> int:
+        return len(self.unloaded) + len(self.removed) + len(self.partial) + len(self.stray_loads)
+
+    def summary(self) -> str:
+        return (
+            f"unloaded={len(self.unloaded)} removed={len(self.removed)} partial={len(self.partial)} "
+            f"stray_loads={len(self.stray_loads)}"
+        )
 
 
 def find_drift(conn: psycopg.Connection, s3, bucket: str, prefix: str) -> Drift:
     objects = list_enriched(s3, bucket, prefix)
     live = live_loads(conn, bucket, prefix)
-    present = {o.key for o in objects}
-    unloaded = [
-        ObjectVersion(o.bucket, o.key, o.etag, o.etag, o.size, event_name="ObjectCreated:Reconciled")
-        for o in objects
-        if o.key not in live or live[o.key].version != o.etag
-    ]
-    removed = [
+    present = {o.key: o for o in objects}
+    drift = Drift()
+    twice = set(doubly_live(conn, bucket, prefix))
+    matching = [live[o.key] for o in objects if o.key in live and live[o.key].version == o.version]
+    counted = rows_per_load(conn, [load.ledger_id for load in matching])
+    for obj in objects:
+        version = ObjectVersion(
+            obj.bucket, obj.key, obj.version, obj.etag, obj.size, event_name="ObjectCreated:Reconciled"
+        )
+        load = live.get(obj.key)
+        if load is None or load.version != obj.version:
+            drift.unloaded.append(version)
+        elif obj.key in twice or counted.get(load.ledger_id, 0) != load.rows:
+            drift.partial.append(version)
+    drift.removed = [
         ObjectVersion(bucket, key, "removed@reconcile", event_name="ObjectRemoved:Reconciled")
         for key in live
         if key not in present
     ]
-    if unloaded or removed:
-        log.warning(
-            "reconcile drift bucket=%s prefix=%s unloaded=%d removed=%d", bucket, prefix, len(unloaded), len(removed)
-        )
-    return Drift(unloaded, removed)
+    drift.stray_loads = ended_loads_with_rows(conn, bucket, prefix)
+    if drift.total:
+        log.warning("reconcile drift bucket=%s prefix=%s %s", bucket, prefix, drift.summary())
+    return drift
+
+
+def record_drift(
+    conn: psycopg.Connection, drift: Drift, prefix: str, claim_for: str | None = None, lease_s: float = 300.0
+) -> list[inbox.InboxRow]:
+    """Delete stray rows; put the rest in the import inbox. Returns the rows made."""
+    with conn.transaction():
+        if drift.stray_loads:
+            deleted = conn.execute(
+                "DELETE FROM telemetry_events WHERE ledger_id = ANY(%s)", (drift.stray_loads,)
+            ).rowcount
+            log.warning("reconcile deleted %d stray row(s) of %d ended load(s)", deleted, len(drift.stray_loads))
+
+        def key_of(v):
+            return partition_key(v.bucket, v.key, prefix)
+
+        changes = [(v, None) for v in [*drift.unloaded, *drift.removed]]
+        made = inbox.record(conn, changes, key_of, source="reconcile", claim_for=claim_for, lease_s=lease_s).new
+        repairs = [(v, None) for v in drift.partial]
+        made += inbox.record(
+            conn, repairs, key_of, source="reconcile", claim_for=claim_for, lease_s=lease_s, repair=True
+        ).new
+    return made
+
+
+@dataclass
+class ReconcileResult:
+    drift: Drift
+    imported: int = 0
+    failed: int = 0
+
+
+def reconcile(settings, dry_run: bool = False, progress=None) -> ReconcileResult:
+    """Find the drift and repair it now, in this process (``pipeline reconcile``)."""
+    from pipeline.aws import client
+    from pipeline.importer.batch import ImportItem, connect, import_items
+    from pipeline.importer.worker import worker_owner
+
+    s3 = client(settings, "s3")
+    owner = worker_owner("reconcile")
+    with connect(settings.database_url) as conn:
+        drift = find_drift(conn, s3, settings.enriched_bucket, settings.enriched_prefix)
+        if dry_run or not drift.total:
+            return ReconcileResult(drift)
+        rows = record_drift(conn, drift, settings.enriched_prefix, claim_for=owner)
+    outcomes = import_items(
+        settings.database_url,
+        s3,
+        [ImportItem.from_inbox(r) for r in rows],
+        worker="reconcile",
+        owner=owner,
+        on_outcome=progress,
+    )
+    return ReconcileResult(drift, sum(1 for o in outcomes if o.ok), sum(1 for o in outcomes if not o.ok))

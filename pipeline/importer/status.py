@@ -6,6 +6,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pipeline.aws import client
+from pipeline.importer import inbox
 from pipeline.importer.queue import queue_depth
 from pipeline.settings import Settings
 
@@ -43,10 +44,15 @@ def import_status(settings: Settings, limit: int = 20) -> dict:
             "SELECT message_id, reason, rejected_at FROM rejected_messages ORDER BY rejection_id DESC LIMIT %s",
             (limit,),
         ).fetchall()
+        box = inbox.counts(conn)
+        dead_letters = inbox.dead_letters(conn, limit)
     return {
         "queue_visible": visible,
         "queue_in_flight": in_flight,
-        "dead_letter": dead_visible + dead_in_flight,
+        "dead_letter": dead_visible + dead_in_flight + box.dead,
+        "queue_dead_letter": dead_visible + dead_in_flight,
+        "inbox": box.as_dict(),
+        "dead_letters": dead_letters,
         "objects_loaded": totals["objects"],
         "rows_loaded": int(totals["rows"]),
         "recent_loads": recent,

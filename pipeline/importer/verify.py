@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from pipeline.aws import client
+from pipeline.importer import inbox
 from pipeline.importer.inventory import list_enriched, live_loads, parquet_num_rows
 from pipeline.importer.queue import queue_depth
 from pipeline.settings import Settings
@@ -51,29 +52,32 @@ def verify(settings: Settings, customer_id: str | None = None) -> dict:
                    AND l.recorded_at > f.failed_at)""",
             (settings.enriched_bucket, prefix),
         ).fetchone()[0]
-    missing, duplicated, loaded_objects, rows_loaded = [], [], 0, 0
+        box = inbox.counts(conn, settings.enriched_bucket, prefix)
+    missing, duplicated, wrong_version, loaded_objects, rows_loaded = [], [], [], 0, 0
     current_ids = set()
     unreadable = [o.key for o in objects if expected[o.key] is None]
     for obj in objects:
         if expected[obj.key] is None:
             continue  # not Parquet: it cannot be imported, and is counted as unreadable
         load = live.get(obj.key)
-        if load is None or load.version != obj.etag:
+        if load is None or load.version != obj.version:
             missing.append(
                 {
                     "key": obj.key,
-                    "etag": obj.etag,
+                    "version": obj.version,
                     "rows": expected[obj.key],
                     "loaded_version": load.version if load else None,
                 }
             )
+            if load is not None:
+                wrong_version.append({"key": obj.key, "s3": obj.version, "warehouse": load.version})
             continue
         current_ids.add(load.ledger_id)
         loaded_objects += 1
         have = per_load.get(load.ledger_id, 0)
         rows_loaded += have
         if have < expected[obj.key]:
-            missing.append({"key": obj.key, "etag": obj.etag, "rows": expected[obj.key] - have})
+            missing.append({"key": obj.key, "version": obj.version, "rows": expected[obj.key] - have})
         elif have > expected[obj.key]:
             duplicated.append({"key": obj.key, "rows": have - expected[obj.key]})
     # Rows whose object version no longer exists (or never did) must not be there either.
@@ -96,7 +100,10 @@ def verify(settings: Settings, customer_id: str | None = None) -> dict:
         "unreadable_objects": unreadable[:100],
         "reports_loaded": reports,
         "messages_loaded": int(messages),
-        "dead_letter": dead_visible + dead_in_flight,
+        "dead_letter": dead_visible + dead_in_flight + box.dead,
+        "inbox_pending": box.pending,
+        "wrong_version": len(wrong_version),
+        "wrong_version_objects": wrong_version[:100],
         "failures": failures,
         "ok": not missing and not duplicated,
     }

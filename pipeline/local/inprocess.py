@@ -56,10 +56,13 @@ def apply(instance: DagsterInstance, result, on_run: Callable | None = None) -> 
     job = defs.resolve_implicit_global_asset_job_def()
     results = []
     for request in getattr(result, "run_requests", None) or []:
+        tags = dict(request.tags)
+        if request.run_key:  # as the daemon tags a sensor's runs
+            tags["dagster/run_key"] = request.run_key
         run = job.execute_in_process(
             instance=instance,
             run_config=request.run_config,
-            tags=request.tags,
+            tags=tags,
             asset_selection=request.asset_selection,
             raise_on_error=False,
         )

@@ -28,13 +28,14 @@ PROTECTION_LEASE_S = 900  # a busy worker renews its lease every batch; a dead o
 
 @dataclass(frozen=True)
 class Backlog:
-    visible: int
+    visible: int  # notifications waiting on SQS for intake
     in_flight: int
-    pending_partitions: int
+    pending_partitions: int  # partitions of backfill runs (they take no inbox rows)
+    inbox: int = 0  # objects in the import inbox not settled (due, backing off, or claimed)
 
     @property
     def total(self) -> int:
-        return self.visible + self.in_flight + self.pending_partitions
+        return self.visible + self.in_flight + self.pending_partitions + self.inbox
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class DecisionRecord:
             "visible": self.backlog.visible,
             "in_flight": self.backlog.in_flight,
             "pending_partitions": self.backlog.pending_partitions,
+            "inbox": self.backlog.inbox,
             "backlog": self.backlog.total,
             "current_capacity": self.current,
             "protected_workers": self.protected,
@@ -75,10 +77,10 @@ class DecisionRecord:
 
 
 def pending_partitions(instance) -> int:
-    """Object partitions in import runs that are queued or running and hold no SQS message.
+    """Object partitions in import runs that are queued or running and take no inbox rows.
 
-    Runs the import sensor requested hold their messages in flight (already in the backlog);
-    backfills and the reconciler's runs do not, so their partitions are counted here.
+    The import sensor's runs import inbox rows, which the backlog counts already; backfills
+    launched from the UI do not, so their partitions are counted here.
     """
     if instance is None:
         return 0
@@ -94,7 +96,7 @@ def pending_partitions(instance) -> int:
     for run in instance.get_runs(filters=RunsFilter(statuses=active)):
         if AssetKey(IMPORT_ASSET) not in (run.asset_selection or set()):
             continue
-        if run.tags.get("dagster/sensor_name") == IMPORT_SENSOR:
+        if run.tags.get("dagster/sensor_name") == IMPORT_SENSOR or run.tags.get("pipeline/inbox"):
             continue
         if "pipeline/objects" in run.tags:
             total += int(run.tags["pipeline/objects"])
@@ -152,8 +154,12 @@ class CapacityController:
         self.retries, self.retry_delay_s, self.clock = retries, retry_delay_s, clock
 
     def backlog(self, instance=None) -> Backlog:
+        from pipeline.importer import inbox
+
         visible, in_flight = queue_depth(self.sqs, self.queue_url)
-        return Backlog(visible, in_flight, pending_partitions(instance))
+        with psycopg.connect(self.database_url, connect_timeout=10) as conn:
+            pending = inbox.counts(conn).pending
+        return Backlog(visible, in_flight, pending_partitions(instance), pending)
 
     def reconcile(self, trigger: str, instance=None, backlog: Backlog | None = None) -> DecisionRecord:
         """One decision: measure, decide, apply with retries, record. Never raises on API errors."""
@@ -225,7 +231,8 @@ class CapacityController:
 def recent_decisions(database_url: str, backend: str | None = None, limit: int = 10) -> list[dict]:
     with psycopg.connect(database_url) as conn:
         cur = conn.execute(
-            "SELECT decided_at, backend, trigger, visible, in_flight, pending_partitions, backlog, current_capacity, "
+            "SELECT decided_at, backend, trigger, visible, in_flight, pending_partitions, inbox, backlog, "
+            "current_capacity, "
             "protected_workers, desired, applied, attempts, reason, error FROM scaling_decisions "
             "WHERE %(backend)s::text IS NULL OR backend = %(backend)s ORDER BY decision_id DESC LIMIT %(limit)s",
             {"backend": backend, "limit": limit},

@@ -96,6 +96,10 @@ def refresh(database_url: str) -> RefreshResult:
     """Recompute the slices marked dirty since the last refresh."""
     with psycopg.connect(database_url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        # Take the markers in key order (imports upsert theirs in the same order, so the two never
+        # deadlock); a marker an uncommitted import holds makes this wait for its commit, and the
+        # recompute below, a later statement, then sees that import's rows.
+        conn.execute("SELECT 1 FROM projection_dirty ORDER BY customer_id, day FOR UPDATE")
         conn.execute(
             "CREATE TEMP TABLE slices ON COMMIT DROP AS "
             "WITH taken AS (DELETE FROM projection_dirty RETURNING customer_id, day) "

@@ -80,7 +80,11 @@ def test_objects_become_partitions_imported_in_batched_runs(stack, clients, empt
     assert len(materialized(instance, cid)) == 12
     metadata = ours[0].asset_materializations_for_node("telemetry_events")[0].metadata
     assert metadata["rows"].value == 25 and metadata["outcome"].value == "loaded"
-    assert metadata["acknowledged"].value is True
+    with psycopg.connect(stack.database_url) as conn:  # settled in the inbox by the same transaction
+        (state, ledger_id) = conn.execute(
+            "SELECT state, ledger_id FROM import_inbox WHERE inbox_id = %s", (metadata["inbox_id"].value,)
+        ).fetchone()
+    assert state == "done" and ledger_id == metadata["ledger_id"].value
     assert messages_for(clients("sqs"), stack.queue_url, cid) == []
 
 
@@ -101,28 +105,28 @@ def test_duplicate_deliveries_load_once(stack, clients, empty_queues, instance):
     assert messages_for(sqs, stack.queue_url, cid) == []
 
 
-def test_two_importers_on_the_same_object_after_visibility_expiry(stack, clients, empty_queues):
+def test_two_importers_on_the_same_object_after_a_claim_lapses(stack, clients, empty_queues):
+    from pipeline.importer import inbox
+    from pipeline.importer.batch import connect
+    from pipeline.importer.inbox import InboxPolicy
+    from pipeline.importer.intake import take_in
+
     cid = new_customer()
     sqs, s3 = clients("sqs"), clients("s3")
     put_enriched(s3, stack, enriched_key(stack, cid, "race.parquet"), rows=2000, customer_id=cid)
-    [first] = own_messages(sqs, stack.queue_url, cid, visibility=1)
-    time.sleep(1.5)  # visibility expires: SQS hands the same message to a second importer
-    [second] = own_messages(sqs, stack.queue_url, cid, visibility=60)
-    items = [
-        ImportItem(
-            parse_delivery(m, stack.enriched_bucket, stack.enriched_prefix).versions[0],
-            "k",
-            m["ReceiptHandle"],
-            m["MessageId"],
-        )
-        for m in (first, second)
-    ]
+    with connect(stack.database_url) as conn:
+        [first] = take_in(conn, sqs, stack, own_messages(sqs, stack.queue_url, cid, 30), "A", lease_s=1).new
+        time.sleep(1.5)  # A's claim lapses (a stalled importer): B takes the same object
+        taken = inbox.claim(conn, "B", 1000, 60, InboxPolicy())
+    [second] = [row for row in taken if row.inbox_id == first.inbox_id]
     results: list = []
     threads = [
         threading.Thread(
-            target=lambda it=it: results.extend(import_items(stack.database_url, s3, [it], sqs, stack.queue_url))
+            target=lambda row=row, owner=owner: results.extend(
+                import_items(stack.database_url, s3, [ImportItem.from_inbox(row)], owner=owner)
+            )
         )
-        for it in items
+        for row, owner in ((first, "A"), (second, "B"))
     ]
     for thread in threads:
         thread.start()
@@ -155,33 +159,37 @@ def test_overwrite_supersedes_and_delete_tombstones(stack, clients, empty_queues
     assert [e for (e,) in events] == ["loaded", "loaded", "superseded", "tombstoned"]
 
 
-def test_poison_object_dead_letters_without_blocking_then_redrives_after_fix(stack, clients, empty_queues, instance):
-    from pipeline.importer.queue import redrive
+def test_poison_object_dead_letters_without_blocking_then_redrives_after_fix(
+    stack, clients, empty_queues, instance, monkeypatch
+):
+    from pipeline.importer import inbox
 
     cid = new_customer()
-    s3, sqs = clients("s3"), clients("sqs")
+    s3 = clients("s3")
     poison = put_poison_and_good(s3, stack, cid, good=3, rows=10)
-    # A short visibility timeout stands in for waiting out the real one between redeliveries.
-    sqs.set_queue_attributes(QueueUrl=stack.queue_url, Attributes={"VisibilityTimeout": "1"})
-    try:
-        runs = drain_through_dagster(instance, max_ticks=1)
-        assert runs and not runs[0].success  # the run reports the failure...
-        assert len(materialized(instance, cid)) == 3  # ...and the good objects are imported all the same
-        for _ in range(6):  # SQS moves the message to the dead-letter queue after maxReceiveCount
-            time.sleep(1.2)
-            drain_through_dagster(instance, max_ticks=1)
-    finally:
-        sqs.set_queue_attributes(QueueUrl=stack.queue_url, Attributes={"VisibilityTimeout": "300"})
+    monkeypatch.setenv("PIPELINE_IMPORT_RETRY_BASE_S", "0")  # no backoff between attempts here
+    runs = drain_through_dagster(instance, max_ticks=1)
+    assert runs and not runs[0].success  # the run reports the failure...
+    assert len(materialized(instance, cid)) == 3  # ...and the good objects are imported all the same
+    for _ in range(6):  # each tick plans the next attempt; after max_attempts the inbox dead-letters it
+        drain_through_dagster(instance, max_ticks=1)
     report = verify(stack, cid)
     assert report["dead_letter"] == 1 and report["failures"] == 1
     assert report["unreadable_objects"] == [poison] and report["ok"]
     with psycopg.connect(stack.database_url) as conn:
         (attempts,) = conn.execute("SELECT count(*) FROM import_failures WHERE object_key = %s", (poison,)).fetchone()
-    assert attempts >= 5
+        (state, started) = conn.execute(
+            "SELECT state, attempts FROM import_inbox WHERE object_key = %s", (poison,)
+        ).fetchone()
+    assert attempts == 5 and (state, started) == ("dead", 5)
+    result = sensor_tick(instance, import_queue_sensor)  # a dead letter is planned no more
+    assert not [r for r in getattr(result, "run_requests", None) or [] if poison in str(r.run_config)]
+    execute_requests(instance, result)
 
     # The fix: enrichment re-publishes the object; the operator redrives the dead letters.
     put_enriched(s3, stack, poison, rows=7, seed=5, customer_id=cid)
-    assert redrive(sqs, stack.dead_letter_queue_url, stack.queue_url) == 1
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        assert inbox.redrive(conn, stack.enriched_bucket, f"{stack.enriched_prefix}customer={cid}/") == 1
     drain_through_dagster(instance)
     report = assert_exactly_once(stack, cid)
     assert report["rows_loaded"] == 37 and report["failures"] == 0 and report["dead_letter"] == 0
@@ -196,7 +204,8 @@ def test_lost_notification_is_found_by_the_reconciler(stack, clients, empty_queu
     for message in receive_all(sqs, stack.queue_url):  # the notification is lost
         sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
     assert verify(stack, cid)["missing"] == 11
-    execute_requests(instance, sensor_tick(instance, import_reconciler))
+    sensor_tick(instance, import_reconciler)  # puts the drift in the inbox ...
+    drain_through_dagster(instance)  # ... where the import sensor plans it like any notification
     assert assert_exactly_once(stack, cid)["rows_loaded"] == 11
 
 
@@ -353,20 +362,17 @@ def test_a_delete_delivered_after_the_key_was_written_again_is_stale(stack, clie
     assert len(removed) == 1 and len(written) == 2
     # The writes' events first (the first write is stale by now), the delete's event last.
     ordered = written + removed
-    items = [ImportItem(v, None, m["ReceiptHandle"], m["MessageId"]) for v, m in ordered]
-    outcomes = import_items(stack.database_url, s3, items, sqs, stack.queue_url, streams=1)
-    assert [o.result.outcome for o in outcomes][-1] == "stale"
+    items = [ImportItem(v) for v, _ in ordered]
+    outcomes = import_items(stack.database_url, s3, items, streams=1)
+    assert [o.result.outcome for o in outcomes] == ["stale", "loaded", "stale"]
     report = assert_exactly_once(stack, cid)
     assert (report["objects_loaded"], report["rows_loaded"]) == (1, 12)  # the object S3 holds
-    assert all(o.acknowledged for o in outcomes)
 
     # A delete that is the latest event still removes the rows.
     s3.delete_object(Bucket=stack.enriched_bucket, Key=key)
     time.sleep(0.5)
     [message] = own_messages(sqs, stack.queue_url, cid, visibility=60)
     [version] = parse_delivery(message, stack.enriched_bucket, stack.enriched_prefix).versions
-    [outcome] = import_items(
-        stack.database_url, s3, [ImportItem(version, None, message["ReceiptHandle"])], sqs, stack.queue_url
-    )
+    [outcome] = import_items(stack.database_url, s3, [ImportItem(version)])
     assert outcome.result.outcome == "tombstoned"
     assert assert_exactly_once(stack, cid)["rows_loaded"] == 0

@@ -1,15 +1,14 @@
-"""Several COPY streams in one importer: sharding by key, failures isolated, ack after commit."""
+"""Several COPY streams in one importer: sharding by key, failures isolated, settled with the commit."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 
-from pipeline.importer.batch import ImportItem, import_items, shard_items
+from pipeline.importer.batch import ImportItem, connect, import_items, shard_items
 from pipeline.importer.events import ObjectVersion
-from pipeline.importer.queue import parse_delivery
+from pipeline.importer.intake import take_in
 from pipeline.importer.verify import verify
 from pipeline_tests.conftest import messages_for
 from pipeline_tests.importer.test_import_flow import own_messages
@@ -45,13 +44,12 @@ def test_streams_load_in_parallel_and_a_poison_object_fails_alone(stack, clients
     s3, sqs = clients("s3"), clients("sqs")
     poison = put_poison_and_good(s3, stack, cid, good=8, rows=30)
     messages = own_messages(sqs, stack.queue_url, cid, visibility=10)
-    received = time.monotonic()
     assert len(messages) == 9
-    items = [
-        ImportItem(v, None, m["ReceiptHandle"], m["MessageId"])
-        for m in messages
-        for v in parse_delivery(m, stack.enriched_bucket, stack.enriched_prefix).versions
-    ]
+    with connect(stack.database_url) as conn:
+        intake = take_in(conn, sqs, stack, messages, claim_for="test-streams", lease_s=60)
+    assert len(intake.new) == 9
+    assert messages_for(sqs, stack.queue_url, cid) == []  # recorded, then deleted from SQS
+    items = [ImportItem.from_inbox(row) for row in intake.new]
     streams_seen: set[str] = set()
     real_stream = batch._import_stream
 
@@ -60,21 +58,26 @@ def test_streams_load_in_parallel_and_a_poison_object_fails_alone(stack, clients
         return real_stream(*args, **kwargs)
 
     monkeypatch.setattr(batch, "_import_stream", watched)
-    outcomes = import_items(stack.database_url, s3, items, sqs, stack.queue_url, streams=3)
+    outcomes = import_items(stack.database_url, s3, items, owner="test-streams", streams=3)
 
     assert len(streams_seen) == 3
     assert [o.item for o in outcomes] == items  # outcomes come back in the items' order
     failed = [o for o in outcomes if not o.ok]
-    assert [o.item.version.key for o in failed] == [poison] and not failed[0].acknowledged
-    assert all(o.acknowledged for o in outcomes if o.ok)
+    assert [o.item.version.key for o in failed] == [poison] and failed[0].retry == "pending"
+    assert all(o.settled for o in outcomes if o.ok)
     report = verify(stack, cid)
     assert (report["objects_loaded"], report["rows_loaded"], report["duplicates"]) == (8, 240, 0)
     assert report["unreadable_objects"] == [poison]
-    time.sleep(max(0.0, 10.5 - (time.monotonic() - received)))  # unacknowledged messages reappear
-    left = messages_for(sqs, stack.queue_url, cid)  # only the poison object's message stays
-    assert [v.key for m in left for v in parse_delivery(m, stack.enriched_bucket, stack.enriched_prefix).versions] == [
-        poison
-    ]
     with psycopg.connect(stack.database_url) as conn:
+        states = dict(
+            conn.execute(
+                "SELECT object_key, state || ':' || attempts FROM import_inbox WHERE inbox_id = ANY(%s)",
+                ([i.inbox_id for i in items],),
+            ).fetchall()
+        )
         (recorded,) = conn.execute("SELECT count(*) FROM import_failures WHERE object_key = %s", (poison,)).fetchone()
+    assert states.pop(poison) == "pending:1"  # waits out its backoff for the next attempt
+    assert set(states.values()) == {"done:1"}
     assert recorded == 1
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:  # no other test should retry it
+        conn.execute("UPDATE import_inbox SET state = 'dead' WHERE object_key = %s AND state = 'pending'", (poison,))

@@ -92,6 +92,8 @@ def test_importer_role_can_only_take_messages_and_read_enriched_objects():
         "sqs:ChangeMessageVisibility",
         "sqs:SendMessage",  # to the dead-letter queue only
         "s3:GetObject",
+        "s3:GetObjectVersion",
+        "s3:ListBucket",  # so that a missing key answers 404: forbidden is not gone
         "ecs:UpdateTaskProtection",  # its own cluster's tasks only
     }
     for action, resource in granted:
@@ -99,10 +101,19 @@ def test_importer_role_can_only_take_messages_and_read_enriched_objects():
             assert resource.endswith("${NamePrefix}-import'}"), resource
         if action == "sqs:SendMessage":
             assert resource.endswith("${NamePrefix}-import-dlq'}"), resource
-        if action == "s3:GetObject":
+        if action in {"s3:GetObject", "s3:GetObjectVersion"}:
             assert "${NamePrefix}-enriched/${EnrichedPrefix}*" in resource
         if action.startswith("ecs:"):
             assert ":task/${NamePrefix}/*" in resource
+    [listing] = [s for s in statements if "s3:ListBucket" in _as_list(s["Action"])]
+    assert str(listing["Resource"]).endswith("${NamePrefix}-enriched'}")  # the enriched bucket only ...
+    assert listing["Condition"] == {"StringLikeIfExists": {"s3:prefix": {"Fn::Sub": "${EnrichedPrefix}*"}}}
+
+
+def test_import_runs_hold_no_sqs_permission():
+    """Runs take their work from the import inbox: no SQS receipt crosses the run queue."""
+    statements = _statements(_load(COMPUTE), "RunTaskRole")
+    assert not [a for s in statements for a in _as_list(s["Action"]) if a.startswith("sqs:")]
 
 
 def test_worker_group_scales_to_zero_and_alarms_watch_age_and_dead_letters():

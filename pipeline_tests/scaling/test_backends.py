@@ -217,7 +217,7 @@ def test_scaling_status_shows_backlog_capacity_and_decisions(stack, clients):
     assert status.returncode == 0, status.stderr
     data = json.loads(status.stdout)
     assert data["backend"] == backend.key
-    assert set(data["backlog"]) == {"visible", "in_flight", "pending_partitions", "total"}
+    assert set(data["backlog"]) == {"visible", "in_flight", "pending_partitions", "inbox", "total"}
     assert data["capacity"]["desired"] == data["decisions"][0]["desired"]
     assert data["decisions"][0]["trigger"] == "cli" and data["decisions"][0]["applied"] is True
     text = pipeline("scaling", "status")
@@ -225,8 +225,8 @@ def test_scaling_status_shows_backlog_capacity_and_decisions(stack, clients):
 
 
 def test_a_local_worker_drains_on_sigterm(stack, clients):
-    """SIGTERM mid-batch: the worker finishes the object in hand, hands the rest back to the queue
-    at once (not after the visibility timeout), exits; nothing is lost or loaded twice."""
+    """SIGTERM mid-batch: the worker finishes the object in hand, gives the rest back to the inbox
+    at once (not after its claim lapses), exits; nothing is lost or loaded twice."""
     import time
 
     from pipeline.scaling.backends import LocalWorkerPool
@@ -252,9 +252,18 @@ def test_a_local_worker_drains_on_sigterm(stack, clients):
     assert partial["duplicates"] == 0
     logs = "".join(p.read_text() for p in pool.folder.glob("*.log"))
     assert partial["objects_loaded"] < 10, "the worker was not stopped mid-batch:\n" + logs[-3000:]
-    # What it had not started is visible again at once (a 60 s visibility timeout would hide it).
-    visible = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
-    assert int(visible["Attributes"]["ApproximateNumberOfMessages"]) == 10 - partial["objects_loaded"]
+    # What it had not started is due again at once in the inbox (a lapsing claim would hide it).
+    with psycopg.connect(stack.database_url) as conn:
+        due = conn.execute(
+            "SELECT count(*) FROM import_inbox WHERE object_key LIKE %s AND state = 'pending' AND claimed_by IS NULL",
+            (f"%customer={customer}/%",),
+        ).fetchone()[0]
+        waiting = int(
+            sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"][
+                "ApproximateNumberOfMessages"
+            ]
+        )
+    assert due + waiting == 10 - partial["objects_loaded"]  # given back, or never taken in
     run_worker(settings, drain=True, idle_polls=1)
     final = verify(settings, customer)
     assert final["objects_loaded"] == 10 and final["missing"] == 0 and final["duplicates"] == 0

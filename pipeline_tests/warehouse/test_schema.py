@@ -62,6 +62,14 @@ def test_ledger_is_append_only(scratch_db):
             with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
                 conn.execute(statement)
             conn.rollback()
-        # One load per object version.
+        # A version may be loaded again (X, Y, X: it is live again), as a new row ...
+        (again,) = conn.execute(CLAIM + " RETURNING ledger_id").fetchone()
+        conn.commit()
+        # ... but a load is ended at most once.
+        end = (
+            "INSERT INTO load_ledger (event, bucket, object_key, object_version, refers_to) "
+            "VALUES ('superseded', 'b', 'k', 'v2', %s)"
+        )
+        conn.execute(end, (again,))
         with pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute(CLAIM)
+            conn.execute(end, (again,))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -80,3 +82,46 @@ def test_projection_assets_materialize_through_dagster(stack, clients):
         metadata = events[AssetKey(key)].metadata
         assert metadata["slices_refreshed"].value >= 1
     assert _mine(stack.database_url, customer)[0]
+
+
+def _events(conn, customer: str, tag: str, count: int, messages: int) -> None:
+    (ledger_id,) = conn.execute(
+        "INSERT INTO load_ledger (event, bucket, object_key, object_version) VALUES ('loaded', 'b', %s, 'v') "
+        "RETURNING ledger_id",
+        (f"marker-{customer}-{tag}",),
+    ).fetchone()
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, message_count) "
+            "VALUES (%s, %s, %s, '2026-08-08', 'example.com', %s)",
+            [(f"{customer}-{tag}-{n}", ledger_id, customer, messages) for n in range(count)],
+        )
+
+
+def test_a_refresh_never_consumes_the_marker_of_an_import_still_in_flight(stack):
+    """An import marks its slice; a refresh running while the import is uncommitted must either
+    wait for it or leave the marker for the next refresh: never recompute the slice without the
+    import's rows and drop its marker."""
+    import threading
+
+    customer = new_customer()
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:  # the slice is marked already
+        _events(conn, customer, "first", 2, 5)
+    importer = psycopg.connect(stack.database_url)  # one connection: the import, left uncommitted
+    _events(importer, customer, "second", 3, 7)
+    refreshed = threading.Event()
+    thread = threading.Thread(target=lambda: (refresh(stack.database_url), refreshed.set()))
+    thread.start()
+    time.sleep(1.0)  # the refresh runs while the import is in flight
+    importer.commit()
+    importer.close()
+    thread.join(30)
+    assert refreshed.is_set()
+    with psycopg.connect(stack.database_url) as conn:
+        projected = conn.execute(
+            "SELECT coalesce(sum(messages), 0) FROM daily_domain_compliance WHERE customer_id = %s", (customer,)
+        ).fetchone()[0]
+        marked = conn.execute("SELECT count(*) FROM projection_dirty WHERE customer_id = %s", (customer,)).fetchone()[0]
+    assert projected == 2 * 5 + 3 * 7 or marked == 1  # up to date, or still marked for the next refresh
+    refresh(stack.database_url)
+    assert _mine(stack.database_url, customer)[0][0][4] == 2 * 5 + 3 * 7

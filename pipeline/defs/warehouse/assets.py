@@ -13,10 +13,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from pipeline.defs.resources import ImportQueueResource, ObjectStoreResource, WarehouseResource
+from pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from pipeline.defs.warehouse.partitions import enriched_objects
+from pipeline.importer import inbox
 from pipeline.importer.batch import IMPORT_STREAMS, ImportItem, connect, import_items
 from pipeline.importer.events import ObjectVersion
+from pipeline.importer.inbox import InboxPolicy
+from pipeline.importer.load import current_object
 from pipeline.importer.partitions import objects_for
 
 
@@ -34,18 +37,16 @@ class ObjectVersionConfig(Config):
 class ImportItemConfig(Config):
     version: ObjectVersionConfig
     partition_key: str
-    receipt_handle: str | None = None
-    message_id: str | None = None
-    receive_count: int = 1
+    inbox_id: int | None = None
+    repair: bool = False
 
 
 class ImportConfig(Config):
     items: list[ImportItemConfig] = Field(
         default_factory=list,
-        description="Object versions and their SQS receipts, filled in by import_queue_sensor. Empty for a "
-        "backfill from the UI: the run then imports each partition's current object.",
+        description="Object versions and their import inbox rows, filled in by import_queue_sensor. Empty for "
+        "a backfill from the UI: the run then imports each partition's current object.",
     )
-    visibility_seconds: int = Field(default=300, description="Visibility extension per heartbeat.")
     streams: int = Field(
         default=IMPORT_STREAMS,
         ge=1,
@@ -90,15 +91,11 @@ def _current_versions(warehouse: WarehouseResource, s3, keys: list[str]) -> tupl
             unknown[key] = "no object is recorded for this partition key"
             continue
         bucket, object_key = known[key]
-        try:
-            head = s3.head_object(Bucket=bucket, Key=object_key)
-        except s3.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
-                raise
+        now = current_object(s3, bucket, object_key)
+        if now is None:
             version = ObjectVersion(bucket, object_key, "removed@backfill", event_name="ObjectRemoved:Delete")
         else:
-            etag = head["ETag"].strip('"')
-            version = ObjectVersion(bucket, object_key, head.get("VersionId") or etag, etag, head["ContentLength"])
+            version = ObjectVersion(bucket, object_key, now.identity, now.etag, now.size)
         items.append(ImportItem(version, key))
     return items, unknown
 
@@ -115,8 +112,8 @@ def _current_versions(warehouse: WarehouseResource, s3, keys: list[str]) -> tupl
     description=(
         "Telemetry events in PostgreSQL, one immutable row per enriched record, unique by event_id. "
         "Each partition is one enriched S3 object; a run imports many objects, each in its own "
-        "transaction (ledger claim, supersession, COPY), and deletes each SQS message only after "
-        "its commit. Re-materializing a partition (a backfill) is idempotent."
+        "transaction (ledger claim, supersession, COPY), settling the object's import inbox row in "
+        "that same transaction. Re-materializing a partition (a backfill) is idempotent."
     ),
     tags={"pipeline/stage": "import"},
 )
@@ -124,7 +121,6 @@ def telemetry_events(
     context: AssetExecutionContext,
     config: ImportConfig,
     object_store: ObjectStoreResource,
-    import_queue: ImportQueueResource,
     warehouse: WarehouseResource,
 ):
     keys = list(context.partition_keys)
@@ -133,17 +129,22 @@ def telemetry_events(
     extra, unknown = _current_versions(warehouse, object_store.s3, [k for k in keys if k not in given])
     items.extend(extra)
     context.log.info(f"importing {len(items)} object version(s) for {len(keys)} partition(s)")
+    owner = context.run.tags.get("dagster/run_key")  # the sensor handed the rows to this run key
+    policy = InboxPolicy.from_env()
     outcomes = import_items(
         warehouse.database_url(),
         object_store.s3,
         items,
-        sqs=import_queue.sqs,
-        queue_url=import_queue.url(),
         run_id=context.run_id,
         worker=f"dagster:{context.run_id[:8]}",
-        visibility=config.visibility_seconds,
+        owner=owner,
+        lease_s=policy.plan_lease_s,
         streams=config.streams,
     )
+    if len(outcomes) < len(items):  # stopped early: the rest is due again for the next plan
+        done = {id(o.item) for o in outcomes}
+        with connect(warehouse.database_url()) as conn:
+            inbox.release(conn, [i.inbox_id for i in items if id(i) not in done and i.inbox_id is not None])
     failed: dict[str, str] = dict(unknown)
     reported: set[str] = set()
     materializations: list[AssetMaterialization] = []
@@ -169,15 +170,15 @@ def telemetry_events(
                     "ledger_id": result.ledger_id or 0,
                     "superseded": result.superseded,
                     "seconds": round(result.seconds, 4),
-                    "acknowledged": outcome.acknowledged,
+                    "inbox_id": outcome.item.inbox_id or 0,
                 },
             )
         )
     _log_materializations(context, materializations)
     if failed:
         raise Failure(
-            description=f"{len(failed)} of {len(keys)} object(s) failed to import; their messages stay on the "
-            "queue for redelivery (then the dead-letter queue). See `pipeline import-status`.",
+            description=f"{len(failed)} of {len(keys)} object(s) failed to import; they wait in the import inbox "
+            "for their next attempt (after the last one, in its dead letters). See `pipeline import-status`.",
             metadata={"failed": MetadataValue.json(failed)},
         )
     yield from ()

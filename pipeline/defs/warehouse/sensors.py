@@ -1,12 +1,20 @@
-"""import_queue_sensor: SQS -> one dynamic partition per object -> runs that import many objects.
+"""import_queue_sensor: SQS -> the import inbox -> one dynamic partition per object -> runs.
 
-Per tick (bounded: sensors time out at 60 s): long-poll up to ``max_messages`` messages,
-dead-letter what is not an S3 event, delete what names only ignored objects or versions already
-in the ledger, add a partition per new object and request runs of up to ``objects_per_run``
-objects each, carrying the object versions and SQS receipts in run config. Partitions added in
-one tick are contiguous, so a run covers them with one partition range (BackfillPolicy
-single_run). A run key hashes message ids with their receive counts: a redelivery after a
-failed run yields a new run key, so it really retries.
+Per tick (bounded: sensors time out at 60 s):
+
+1. **intake**: long-poll up to ``max_messages`` messages; record every object version they name
+   in the inbox (one transaction), then delete them from SQS (``pipeline.importer.intake``).
+   Non-S3 messages go to the dead-letter queue; foreign ones to ``rejected_messages``;
+2. **orphans**: rows planned for runs that are no longer queued or running, unsettled (a run
+   that crashed, or was canceled), are due again (or dead after ``max_attempts`` starts);
+3. **plan**: claim the due inbox rows (new ones, retries after their backoff, the reconciler's
+   finds), add a partition per new object, and request runs of up to ``objects_per_run``
+   objects each; the run key names the rows' plan, and the run config carries their inbox ids.
+
+No SQS receipt is held across Dagster's run queue: a run that waits longer than any visibility
+timeout finds its rows in the inbox, and a redelivered message for an object already planned
+joins its row instead of making another run. Partitions added in one tick are contiguous, so a
+run covers them with one partition range (BackfillPolicy single_run).
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import time
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -28,36 +38,58 @@ from dagster import (
 from pipeline.defs.resources import ImportQueueResource, WarehouseResource
 from pipeline.defs.warehouse.assets import telemetry_events
 from pipeline.defs.warehouse.partitions import enriched_objects
+from pipeline.importer import inbox
 from pipeline.importer.batch import ImportItem, connect
+from pipeline.importer.inbox import InboxPolicy
+from pipeline.importer.intake import intake_visibility_s, take_in
 from pipeline.importer.partitions import partition_key, record_partitions
-from pipeline.importer.queue import parse_delivery, receive
-from pipeline.importer.worker import triage
+from pipeline.importer.queue import receive
 
 MAX_MESSAGES_PER_TICK = int(os.environ.get("PIPELINE_SENSOR_MAX_MESSAGES", "1000"))
 OBJECTS_PER_RUN = int(os.environ.get("PIPELINE_OBJECTS_PER_RUN", "500"))
-TICK_BUDGET_SECONDS = 30.0  # of the 60 s a sensor tick may take; the rest is for triage
+# A known key (an overwrite, a retry) cannot join a contiguous range: it runs alone. Bound how
+# many such runs one tick requests; the rest stay due for the next ticks.
+SINGLE_RUNS_PER_TICK = int(os.environ.get("PIPELINE_SENSOR_SINGLE_RUNS", "100"))
+TICK_BUDGET_SECONDS = 30.0  # of the 60 s a sensor tick may take; the rest is for intake and planning
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+RUN_KEY_PREFIX = "import-"
+ACTIVE_RUN = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
 
 
-def run_key(items: list[ImportItem], salt: str = "") -> str:
-    parts = sorted(f"{i.message_id or i.version.version}:{i.receive_count}:{i.partition_key}" for i in items)
-    return "import-" + hashlib.sha256(("|".join(parts) + salt).encode()).hexdigest()[:32]
+def run_key(items: list[ImportItem], plans: dict[int, int], salt: str = "") -> str:
+    """The plan's identity: its inbox rows and how often each was planned, so a row planned again
+    (its first run crashed) gets a new run key; Dagster never runs one run key twice."""
+    parts = sorted(f"{i.inbox_id}:{plans.get(i.inbox_id, 0)}:{i.partition_key}" for i in items)
+    return RUN_KEY_PREFIX + hashlib.sha256(("|".join(parts) + salt).encode()).hexdigest()[:32]
 
 
-def run_request(items: list[ImportItem], keys: list[str], salt: str = "") -> RunRequest:
+def run_request(items: list[ImportItem], keys: list[str], plans: dict[int, int], salt: str = "") -> RunRequest:
     return RunRequest(
-        run_key=run_key(items, salt),
+        run_key=run_key(items, plans, salt),
         asset_selection=[telemetry_events.key],
-        tags={RANGE_START: keys[0], RANGE_END: keys[-1], "pipeline/objects": str(len(keys))},
+        tags={RANGE_START: keys[0], RANGE_END: keys[-1], "pipeline/objects": str(len(keys)), "pipeline/inbox": "1"},
         run_config={"ops": {"telemetry_events": {"config": {"items": [i.to_config() for i in items]}}}},
     )
 
 
 def plan_runs(
-    items: list[ImportItem], first_seen: set[str], objects_per_run: int = OBJECTS_PER_RUN, salt: str = ""
-) -> list[RunRequest]:
+    items: list[ImportItem],
+    first_seen: set[str],
+    plans: dict[int, int] | None = None,
+    objects_per_run: int = OBJECTS_PER_RUN,
+    single_runs: int | None = None,
+    salt: str = "",
+) -> tuple[list[RunRequest], list[ImportItem]]:
     """Keys seen for the first time are added in this tick, so they are contiguous: batch them by
-    range. A key seen before (an overwrite, a delete, a redelivery) runs alone."""
+    range. A key seen before (an overwrite, a delete, a retry) runs alone, at most ``single_runs``
+    of them; the items left over are returned (they stay due for the next tick)."""
+    plans = plans or {}
     by_key: dict[str, list[ImportItem]] = {}
     for item in items:
         by_key.setdefault(item.partition_key, []).append(item)
@@ -66,10 +98,20 @@ def plan_runs(
     requests = []
     for start in range(0, len(new), objects_per_run):
         chunk = new[start : start + objects_per_run]
-        requests.append(run_request([i for k in chunk for i in by_key[k]], chunk, salt))
-    for key in known:
-        requests.append(run_request(by_key[key], [key], salt))
-    return requests
+        requests.append(run_request([i for k in chunk for i in by_key[k]], chunk, plans, salt))
+    limit = len(known) if single_runs is None else single_runs
+    for key in known[:limit]:
+        requests.append(run_request(by_key[key], [key], plans, salt))
+    left = [i for key in known[limit:] for i in by_key[key]]
+    return requests, left
+
+
+def active_run_keys(instance) -> set[str]:
+    """Run keys of import runs that are queued or running (their inbox rows are spoken for)."""
+    if instance is None:
+        return set()
+    records = instance.get_run_records(filters=RunsFilter(statuses=ACTIVE_RUN, tags={"pipeline/inbox": "1"}))
+    return {r.dagster_run.tags.get("dagster/run_key") for r in records} - {None}
 
 
 @sensor(
@@ -77,61 +119,78 @@ def plan_runs(
     minimum_interval_seconds=5,
     default_status=DefaultSensorStatus.RUNNING,
     asset_selection=[telemetry_events],
-    description="Long-polls the SQS import queue; one dynamic partition per enriched object; batched import runs.",
+    description="Takes S3 notifications from SQS into the import inbox; one dynamic partition per enriched "
+    "object; batched import runs planned from the inbox.",
 )
 def import_queue_sensor(
     context: SensorEvaluationContext, import_queue: ImportQueueResource, warehouse: WarehouseResource
 ) -> SensorResult | SkipReason:
-    settings = import_queue.stack.settings()
+    settings = import_queue.settings()
+    policy = InboxPolicy.from_env()
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
-    messages = receive(import_queue.sqs, import_queue.url(), MAX_MESSAGES_PER_TICK, wait_seconds=1, deadline=deadline)
-    if not messages:
-        return SkipReason("import queue empty")
-    deliveries = [parse_delivery(m, settings.enriched_bucket, settings.enriched_prefix) for m in messages]
-    for delivery in deliveries:
-        for reason in delivery.ignored:
-            context.log.info(f"ignored message {delivery.message_id}: {reason}")
-        for reason in delivery.rejected:
-            context.log.warning(f"rejected message {delivery.message_id}: {reason} (recorded in rejected_messages)")
-        if delivery.error:
-            context.log.warning(f"dead-lettered message {delivery.message_id}: {delivery.error}")
-    items, ignored, duplicates, dead = triage(warehouse.database_url(), import_queue.sqs, settings, deliveries)
-    result, new_keys = partitioned_runs(warehouse.database_url(), items, settings.enriched_prefix)
+    with connect(warehouse.database_url()) as conn:  # the warehouse first: no receive when it is down
+        messages = receive(
+            import_queue.sqs,
+            settings.queue_url,
+            MAX_MESSAGES_PER_TICK,
+            wait_seconds=1,
+            visibility=intake_visibility_s(),
+            deadline=deadline,
+        )
+        intake = take_in(conn, import_queue.sqs, settings, messages)
+        orphans = inbox.release_orphans(conn, active_run_keys(context.instance), RUN_KEY_PREFIX, policy)
+        result, new_keys, planned = plan_from_inbox(conn, settings.enriched_prefix, policy)
+    if intake.messages or orphans:
+        context.log.info(f"import intake {intake.summary()} orphans_released={orphans}")
+    if not planned:
+        return SkipReason(f"nothing due in the import inbox ({intake.summary()})")
     result = add_partitions_now(context, result)
-    context.log.info(
-        f"import tick messages={len(messages)} objects={len(items)} new_partitions={len(new_keys)} "
-        f"duplicates={duplicates} ignored={ignored} dead_lettered={dead} runs={len(result.run_requests)}"
-    )
+    context.log.info(f"import tick objects={planned} new_partitions={len(new_keys)} runs={len(result.run_requests)}")
     return result
 
 
-def partitioned_runs(
-    database_url: str, items: list[ImportItem], prefix: str, salt: str = ""
-) -> tuple[SensorResult, list[str]]:
-    """Give each item its object's partition key, remember the mapping, plan the runs."""
-    items = [
-        ImportItem(
-            i.version,
-            partition_key(i.version.bucket, i.version.key, prefix),
-            i.receipt_handle,
-            i.message_id,
-            i.receive_count,
-        )
-        for i in items
-    ]
-    with connect(database_url) as conn:
+def plan_from_inbox(conn, prefix: str, policy: InboxPolicy, limit: int = MAX_MESSAGES_PER_TICK, salt: str = ""):
+    """Claim the due inbox rows, plan their runs, hand each run's rows to its run key.
+
+    Returns (SensorResult, new partition keys, objects planned)."""
+    planning = f"planning:{os.getpid()}:{time.time_ns()}"
+    with conn.transaction():
+        rows = inbox.claim(conn, planning, limit, policy.plan_lease_s, policy)
+        if not rows:
+            return SensorResult(), [], 0
+        items = [
+            ImportItem(
+                r.version,
+                r.partition_key or partition_key(r.version.bucket, r.version.key, prefix),
+                r.inbox_id,
+                r.repair,
+            )
+            for r in rows
+        ]
+        plans = {r.inbox_id: r.plans for r in rows}
         first_seen = record_partitions(conn, {(i.partition_key, i.version.bucket, i.version.key) for i in items})
-    requests = plan_runs(items, first_seen, salt=salt)
+        requests, left = plan_runs(items, first_seen, plans, single_runs=SINGLE_RUNS_PER_TICK, salt=salt)
+        inbox.assign(
+            conn,
+            {r.run_key: [i["inbox_id"] for i in _config_items(r)] for r in requests},
+            policy.plan_lease_s,
+        )
+        inbox.release(conn, [i.inbox_id for i in left], planning)
     # All keys go into the add request: first-seen ones in order (contiguous, for the ranges);
     # known ones are no-ops for Dagster unless a crash lost them between this table and Dagster.
+    planned = [i for i in items if i not in left]
     keys = list(
         dict.fromkeys(
-            [k for k in (i.partition_key for i in items) if k in first_seen] + [i.partition_key for i in items]
+            [k for k in (i.partition_key for i in planned) if k in first_seen] + [i.partition_key for i in planned]
         )
     )
     adds = [enriched_objects.build_add_request(keys)] if keys else []
     new_keys = [k for k in keys if k in first_seen]
-    return SensorResult(run_requests=requests, dynamic_partitions_requests=adds), new_keys
+    return SensorResult(run_requests=requests, dynamic_partitions_requests=adds), new_keys, len(planned)
+
+
+def _config_items(request: RunRequest) -> list[dict]:
+    return request.run_config["ops"]["telemetry_events"]["config"]["items"]
 
 
 def add_partitions_now(context: SensorEvaluationContext, result: SensorResult) -> SensorResult:
@@ -160,26 +219,26 @@ def add_partitions_now(context: SensorEvaluationContext, result: SensorResult) -
     name="import_reconciler",
     minimum_interval_seconds=600,
     default_status=DefaultSensorStatus.RUNNING,
-    asset_selection=[telemetry_events],
-    description="Lists the enriched prefix against the ledger and imports what lost notifications left behind.",
+    description="Compares the enriched prefix with the ledger and the rows: puts what lost notifications "
+    "left behind (and wrong versions, deletions, partial loads) in the import inbox, deletes stray rows.",
 )
 def import_reconciler(
     context: SensorEvaluationContext, import_queue: ImportQueueResource, warehouse: WarehouseResource
-) -> SensorResult | SkipReason:
-    from pipeline.importer.reconcile import find_drift
+) -> SkipReason:
+    from pipeline.importer.reconcile import find_drift, record_drift
 
-    settings = import_queue.stack.settings()
+    settings = import_queue.settings()
     s3 = import_queue.stack.client("s3")
     with connect(warehouse.database_url()) as conn:
         drift = find_drift(conn, s3, settings.enriched_bucket, settings.enriched_prefix)
-    if not drift.items:
-        return SkipReason("the ledger reflects every enriched object")
-    result, _ = partitioned_runs(
-        warehouse.database_url(), drift.items, settings.enriched_prefix, salt=f"reconcile:{time.time():.0f}"
+        if not drift.total:
+            return SkipReason("the warehouse reflects every enriched object")
+        made = record_drift(conn, drift, settings.enriched_prefix)
+    context.log.warning(
+        f"reconcile drift {drift.summary()}: {len(made)} object(s) put in the import inbox "
+        "(import_queue_sensor plans them), stray rows deleted"
     )
-    result = add_partitions_now(context, result)
-    context.log.warning(f"reconcile: {len(drift.unloaded)} unloaded, {len(drift.removed)} removed object(s)")
-    return result
+    return SkipReason(f"drift {drift.summary()}: {len(made)} object(s) in the import inbox")
 
 
 PARTITION_RETENTION_DAYS = float(os.environ.get("PIPELINE_PARTITION_RETENTION_DAYS", "7"))
@@ -189,7 +248,8 @@ PARTITION_RETENTION_DAYS = float(os.environ.get("PIPELINE_PARTITION_RETENTION_DA
     name="prune_object_partitions",
     minimum_interval_seconds=3600,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Keeps enriched_objects bounded: removes old partitions of settled objects (the ledger keeps history).",
+    description="Keeps enriched_objects and the import inbox bounded: removes old partitions of settled objects "
+    "and old settled inbox rows (the ledger keeps the history).",
 )
 def prune_object_partitions(
     context: SensorEvaluationContext, warehouse: WarehouseResource
@@ -197,9 +257,10 @@ def prune_object_partitions(
     from pipeline.importer.partitions import mark_pruned, prunable
 
     with connect(warehouse.database_url()) as conn:
+        settled = inbox.prune_settled(conn, PARTITION_RETENTION_DAYS * 86400)
         keys = prunable(conn, PARTITION_RETENTION_DAYS * 86400)
         if not keys:
-            return SkipReason("nothing old enough to prune")
+            return SkipReason(f"nothing old enough to prune ({settled} settled inbox row(s) removed)")
         mark_pruned(conn, keys)
     context.log.info(f"pruning {len(keys)} object partition(s) older than {PARTITION_RETENTION_DAYS} day(s)")
     return SensorResult(dynamic_partitions_requests=[enriched_objects.build_delete_request(keys)])
