@@ -120,6 +120,8 @@ class ResettingProxy:
         self._closed = True
         self._server.close()
         with self._lock:
-            for sock in self._held:
+            for sock in self._held:  # shutdown first: it wakes a thread blocked in recv on it
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()

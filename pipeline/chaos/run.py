@@ -80,9 +80,9 @@ CHAOS_ENV = {
     "PIPELINE_IMPORT_RETRY_MAX_S": "4",
     "PIPELINE_IMPORT_PLAN_LEASE_S": "120",
     "PIPELINE_IMPORT_ORPHAN_GRACE_S": "15",
-    "PIPELINE_DB_LOCK_TIMEOUT_S": "10",
+    "PIPELINE_DB_LOCK_TIMEOUT_S": "8",
     "PIPELINE_DB_STATEMENT_TIMEOUT_S": "10",
-    "PIPELINE_DB_IDLE_IN_TRANSACTION_S": "10",
+    "PIPELINE_DB_IDLE_IN_TRANSACTION_S": "5",
     "PIPELINE_DB_KEEPALIVE_IDLE_S": "5",
     "PIPELINE_DB_TCP_USER_TIMEOUT_S": "15",
     "PIPELINE_CHAOS_LATE_S": "3",
@@ -400,7 +400,8 @@ class ChaosRun:
                     running.remove((mode, child))
                     if code == -9 and mode in WORKER_FAULTS:
                         self.faults[WORKER_FAULTS[mode]] += 1
-                if not restarted and self._loaded() >= self.objects // 3:
+                # Mid-load: a third of the objects in, or the last importers running, whichever first.
+                if not restarted and (self._loaded() >= self.objects // 3 or (not schedule and self._loaded() > 0)):
                     self.progress("restarting PostgreSQL (immediate) mid-load")
                     restarted = self._restart_postgres()
                     self.faults["postgres_restart_immediate"] += int(restarted)

@@ -29,10 +29,12 @@ from pipeline.importer import inbox
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.inbox import InboxPolicy, _env_number
 from pipeline.importer.load import LoadResult, fetch, load_object
+from pipeline.settings import ConfigurationError
 
 log = logging.getLogger(__name__)
 WORKER = socket.gethostname()
 READ_AHEAD = 2
+APPLICATION_NAME = "pipeline-importer"  # how importers' sessions show in pg_stat_activity
 # COPY streams (connections) per importer process; PIPELINE_IMPORT_STREAMS overrides.
 IMPORT_STREAMS = max(1, int(os.environ.get("PIPELINE_IMPORT_STREAMS", "2")))
 
@@ -76,11 +78,19 @@ class ItemOutcome:
 class ImportTimeouts:
     """Server- and client-side limits on an importer's connections (PIPELINE_DB_*)."""
 
-    lock_timeout_s: float = 60.0  # waiting for a key's lock held by another importer
+    lock_timeout_s: float = 60.0  # waiting for a key's lock held by another importer (then postponed, uncounted)
     statement_timeout_s: float = 1800.0  # one statement (a COPY of a large object included)
-    idle_in_transaction_s: float = 300.0  # a transaction whose client went quiet: the server ends it
+    idle_in_transaction_s: float = 60.0  # a transaction whose client went quiet: the server ends it
     keepalive_idle_s: int = 30  # TCP keepalives find a peer that vanished
     tcp_user_timeout_s: float = 120.0  # data unacknowledged this long: the connection is dead
+
+    def __post_init__(self):
+        if self.lock_timeout_s >= self.statement_timeout_s:
+            raise ConfigurationError(
+                f"PIPELINE_DB_LOCK_TIMEOUT_S ({self.lock_timeout_s:g}) must be below PIPELINE_DB_STATEMENT_TIMEOUT_S "
+                f"({self.statement_timeout_s:g}): a wait for a key's lock would otherwise end as a statement timeout, "
+                "counted as a failed attempt instead of a postponement."
+            )
 
     @classmethod
     def from_env(cls) -> ImportTimeouts:
@@ -103,6 +113,7 @@ class ImportTimeouts:
     def connect_kwargs(self) -> dict:
         ms = lambda seconds: int(seconds * 1000)  # noqa: E731
         return {
+            "application_name": APPLICATION_NAME,
             # The server's side too: its keepalives find an importer that vanished and end its
             # session (and the locks it held) without waiting for the idle timeout.
             "options": (
@@ -127,17 +138,19 @@ def connect(database_url: str, timeouts: ImportTimeouts | None = None) -> psycop
 
 
 class Watchdog:
-    """Cuts a connection whose current object takes longer than ``seconds`` (shuts its socket
-    down, so the blocked call fails at once and the object is retried)."""
+    """Cuts a connection whose current object takes longer than ``seconds``: shuts its socket
+    down (the blocked call fails at once, the object is retried) and ends its server session,
+    which a client gone silent mid-COPY would otherwise keep (and the key's lock with it): the
+    server enforces no timeout while it waits for a client's COPY data."""
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, seconds: float, database_url: str):
+        self.seconds, self.database_url = seconds, database_url
         self.fired = 0
         self._timer: threading.Timer | None = None
 
     def arm(self, conn: psycopg.Connection, what: str) -> None:
         self.disarm()
-        self._timer = threading.Timer(self.seconds, self._cut, args=(conn, what))
+        self._timer = threading.Timer(self.seconds, self._cut, args=(conn, conn.info.backend_pid, what))
         self._timer.daemon = True
         self._timer.start()
 
@@ -146,7 +159,7 @@ class Watchdog:
             self._timer.cancel()
             self._timer = None
 
-    def _cut(self, conn: psycopg.Connection, what: str) -> None:
+    def _cut(self, conn: psycopg.Connection, backend_pid: int, what: str) -> None:
         self.fired += 1
         log.error("import watchdog: %s took over %.0fs; cutting its database connection", what, self.seconds)
         try:
@@ -157,6 +170,42 @@ class Watchdog:
                 sock.close()
         except OSError as exc:
             log.warning("import watchdog: could not cut the connection: %s", exc)
+        try:
+            with psycopg.connect(self.database_url, autocommit=True, connect_timeout=10) as side:
+                side.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+        except psycopg.Error as exc:  # unreachable too: the server's keepalives will end it
+            log.warning("import watchdog: could not end server session %d: %s", backend_pid, exc)
+
+
+# A session that holds a key's lock and has waited for its client's COPY data longer than the
+# statement timeout is frozen (the server does not enforce statement_timeout while it reads from
+# the client): the importer that needs the key ends it, so no frozen peer wedges a key.
+_END_FROZEN_HOLDERS = """
+WITH k AS (SELECT hashtextextended(%(key)s, 0) AS key)
+SELECT a.pid, pg_terminate_backend(a.pid)
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid, k
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid = ((k.key >> 32) & 4294967295)::oid AND l.objid = (k.key & 4294967295)::oid
+  AND a.application_name = %(app)s AND a.state = 'active' AND a.wait_event = 'ClientRead'
+  AND a.query_start < clock_timestamp() - make_interval(secs => %(stale)s)
+"""
+
+
+def end_frozen_holders(conn: psycopg.Connection, version: ObjectVersion, timeouts: ImportTimeouts) -> list[int]:
+    """End the importer sessions frozen while holding ``version``'s key lock; their pids."""
+    rows = conn.execute(
+        _END_FROZEN_HOLDERS,
+        {"key": f"{version.bucket}/{version.key}", "app": APPLICATION_NAME, "stale": timeouts.statement_timeout_s},
+    ).fetchall()
+    for pid, _ in rows:
+        log.error(
+            "ended frozen importer session pid=%d holding s3://%s/%s (waiting for its client past the statement "
+            "timeout)",
+            pid,
+            version.bucket,
+            version.key,
+        )
+    return [pid for pid, _ in rows]
 
 
 def record_failure(database_url: str, item: ImportItem, error: BaseException, run_id: str | None, worker: str | None):
@@ -298,7 +347,7 @@ def _import_stream(
     """Import ``items`` in order on one connection, reading the next objects ahead."""
     outcomes: list[ItemOutcome] = []
     conn: psycopg.Connection | None = None
-    watchdog = Watchdog(timeouts.load_deadline_s)
+    watchdog = Watchdog(timeouts.load_deadline_s, database_url)
     # Read ahead: the next objects are downloaded and decoded while this one is copied.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch") as pool:
         futures: dict[int, Future] = {}
@@ -338,6 +387,20 @@ def _import_stream(
                             )
                         finally:
                             watchdog.disarm()
+                except psycopg.errors.LockNotAvailable as exc:  # another importer holds the key: wait, free
+                    outcome.error = f"{type(exc).__name__}: {exc}"
+                    outcome.retry = "pending"
+                    log.warning(
+                        "import postponed object=s3://%s/%s: its key's lock stayed held for %.0fs (another "
+                        "importer, or a silent one the server has not ended yet)",
+                        item.version.bucket,
+                        item.version.key,
+                        timeouts.lock_timeout_s,
+                    )
+                    with connect(database_url, timeouts) as side:
+                        end_frozen_holders(side, item.version, timeouts)
+                        if item.inbox_id is not None:
+                            inbox.postpone(side, item.inbox_id, min(timeouts.lock_timeout_s, 30.0), outcome.error)
                 except Exception as exc:
                     outcome.error = f"{type(exc).__name__}: {exc}"
                     log.error(

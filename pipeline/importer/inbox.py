@@ -347,6 +347,17 @@ def fail(conn: psycopg.Connection, inbox_id: int, error: str, policy: InboxPolic
     return row[0] if row else "settled"
 
 
+def postpone(conn: psycopg.Connection, inbox_id: int, seconds: float, why: str) -> None:
+    """Contention, not failure (the key's lock stayed held past lock_timeout): the start is not
+    counted, and the row is due again after ``seconds``. Waiting never dead-letters anything."""
+    _cur(conn).execute(
+        """UPDATE import_inbox SET attempts = greatest(attempts - 1, 0), claimed_by = NULL, lease_until = NULL,
+                  last_error = %s, not_before = clock_timestamp() + make_interval(secs => %s)
+           WHERE inbox_id = %s AND state = 'pending'""",
+        (why[:4000], seconds, inbox_id),
+    )
+
+
 def release(conn: psycopg.Connection, inbox_ids: list[int], owner: str | None = None) -> int:
     """Give rows back unstarted (SIGTERM, a run that stops early): due again at once."""
     if not inbox_ids:
@@ -502,7 +513,8 @@ def prune_settled(conn: psycopg.Connection, older_than_s: float) -> int:
     return (
         _cur(conn)
         .execute(
-            "DELETE FROM import_inbox WHERE state = 'done' AND settled_at < clock_timestamp() - make_interval(secs => %s)",
+            "DELETE FROM import_inbox WHERE state = 'done' "
+            "AND settled_at < clock_timestamp() - make_interval(secs => %s)",
             (older_than_s,),
         )
         .rowcount

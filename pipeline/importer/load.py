@@ -18,8 +18,8 @@ while the bytes cross the network; only the HEAD is made under the lock.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
+import tempfile
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -55,7 +55,7 @@ _PG_EPOCH_DAYS = 10_957  # 2000-01-01 in Unix days
 COPY_SQL = sql.SQL("COPY telemetry_events ({}) FROM STDIN (FORMAT BINARY)").format(
     sql.SQL(", ").join(sql.Identifier(c) for c in ["ledger_id", *EVENT_COLUMNS])
 )
-DEFAULT_MAX_OBJECT_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_OBJECT_BYTES = 5 * 1024**3  # objects stream to disk by row group: this bounds local disk, not memory
 
 
 class ObjectRejected(ValueError):
@@ -98,15 +98,42 @@ class LoadResult:
 
 @dataclass(frozen=True)
 class FetchedObject:
-    table: pa.Table
+    """A downloaded object, read by row group: an importer's memory is bounded by a row group,
+    not by the object (bytes above ``SPOOL_IN_MEMORY`` wait on local disk, not in memory)."""
+
+    parquet: pq.ParquetFile
     body_bytes: int
     checksum: str
     etag: str
     version_id: str | None
+    where: str = ""
 
     @property
     def identity(self) -> str:
         return version_identity(self.version_id, self.etag)
+
+    @property
+    def num_rows(self) -> int:
+        return self.parquet.metadata.num_rows
+
+    def row_groups(self):
+        for index in range(self.parquet.num_row_groups):
+            try:
+                yield self.parquet.read_row_group(index, columns=EVENT_COLUMNS)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ObjectRejected(
+                    f"{self.where} row group {index} is not readable Parquet: {exc}. Re-publish the partition "
+                    "from enrichment; this version is recorded as failed."
+                ) from None
+
+    @property
+    def table(self) -> pa.Table:
+        """The whole object at once (tests and benchmarks; the importer reads row groups)."""
+        return pa.concat_tables(list(self.row_groups()))
+
+
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
+_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -162,30 +189,39 @@ def fetch(s3, version: ObjectVersion, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES)
             f"{where} is {length} bytes, over the importer's limit of {max_bytes}: split the "
             "enriched output into smaller objects or raise importer max_object_bytes."
         )
-    body = response["Body"].read()
     etag = response.get("ETag", "").strip('"')
     if version.etag and etag and etag != version.etag and "VersionId" not in kwargs:
         return None  # the key was overwritten between the event and this read
+    spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, prefix="pipeline-import-")  # noqa: SIM115
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: response["Body"].read(_CHUNK), b""):
+        spooled.write(chunk)
+        digest.update(chunk)
+        size += len(chunk)
+    spooled.seek(0)
     try:
-        table = pq.read_table(io.BytesIO(body))
+        parquet = pq.ParquetFile(spooled)
     except (pa.ArrowInvalid, OSError) as exc:
+        spooled.close()
         raise ObjectRejected(
             f"{where} (version {version.version}) is not readable Parquet: {exc}. "
             "Re-publish the partition from enrichment; this version is recorded as failed."
         ) from None
-    missing = [name for name in EVENT_COLUMNS if name not in table.column_names]
+    missing = [name for name in EVENT_COLUMNS if name not in parquet.schema_arrow.names]
     if missing:
+        spooled.close()
         raise ObjectRejected(
             f"{where} (version {version.version}) lacks columns {missing}: it was not written "
             "by this pipeline's enrichment (or by an older schema). Re-run enrichment for its partition."
         )
     version_id = response.get("VersionId")
     return FetchedObject(
-        table.select(EVENT_COLUMNS),
-        len(body),
-        hashlib.sha256(body).hexdigest(),
+        parquet,
+        size,
+        digest.hexdigest(),
         etag or version.etag or "",
         version_id if version_id and version_id != "null" else None,
+        where,
     )
 
 
@@ -368,7 +404,7 @@ def load_object(
                 version.key,
                 fetched.identity,
                 fetched.etag,
-                fetched.table.num_rows,
+                fetched.num_rows,
                 fetched.body_bytes,
                 fetched.checksum,
                 run_id,
@@ -381,8 +417,9 @@ def load_object(
         superseded = _supersede(cur, version, "superseded", run_id, worker, keep=ledger_id)
         with cur.copy(COPY_SQL) as copy:
             copy.set_types(["int8", *COPY_TYPES])
-            for row in _rows(fetched.table, ledger_id):
-                copy.write_row(row)
+            for table in fetched.row_groups():  # one row group in memory at a time
+                for row in _rows(table, ledger_id):
+                    copy.write_row(row)
         _remember_sequencer(cur, version)
         inbox.settle(cur, inbox_id, "loaded", ledger_id)
     seconds = time.monotonic() - started
@@ -391,12 +428,12 @@ def load_object(
         version.bucket,
         version.key,
         fetched.identity,
-        fetched.table.num_rows,
+        fetched.num_rows,
         fetched.body_bytes,
         superseded,
         seconds,
     )
-    return LoadResult(version, "loaded", fetched.table.num_rows, fetched.body_bytes, ledger_id, superseded, seconds)
+    return LoadResult(version, "loaded", fetched.num_rows, fetched.body_bytes, ledger_id, superseded, seconds)
 
 
 def tombstone(

@@ -9,12 +9,13 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 from botocore.stub import Stubber
 
 from pipeline.aws import client
 from pipeline.chaos.proxy import ResettingProxy
-from pipeline.importer.batch import ImportItem, ImportTimeouts, import_items
+from pipeline.importer.batch import ImportItem, ImportTimeouts, connect, import_items
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.load import S3AccessDenied, current_object
 from pipeline.importer.verify import verify
@@ -50,13 +51,17 @@ def test_the_connection_carries_the_importer_timeouts(stack, monkeypatch):
 
     with pytest.raises(ConfigurationError, match="PIPELINE_DB_LOCK_TIMEOUT_S"):
         ImportTimeouts.from_env()
+    monkeypatch.setenv("PIPELINE_DB_LOCK_TIMEOUT_S", "1800")  # a lock wait must end before the statement
+    with pytest.raises(ConfigurationError, match="must be below PIPELINE_DB_STATEMENT_TIMEOUT_S"):
+        ImportTimeouts.from_env()
 
 
 def test_a_frozen_peer_holding_a_keys_lock_does_not_wedge_the_key(stack, clients, empty_queues, monkeypatch):
     import pipeline.importer.load as load
 
-    for name in ("PIPELINE_DB_LOCK_TIMEOUT_S", "PIPELINE_DB_STATEMENT_TIMEOUT_S", "PIPELINE_DB_IDLE_IN_TRANSACTION_S"):
-        monkeypatch.setenv(name, "3")
+    monkeypatch.setenv("PIPELINE_DB_LOCK_TIMEOUT_S", "2")
+    monkeypatch.setenv("PIPELINE_DB_STATEMENT_TIMEOUT_S", "3")
+    monkeypatch.setenv("PIPELINE_DB_IDLE_IN_TRANSACTION_S", "3")
     cid = new_customer()
     s3 = clients("s3")
     key = enriched_key(stack, cid, "frozen.parquet")
@@ -79,7 +84,10 @@ def test_a_frozen_peer_holding_a_keys_lock_does_not_wedge_the_key(stack, clients
 
     def importer(name: str, url: str) -> None:
         started = time.monotonic()
-        [outcome] = import_items(url, s3, [ImportItem(version)], worker=name)
+        while True:  # a lock wait that times out is postponed: the next attempt comes soon
+            [outcome] = import_items(url, s3, [ImportItem(version)], worker=name)
+            if outcome.ok or name == "A" or "LockNotAvailable" not in outcome.error:
+                break
         results[name] = (outcome, time.monotonic() - started)
 
     try:
@@ -94,7 +102,7 @@ def test_a_frozen_peer_holding_a_keys_lock_does_not_wedge_the_key(stack, clients
         proxy.close()
     assert not a.is_alive() and not b.is_alive()
     (a_outcome, a_seconds), (b_outcome, b_seconds) = results["A"], results["B"]
-    # B waited for the lock until the server ended A's idle transaction (3 s), then loaded.
+    # B waited (postponed, not failed) until the server ended A's idle transaction (3 s), then loaded.
     assert b_outcome.ok and b_outcome.result.outcome == "loaded" and b_seconds < 15
     # A's client, behind the silent network, was cut by its watchdog: a failure, retried later.
     assert not a_outcome.ok and a_seconds < 30
@@ -118,3 +126,87 @@ def test_forbidden_is_not_gone(stack, clients, empty_queues):
         [outcome] = import_items(stack.database_url, denied_s3, [ImportItem(removed)])
     assert not outcome.ok and "s3:ListBucket" in outcome.error
     assert verify(stack, cid)["rows_loaded"] == 5  # a delete it could not check removed nothing
+
+
+def test_waiting_for_a_keys_lock_costs_no_attempt(stack, clients, empty_queues, monkeypatch):
+    """Contention is not failure: an object whose key stays locked past lock_timeout is postponed
+    without counting an attempt, so waiting never dead-letters it (here max_attempts is 1)."""
+    from pipeline.importer.intake import take_in
+    from pipeline_tests.importer.test_import_flow import own_messages
+
+    monkeypatch.setenv("PIPELINE_DB_LOCK_TIMEOUT_S", "1")
+    monkeypatch.setenv("PIPELINE_IMPORT_MAX_ATTEMPTS", "1")
+    cid = new_customer()
+    s3, sqs = clients("s3"), clients("sqs")
+    key = enriched_key(stack, cid, "contended.parquet")
+    put_enriched(s3, stack, key, rows=7, customer_id=cid)
+    with connect(stack.database_url) as conn:
+        [row] = take_in(conn, sqs, stack, own_messages(sqs, stack.queue_url, cid, 30), "test-lock", lease_s=60).new
+    holder = psycopg.connect(stack.database_url)  # another importer holds the key's lock
+    holder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{stack.enriched_bucket}/{key}",))
+    try:
+        for _ in range(3):
+            [outcome] = import_items(stack.database_url, s3, [ImportItem.from_inbox(row)], owner="test-lock")
+            assert not outcome.ok and "LockNotAvailable" in outcome.error
+    finally:
+        holder.rollback()
+        holder.close()
+    with psycopg.connect(stack.database_url) as conn:
+        state, attempts = conn.execute(
+            "SELECT state, attempts FROM import_inbox WHERE inbox_id = %s", (row.inbox_id,)
+        ).fetchone()
+    assert (state, attempts) == ("pending", 0)
+    [outcome] = import_items(stack.database_url, s3, [ImportItem.from_inbox(row)])
+    assert outcome.result.outcome == "loaded" and verify(stack, cid)["ok"]
+
+
+def test_a_peer_frozen_mid_copy_is_ended_and_its_key_freed(stack, clients, empty_queues, monkeypatch):
+    """The server enforces no statement timeout while it waits for a client's COPY data: a peer
+    that goes silent mid-COPY would hold its key's lock for ever. The importer that needs the key
+    ends that session once it is older than the statement timeout; the frozen importer's own
+    watchdog ends it too."""
+    import pipeline.importer.load as load
+
+    monkeypatch.setenv("PIPELINE_DB_LOCK_TIMEOUT_S", "1")
+    monkeypatch.setenv("PIPELINE_DB_STATEMENT_TIMEOUT_S", "2")
+    monkeypatch.setenv("PIPELINE_DB_IDLE_IN_TRANSACTION_S", "2")
+    cid = new_customer()
+    s3 = clients("s3")
+    key = enriched_key(stack, cid, "frozen-copy.parquet")
+    put_enriched(s3, stack, key, rows=3000, customer_id=cid)
+    head = s3.head_object(Bucket=stack.enriched_bucket, Key=key)
+    version = ObjectVersion(stack.enriched_bucket, key, head["ETag"].strip('"'), head["ETag"].strip('"'))
+    parts = urlsplit(stack.database_url)
+    proxy = ResettingProxy((parts.hostname, parts.port), reset_rate=0.0, seed=2)
+    original_rows = load._rows
+    frozen = threading.Event()
+
+    def rows_then_freeze(table, ledger_id):
+        for n, row in enumerate(original_rows(table, ledger_id)):
+            if n == 100 and threading.current_thread().name.startswith("frozen") and not frozen.is_set():
+                frozen.set()
+                proxy.silence_all()  # mid-COPY: the server waits for data that never comes
+            yield row
+
+    monkeypatch.setattr(load, "_rows", rows_then_freeze)
+    results: dict[str, object] = {}
+    a = threading.Thread(
+        target=lambda: results.update(A=import_items(through(proxy, stack.database_url), s3, [ImportItem(version)])),
+        name="frozen-importer",
+    )
+    try:
+        a.start()
+        assert frozen.wait(30)
+        started = time.monotonic()
+        while time.monotonic() - started < 30:  # B retries as its postponements allow
+            [b] = import_items(stack.database_url, s3, [ImportItem(version)], worker="B")
+            if b.ok:
+                break
+            assert "LockNotAvailable" in b.error
+        waited = time.monotonic() - started
+        a.join(60)
+    finally:
+        proxy.close()
+    assert b.ok and b.result.outcome == "loaded" and waited < 20
+    assert not a.is_alive() and not results["A"][0].ok
+    assert verify(stack, cid)["ok"]
