@@ -118,43 +118,38 @@ def test_messages_for_another_bucket_or_prefix_are_rejected_and_recorded(stack, 
     sqs.delete_queue(QueueUrl=queue_url)
 
 
-@pytest.mark.parametrize(
-    "customer, key",
-    [
-        ("acme", "raw/customer=acme/dt=2026-11-01/../../../../etc/passwd.jsonl.gz"),
-        ("acme", "raw/customer=acme/dt=2026-11-01/..%2f..%2fx.jsonl.gz"),
-        ("..", "raw/customer=../dt=2026-11-01/x.jsonl.gz"),
-        ("../../tmp", "raw/customer=../../tmp/dt=2026-11-01/x.jsonl.gz"),
-    ],
-)
-def test_an_s3_key_never_becomes_a_local_path(tmp_path, customer, key):
-    from pipeline.enrich.spark import staged_path
+@pytest.mark.parametrize("customer", ["..", "../../tmp", "acme/../evil", "a b", ""])
+def test_a_group_of_a_hostile_customer_is_refused(customer):
+    from pipeline.enrich.groups import Group, enrich_group
 
-    folder = tmp_path / "stage"
-    folder.mkdir()
-    try:
-        target = staged_path(folder, customer, "2026-11-01", key)
-    except ValueError:
-        return  # refused: fine
-    assert target.resolve().is_relative_to(folder.resolve())
-    assert ".." not in target.relative_to(folder).parts and "passwd" not in target.name
+    with pytest.raises(ValueError, match="not a group of the collector"):
+        enrich_group(None, "run", Group(customer, "2026-11-01", ("raw/x.jsonl.gz",)), s3=object())
 
 
-def test_staging_skips_raw_prefixes_that_are_not_customer_ids(stack, clients, tmp_path):
-    from pipeline.enrich.spark import stage_raw
+def test_enrichment_skips_raw_prefixes_that_are_not_customer_ids(stack, clients, caplog):
+    """Spark tasks read S3 keys, never local paths; keys under folders that are not customer ids
+    the collector writes never become groups, staging keys or quarantine keys."""
+    from pipeline.enrich.groups import plan_groups
 
     s3 = clients("s3")
     day = "2031-01-02"  # a day no other test writes
-    evil = f"{stack.raw_prefix}customer=../../escape/dt={day}/x.jsonl.gz"
-    s3.put_object(Bucket=stack.raw_bucket, Key=evil, Body=gzip.compress(b"{}\n"))
-    folder = tmp_path / "stage"
-    folder.mkdir()
+    evil = [
+        f"{stack.raw_prefix}customer=../../escape/dt={day}/x.jsonl.gz",
+        f"{stack.raw_prefix}customer=acme/dt={day}/../../../../etc/passwd.jsonl.gz",
+    ]
+    for key in evil:
+        s3.put_object(Bucket=stack.raw_bucket, Key=key, Body=gzip.compress(b"{}\n"))
     try:
-        results = stage_raw(s3, stack, [day], folder)
+        groups = plan_groups(s3, stack, [day])
     finally:
-        s3.delete_object(Bucket=stack.raw_bucket, Key=evil)
-    assert results[day].raw_objects == 0
-    assert not (tmp_path / "escape").exists() and not list(folder.rglob("*.jsonl.gz"))
+        for key in evil:
+            s3.delete_object(Bucket=stack.raw_bucket, Key=key)
+    assert all(g.customer != "../../escape" for g in groups)
+    for group in groups:
+        assert group.staging_prefix("run").startswith("staging/run/customer=")
+        assert all(k.startswith(f"{stack.raw_prefix}customer={group.customer}/dt={day}/") for k in group.keys)
+        assert all("passwd" not in k for k in group.keys)
+    assert "skipped raw prefix" in caplog.text
 
 
 def test_secrets_never_show_in_output_or_errors():

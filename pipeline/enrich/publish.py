@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -81,5 +83,90 @@ def publish(s3, bucket: str, final_prefix: str, outputs: list[tuple[str, bytes]]
         len(result.written),
         len(result.unchanged),
         len(result.removed),
+    )
+    return result
+
+
+@dataclass
+class StagedPublish:
+    """What publishing a run's staging prefix did, per day."""
+
+    written: dict[str, list[str]] = field(default_factory=dict)
+    unchanged: dict[str, list[str]] = field(default_factory=dict)
+    removed: dict[str, list[str]] = field(default_factory=dict)
+
+
+_PARTITION = re.compile(r"customer=(?P<customer>[^/]+)/dt=(?P<day>\d{4}-\d{2}-\d{2})/(?P<name>[^/]+)$")
+
+
+def _listing(s3, bucket: str, prefix: str, delimiter: str | None = None):
+    kwargs = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
+    yield from s3.get_paginator("list_objects_v2").paginate(**kwargs)
+
+
+def publish_staged(s3, bucket: str, final_prefix: str, staging_prefix: str, days: list[str]) -> StagedPublish:
+    """Publish a run whose tasks staged every output object under ``staging_prefix``.
+
+    One listing of the staging prefix says what the run produced; one listing per customer of
+    the final prefix says what is there now. Then, per (customer, day) of the run's days: each
+    staged object is copied to its final key unless the bytes are already there (a byte-stable
+    re-run notifies nobody), and final objects the new output no longer has are removed. Each
+    copy is one complete object, so a reader never sees half of one. The staging prefix is
+    emptied last.
+    """
+    wanted = set(days)
+    staged: dict[tuple[str, str], dict[str, str]] = {}
+    staged_keys = []
+    for page in _listing(s3, bucket, staging_prefix):
+        for obj in page.get("Contents", []):
+            staged_keys.append(obj["Key"])
+            match = _PARTITION.search(obj["Key"])
+            if match and match["day"] in wanted:
+                staged.setdefault((match["customer"], match["day"]), {})[match["name"]] = obj["ETag"].strip('"')
+    customers = {customer for customer, _ in staged}
+    for page in _listing(s3, bucket, final_prefix + "customer=", "/"):
+        customers |= {p["Prefix"][len(final_prefix) + len("customer=") : -1] for p in page.get("CommonPrefixes", [])}
+
+    def existing_of(customer: str) -> dict[tuple[str, str], dict[str, str]]:
+        found: dict[tuple[str, str], dict[str, str]] = {}
+        for page in _listing(s3, bucket, f"{final_prefix}customer={customer}/"):
+            for obj in page.get("Contents", []):
+                match = _PARTITION.search(obj["Key"])
+                if match and match["day"] in wanted and match["customer"] == customer:
+                    found.setdefault((customer, match["day"]), {})[match["name"]] = obj["ETag"].strip('"')
+        return found
+
+    existing: dict[tuple[str, str], dict[str, str]] = {}
+    with ThreadPoolExecutor(8) as pool:
+        for found in pool.map(existing_of, sorted(customers)):
+            existing.update(found)
+    result = StagedPublish()
+    copies, deletions = [], []
+    for customer, day in sorted(set(staged) | set(existing)):
+        final = f"{final_prefix}customer={customer}/dt={day}/"
+        new, old = staged.get((customer, day), {}), existing.get((customer, day), {})
+        for name, etag in sorted(new.items()):
+            if old.get(name) == etag:
+                result.unchanged.setdefault(day, []).append(final + name)
+            else:
+                copies.append((f"{staging_prefix}customer={customer}/dt={day}/{name}", final + name))
+                result.written.setdefault(day, []).append(final + name)
+        for name in sorted(set(old) - set(new)):
+            deletions.append(final + name)
+            result.removed.setdefault(day, []).append(final + name)
+    with ThreadPoolExecutor(16) as pool:
+        list(
+            pool.map(
+                lambda c: s3.copy_object(Bucket=bucket, Key=c[1], CopySource={"Bucket": bucket, "Key": c[0]}), copies
+            )
+        )
+        list(pool.map(lambda key: s3.delete_object(Bucket=bucket, Key=key), deletions))
+        list(pool.map(lambda key: s3.delete_object(Bucket=bucket, Key=key), staged_keys))
+    log.info(
+        "published staging=%s written=%d unchanged=%d removed=%d",
+        staging_prefix,
+        len(copies),
+        sum(map(len, result.unchanged.values())),
+        len(deletions),
     )
     return result

@@ -1,39 +1,38 @@
 """The Spark enrichment job: raw telemetry of some days -> enriched Parquet, published to S3.
 
-One Spark session per run, whatever the number of days. Locally, Spark cannot read ``s3a://``
-(no hadoop-aws jar here), so raw objects are staged to local disk through boto3 and read from
-there; on a real cluster the same job reads the raw prefix directly (``raw_uri`` = ``s3a://…``).
+One Spark session per run, whatever the number of days. The driver lists the run's raw objects
+(one listing per customer), deals the (customer, day) groups to tasks, and collects only their
+counts: **executors do the work**. Each task reads its raw objects from S3 itself (boto3 inside
+the task; nothing is staged on the driver, which a cluster could not read), enriches them
+column-wise, and writes its groups' Parquet objects under ``staging/<run>/``
+(``pipeline.enrich.groups``). Once every task is done, the driver publishes from one listing of
+the run's staging prefix: each object is copied to its final key unless the bytes are already
+there, and final keys of the run's days that the new output no longer has are removed. The
+driver's memory does not grow with the input.
+
+On a cluster (``PIPELINE_SPARK_MASTER``), executors need this package and its dependencies
+(the project's image, or ``PIPELINE_SPARK_SHIP_CODE=1`` to ship the package itself), and S3
+credentials of their own (an instance role); README "Enrichment on a cluster".
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import json
 import logging
 import os
-import re
 import sys
 import tempfile
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-
-from pipeline.collector.catalog import RAW_KEY, raw_object_stats
-from pipeline.collector.normalize import CUSTOMER_ID
-from pipeline.enrich import reference
+from pipeline.enrich.groups import Group, GroupResult, balance, enrich_group, plan_groups, task_settings
 from pipeline.enrich.java import require_java
-from pipeline.enrich.model import MODEL_VERSION
-from pipeline.enrich.publish import parquet_objects, publish
-from pipeline.enrich.transform import RESCUE, enrich_batches
+from pipeline.enrich.publish import publish_staged
 from pipeline.settings import Settings
-from pipeline.telemetry import ENRICHED_FIELDS, RAW_FIELDS
 
 log = logging.getLogger(__name__)
-CORRUPT = "_corrupt_record"
-QUARANTINE_PREFIX = "quarantine/"
+TASKS_PER_CORE = 3  # groups are dealt to a few tasks per core: balanced, without a task per group
 
 
 def spark_conf(master: str | None = None) -> dict[str, str]:
@@ -50,6 +49,7 @@ def spark_conf(master: str | None = None) -> dict[str, str]:
         "spark.driver.host": os.environ.get("PIPELINE_SPARK_DRIVER_HOST", "127.0.0.1"),
         "spark.driver.bindAddress": os.environ.get("PIPELINE_SPARK_BIND_ADDRESS", "127.0.0.1"),
         "spark.driver.memory": os.environ.get("PIPELINE_SPARK_DRIVER_MEMORY", "2g"),
+        "spark.executor.memory": os.environ.get("PIPELINE_SPARK_EXECUTOR_MEMORY", "1g"),
         "spark.sql.shuffle.partitions": "4",
         "spark.driver.extraJavaOptions": "-Dlog4j2.level=WARN",
         # Python workers must run this interpreter (this venv's pandas/pyarrow), not the system one.
@@ -69,35 +69,6 @@ def spark_session(master: str | None = None):
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
-
-
-def _spark_type(kind: str):
-    from pyspark.sql import types as T
-
-    return {
-        "str": T.StringType(),
-        "int": T.LongType(),
-        "float": T.DoubleType(),
-        "bool": T.BooleanType(),
-        "date": T.DateType(),
-        "timestamp": T.TimestampType(),
-    }[kind]
-
-
-def raw_schema():
-    from pyspark.sql import types as T
-
-    # Timestamps stay strings here: the pandas step parses them and rescues what does not parse.
-    fields = [T.StructField(n, T.StringType() if k == "timestamp" else _spark_type(k)) for n, k in RAW_FIELDS.items()]
-    return T.StructType([*fields, T.StructField(CORRUPT, T.StringType())])
-
-
-def output_schema():
-    from pyspark.sql import types as T
-
-    return T.StructType(
-        [T.StructField(n, _spark_type(k)) for n, k in ENRICHED_FIELDS.items()] + [T.StructField(RESCUE, T.StringType())]
-    )
 
 
 @dataclass
@@ -121,142 +92,74 @@ class DayResult:
         return self.enriched_rows + self.rescued_rows == self.raw_records
 
 
-def _customers(s3, bucket: str, prefix: str) -> list[str]:
-    out = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "customer=", Delimiter="/"):
-        out.extend(p["Prefix"][len(prefix) + len("customer=") : -1] for p in page.get("CommonPrefixes", []))
-    return out
-
-
-def _keys(s3, bucket: str, prefix: str) -> list[str]:
-    keys = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(o["Key"] for o in page.get("Contents", []))
-    return keys
-
-
-def staged_path(folder: Path, customer: str, day: str, key: str) -> Path:
-    """Where a raw object is staged. The key never becomes a path: a hash names the file, and the
-    customer / day folders come from validated values; the result is checked to stay inside."""
-    if not CUSTOMER_ID.fullmatch(customer) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
-        raise ValueError(f"not a raw object of the collector: customer={customer!r} dt={day!r} ({key!r})")
-    name = hashlib.sha256(key.encode()).hexdigest()[:24] + ".jsonl.gz"
-    target = folder / f"customer={customer}" / f"dt={day}" / name
-    if not target.resolve().is_relative_to(folder.resolve()):
-        raise ValueError(f"staging path for {key!r} leaves {folder}")
-    return target
-
-
-def stage_raw(s3, settings: Settings, days: list[str], folder: Path) -> dict[str, DayResult]:
-    """Download the days' raw objects to ``folder``; count what the collector says they hold."""
-    results = {day: DayResult(day) for day in days}
-    for customer in _customers(s3, settings.raw_bucket, settings.raw_prefix):
-        if not CUSTOMER_ID.fullmatch(customer):
-            log.warning(
-                "skipped raw prefix customer=%r: not a customer id the collector writes; move or delete it", customer
-            )
-            continue
-        for day in days:
-            for key in _keys(s3, settings.raw_bucket, f"{settings.raw_prefix}customer={customer}/dt={day}/"):
-                if not RAW_KEY.search(key):
-                    continue
-                target = staged_path(folder, customer, day, key)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(settings.raw_bucket, key, str(target))
-                results[day].raw_objects += 1
-                results[day].raw_records += raw_object_stats(s3, settings.raw_bucket, key).records
-    return results
+def _ship_code(spark) -> None:
+    """Send this package to the executors (for clusters whose Python has only its dependencies)."""
+    package = Path(__file__).resolve().parents[1]
+    archive = Path(tempfile.mkdtemp(prefix="pipeline-code-")) / "pipeline.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for path in package.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                zipped.write(path, path.relative_to(package.parent))
+    spark.sparkContext.addPyFile(str(archive))
 
 
 def enrich_days(spark, settings: Settings, s3, days: list[str], run_id: str) -> list[DayResult]:
-    from pyspark.sql import functions as F
-
+    """Enrich ``days`` on the Spark session's executors, then publish; one result per day."""
     days = sorted(set(days))
-    with tempfile.TemporaryDirectory(prefix="enrich-") as tmp:
-        folder = Path(tmp)
-        results = stage_raw(s3, settings, days, folder)
-        files = sorted(str(p) for p in folder.rglob("*.jsonl.gz"))
-        table, rescued_corrupt = _empty_output(), []
-        if files:
-            frame = (
-                spark.read.schema(raw_schema())
-                .option("mode", "PERMISSIVE")
-                .option("columnNameOfCorruptRecord", CORRUPT)
-                .json(files)
-                .withColumn("_file", F.input_file_name())
-                .cache()
-            )
-            corrupt = frame.filter(F.col(CORRUPT).isNotNull()).select(CORRUPT, "_file").collect()
-            rescued_corrupt = [(r["_file"], r[CORRUPT]) for r in corrupt]
-            good = frame.filter(F.col(CORRUPT).isNull()).drop(CORRUPT, "_file")
-            ip_path = str(reference.ip_database_path())
-            services = spark.sparkContext.broadcast(reference.service_map())
-            enriched = good.mapInPandas(lambda it: enrich_batches(it, ip_path, services.value), schema=output_schema())
-            table = enriched.toArrow()
-            frame.unpersist()
-    return _publish_days(settings, s3, days, results, table, rescued_corrupt, run_id)
-
-
-def _empty_output() -> pa.Table:
-    from pipeline.telemetry import arrow_schema
-
-    return arrow_schema({**ENRICHED_FIELDS}).append(pa.field(RESCUE, pa.string())).empty_table()
-
-
-def _publish_days(settings, s3, days, results, table: pa.Table, corrupt, run_id: str) -> list[DayResult]:
-    frame = table.to_pandas(types_mapper=None) if table.num_rows else table.to_pandas()
-    rescued = frame[frame[RESCUE].notna()]
-    good = frame[frame[RESCUE].isna()]
-    quarantine: dict[tuple[str, str], list[dict]] = {}
-    for _, row in rescued.iterrows():
-        day = str(row["day"]) if row["day"] is not None and str(row["day"]) != "NaT" else _day_of(row)
-        quarantine.setdefault((row["customer_id"] or "unknown", day), []).append(
-            {"reason": row[RESCUE], "record": {k: _plain(row[k]) for k in RAW_FIELDS}}
+    groups = plan_groups(s3, settings, days)
+    results: list[GroupResult] = []
+    if groups:
+        if os.environ.get("PIPELINE_SPARK_SHIP_CODE") == "1":
+            _ship_code(spark)
+        context = spark.sparkContext
+        tasks = balance(groups, context.defaultParallelism * TASKS_PER_CORE)
+        shipped = task_settings(settings)
+        context.setJobDescription(f"enrich {len(groups)} (customer, day) group(s) of {len(days)} day(s)")
+        results = (
+            context.parallelize(tasks, len(tasks))
+            .flatMap(lambda task: [enrich_group(shipped, run_id, group) for group in task])
+            .collect()
         )
-    for path, line in corrupt:
-        match = RAW_KEY.search(path.replace("file://", "").replace("file:", ""))
-        customer, day = (match["customer"], match["day"]) if match else ("unknown", "unknown")
-        quarantine.setdefault((customer, day), []).append(
-            {"reason": "not valid JSON for the raw schema", "line": line[:10_000]}
-        )
+    return summarize(s3, settings, days, groups, results, run_id)
+
+
+def enrich_days_in_process(settings: Settings, s3, days: list[str], run_id: str) -> list[DayResult]:
+    """The same job without Spark, one group after another (the benchmarks' baseline)."""
+    days = sorted(set(days))
+    groups = plan_groups(s3, settings, days)
+    results = [enrich_group(task_settings(settings), run_id, group, s3) for group in groups]
+    return summarize(s3, settings, days, groups, results, run_id)
+
+
+def summarize(
+    s3, settings: Settings, days: list[str], groups: list[Group], results: list[GroupResult], run_id: str
+) -> list[DayResult]:
+    published = publish_staged(s3, settings.enriched_bucket, settings.enriched_prefix, f"staging/{run_id}/", days)
+    by_day = {day: DayResult(day) for day in days}
+    categories: dict[str, Counter] = {day: Counter() for day in days}
+    with_asn: Counter = Counter()
+    for result in results:
+        day = by_day[result.day]
+        day.raw_objects += result.raw_objects
+        day.raw_records += result.raw_records
+        day.rows_read += result.rows_read
+        day.enriched_rows += result.enriched_rows
+        day.rescued_rows += result.rescued_rows
+        day.null_event_ids += result.null_event_ids
+        with_asn[result.day] += result.with_asn
+        categories[result.day].update(result.categories)
+        if result.enriched_rows:
+            day.customers.append(result.customer)
     for day in days:
-        result = results[day]
-        day_rows = good[good["day"].astype(str) == day] if len(good) else good
-        result.rows_read = int((frame["day"].astype(str) == day).sum()) if len(frame) else 0
-        result.enriched_rows = len(day_rows)
-        result.null_event_ids = int(day_rows["event_id"].isna().sum()) if len(day_rows) else 0
-        result.ip_coverage = round(float(day_rows["asn"].notna().mean()), 4) if len(day_rows) else 1.0
-        result.categories = dict(Counter(day_rows["sender_category"])) if len(day_rows) else {}
-        customers = set(day_rows["customer_id"]) if len(day_rows) else set()
-        existing = {
-            c
-            for c in _customers(s3, settings.enriched_bucket, settings.enriched_prefix)
-            if _keys(s3, settings.enriched_bucket, f"{settings.enriched_prefix}customer={c}/dt={day}/")
-        }
-        result.customers = sorted(customers)
-        for customer in sorted(customers | existing):
-            rows = day_rows[day_rows["customer_id"] == customer] if len(day_rows) else day_rows
-            outputs = parquet_objects(pa.Table.from_pandas(rows, preserve_index=False)) if len(rows) else []
-            published = publish(
-                s3,
-                settings.enriched_bucket,
-                f"{settings.enriched_prefix}customer={customer}/dt={day}/",
-                outputs,
-                f"staging/{run_id}/customer={customer}/dt={day}/",
-            )
-            result.written += published.written
-            result.unchanged += published.unchanged
-            result.removed += published.removed
-        for (customer, qday), entries in quarantine.items():
-            if qday != day:
-                continue
-            result.rescued_rows += len(entries)
-            body = gzip.compress("".join(json.dumps(e, default=str) + "\n" for e in entries).encode(), mtime=0)
-            s3.put_object(
-                Bucket=settings.enriched_bucket,
-                Key=f"{QUARANTINE_PREFIX}customer={customer}/dt={day}/rescued-{MODEL_VERSION}.jsonl.gz",
-                Body=body,
-            )
+        result = by_day[day]
+        result.customers.sort()
+        result.categories = dict(categories[day])
+        result.ip_coverage = round(with_asn[day] / result.enriched_rows, 4) if result.enriched_rows else 1.0
+        result.written, result.unchanged, result.removed = (
+            published.written.get(day, []),
+            published.unchanged.get(day, []),
+            published.removed.get(day, []),
+        )
         log.info(
             "enriched day=%s raw_objects=%d raw_records=%d enriched=%d rescued=%d written=%d unchanged=%d removed=%d",
             day,
@@ -268,22 +171,4 @@ def _publish_days(settings, s3, days, results, table: pa.Table, corrupt, run_id:
             len(result.unchanged),
             len(result.removed),
         )
-    return [results[d] for d in days]
-
-
-def _day_of(row) -> str:
-    begin = str(row.get("report_begin") or "")
-    return begin[:10] if len(begin) >= 10 else "unknown"
-
-
-def _plain(value):
-    if value is None:
-        return None
-    try:
-        import pandas as pd
-
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return value if isinstance(value, (str, int, float, bool)) else str(value)
+    return [by_day[d] for d in days]
