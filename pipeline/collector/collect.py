@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -34,7 +36,9 @@ log = logging.getLogger(__name__)
 
 # The collector does its own backoff so that it can give up on an unreachable S3 quickly and
 # keep everything in the spool, instead of retrying every object inside botocore.
-COLLECTOR_CLIENT = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=30)
+COLLECTOR_CLIENT = Config(
+    retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=30, max_pool_connections=16
+)
 _PERMANENT = {
     "AccessDenied",
     "InvalidAccessKeyId",
@@ -166,23 +170,41 @@ class Uploader:
         return "written" if stored is None else "replaced"
 
 
-def flush(spool: Spool, uploader: Uploader, summary: CollectSummary, progress: bool = False) -> None:
+UPLOAD_THREADS = 8  # concurrent uploads: many small reports are round trips, not bandwidth
+
+
+def flush(
+    spool: Spool, uploader: Uploader, summary: CollectSummary, progress: bool = False, threads: int = UPLOAD_THREADS
+) -> None:
+    """Upload what the spool holds, ``threads`` objects at a time (bounded: S3 is not flooded, a
+    slow link is not oversubscribed). An object leaves the spool only once S3 has it; when S3 is
+    unreachable, no new upload starts and the rest stays spooled for the next run."""
     pending = list(spool.pending())
-    for item in tqdm(pending, desc="upload", unit="obj", disable=not progress or not pending):
+    lock = threading.Lock()
+    lists = {"written": summary.objects_written, "replaced": summary.objects_replaced, "exists": summary.already_in_s3}
+
+    def one(item) -> None:
         if uploader.unreachable:
-            break
+            return
         try:
             outcome = uploader.upload(item)
         except (ClientError, BotoCoreError) as exc:
-            summary.upload_errors.append(f"s3://{uploader.bucket}/{item.key}: {exc}")
+            with lock:
+                summary.upload_errors.append(f"s3://{uploader.bucket}/{item.key}: {exc}")
             log.error("collector upload failed key=%s error=%s (kept in spool %s)", item.key, exc, spool.root)
-            continue
-        {
-            "written": summary.objects_written,
-            "replaced": summary.objects_replaced,
-            "exists": summary.already_in_s3,
-        }[outcome].append(item.key)
+            return
         spool.remove(item)
+        with lock:
+            lists[outcome].append(item.key)
+
+    with (
+        ThreadPoolExecutor(max(1, threads), thread_name_prefix="upload") as pool,
+        tqdm(total=len(pending), desc="upload", unit="obj", disable=not progress or not pending) as bar,
+    ):
+        for _ in as_completed([pool.submit(one, item) for item in pending]):
+            bar.update(1)
+    for keys in (*lists.values(), summary.upload_errors):
+        keys.sort()
     summary.pending_in_spool = len(spool)
 
 
