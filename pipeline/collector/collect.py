@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -40,6 +43,7 @@ COLLECTOR_CLIENT = Config(
     retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=30, max_pool_connections=16
 )
 _PERMANENT = {
+    "PreconditionFailed",  # a conditional PUT refused: an answer, not a failure to retry
     "AccessDenied",
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -149,24 +153,42 @@ class Uploader:
             self.sleep(self.base_delay * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
+    def _put(self, item: PendingObject, body: bytes, only_if_new: bool) -> bool:
+        """PUT the object; with ``only_if_new`` S3 refuses it when the key exists (False)."""
+        extra = {"IfNoneMatch": "*"} if only_if_new else {}
+        try:
+            self._retrying(
+                lambda: self.s3.put_object(
+                    Bucket=self.bucket,
+                    Key=item.key,
+                    Body=body,
+                    Metadata=item.metadata,
+                    ContentType="application/x-ndjson",
+                    ContentEncoding="gzip",
+                    **extra,
+                ),
+                item.key,
+            )
+        except ClientError as exc:
+            if only_if_new and exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
+                return False
+            raise
+        return True
+
     def upload(self, item: PendingObject) -> str:
-        """'written', 'replaced' or 'exists'. Raises when S3 did not take it."""
+        """'written', 'replaced' or 'exists'. Raises when S3 did not take it.
+
+        A conditional PUT (If-None-Match) writes a new key in one request; only when the key
+        exists is the stored copy looked at, and replaced when this one has fewer problems.
+        """
+        body = item.body()
+        if self._put(item, body, only_if_new=True):
+            return "written"
         stored = self._retrying(lambda: self.stored_problems(item.key), item.key)
         ours = int(item.metadata.get("problems", "0"))
         if stored is not None and stored <= ours:
             return "exists"
-        body = item.body()
-        self._retrying(
-            lambda: self.s3.put_object(
-                Bucket=self.bucket,
-                Key=item.key,
-                Body=body,
-                Metadata=item.metadata,
-                ContentType="application/x-ndjson",
-                ContentEncoding="gzip",
-            ),
-            item.key,
-        )
+        self._put(item, body, only_if_new=False)
         return "written" if stored is None else "replaced"
 
 
@@ -208,6 +230,37 @@ def flush(
     summary.pending_in_spool = len(spool)
 
 
+PARSE_IN_PROCESSES_FROM = 64  # files: below this, starting worker processes costs more than it saves
+
+
+def _parse_one(job: tuple[Path, str, Limits]) -> tuple[Path, NormalizedReport | None, str | None]:
+    path, customer_id, limits = job
+    try:
+        return path, read_report(path, customer_id, limits), None
+    except Rejected as exc:
+        return path, None, str(exc)
+
+
+def parse_files(files: list[Path], customer_id: str, limits: Limits, workers: int | None = None):
+    """(path, report or None, reason) per file, in the files' order. Parsing is CPU-bound Python:
+    a large batch is spread over worker processes (PIPELINE_COLLECT_WORKERS, default the CPUs)."""
+    jobs = [(path, customer_id, limits) for path in files]
+    workers = workers or int(os.environ.get("PIPELINE_COLLECT_WORKERS") or os.cpu_count() or 1)
+    if workers <= 1 or len(files) < PARSE_IN_PROCESSES_FROM:
+        yield from map(_parse_one, jobs)
+        return
+    context = multiprocessing.get_context("spawn")  # no inherited threads or sockets
+    done = 0
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for result in pool.map(_parse_one, jobs, chunksize=16):
+                done += 1
+                yield result
+    except BrokenProcessPool as exc:  # a worker could not start (an unusual host): parse here instead
+        log.warning("collector parse workers failed (%s); parsing the remaining files in this process", exc)
+        yield from map(_parse_one, jobs[done:])
+
+
 def collect(
     paths: Iterable[Path],
     customer_id: str,
@@ -222,12 +275,12 @@ def collect(
     files = list(discover(paths))
     summary.files = len(files)
     chosen: dict[str, tuple[NormalizedReport, Path, tuple]] = {}
-    for path in tqdm(files, desc="parse", unit="file", disable=not progress):
-        try:
-            report = read_report(path, customer_id, limits)
-        except Rejected as exc:
-            summary.rejected.append({"input": str(path), "reason": str(exc)})
-            log.warning("collector rejected input=%s reason=%s", path, exc)
+    for path, report, reason in tqdm(
+        parse_files(files, customer_id, limits), total=len(files), desc="parse", unit="file", disable=not progress
+    ):
+        if report is None:
+            summary.rejected.append({"input": str(path), "reason": reason})
+            log.warning("collector rejected input=%s reason=%s", path, reason)
             continue
         rank = (len(report.problems), hashlib.sha256(report.body()).hexdigest())
         key = report.key(settings.raw_prefix)
