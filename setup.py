@@ -37,6 +37,7 @@ setup(
         "maxminddb>=2.6",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "psutil>=5.9",
     ],
     extras_require={
         "dev": [

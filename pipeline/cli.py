@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -66,12 +65,16 @@ def _print_status(st) -> None:
 def up() -> None:
     """Start the local stack (moto + PostgreSQL), provision it from deploy/, migrate the warehouse."""
     from pipeline.local import stack
+    from pipeline.local.dotenv import write_dotenv
 
     settings = stack.up(
         database_url=os.environ.get("DATABASE_URL") or None,
         dagster_database_url=os.environ.get("DAGSTER_DATABASE_URL") or None,
     )
     _print_status(stack.status(settings))
+    dotenv = write_dotenv(settings, REPO_ROOT)
+    if dotenv:
+        click.echo(f"dagster env    {dotenv} (for `dagster dev`, `dagster definitions validate -w workspace.yaml`)")
 
 
 @cli.command()
@@ -79,8 +82,10 @@ def up() -> None:
 def down(purge: bool) -> None:
     """Stop the local stack started by `pipeline up`."""
     from pipeline.local import stack
+    from pipeline.local.dotenv import remove_dotenv
 
     stopped = stack.down(purge=purge)
+    remove_dotenv(REPO_ROOT)
     click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
@@ -481,6 +486,39 @@ def bench_import(workloads: str, scale: float, trickle_seconds: int, as_json: bo
         click.echo(f"{name:30} {value}{verdict}")
 
 
+@bench.command("flood")
+@click.option("--workloads", default="w5,w6,w7", show_default=True, help="Which of W5, W6, W7 to run.")
+@click.option("--scale", default=1.0, show_default=True, help="Fraction of the reports and records (quick runs: 0.1).")
+@click.option("--master", default="local[2]", show_default=True, help="Spark master of the enrichment stage.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_flood(workloads: str, scale: float, master: str, as_json: bool) -> None:
+    """The whole flow under a flood: collect, one Spark run, import runs, projections, stage by stage."""
+    from pipeline.bench import flood
+
+    saved = os.dup(1)
+    os.dup2(2, 1)  # Spark's JVM logs to this process's stdout; keep stdout for the figures
+    try:
+        figures = flood.run(load_settings(), workloads, scale, master, progress=sys.stderr.isatty() or not as_json)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for name, value in figures.items():
+        if name == "targets_met":
+            continue
+        target = flood.TARGETS.get(name)
+        verdict = ""
+        if target:
+            met = figures["targets_met"][name]
+            verdict = click.style(
+                f"  target {target[0]} {target[1]}: {'met' if met else 'NOT met'}", fg="green" if met else "red"
+            )
+        click.echo(f"{name:28} {value}{verdict}")
+
+
 @bench.command("web")
 @click.option("--events", default=1_000_000, show_default=True, help="Telemetry events in the scratch warehouse.")
 @click.option("--customers", default=5, show_default=True)
@@ -798,10 +836,9 @@ def dev(dagster_args: tuple[str, ...]) -> None:
 
 def dagster_home() -> Path:
     """$PIPELINE_HOME/dagster holding the project's dagster.yaml (storage in PostgreSQL)."""
-    home = pipeline_home() / "dagster"
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-    return home
+    from pipeline.local.dotenv import dagster_home as home_of
+
+    return home_of(REPO_ROOT)
 
 
 if __name__ == "__main__":

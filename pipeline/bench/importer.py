@@ -364,7 +364,8 @@ def scratch_dagster_instance(settings: Settings):
     url = dagster_sqlalchemy_url(sibling_database_url(settings.database_url, name))
     with tempfile.TemporaryDirectory() as home:
         storage = {"module": "pipeline.instance", "class": "PooledPostgresStorage", "config": {"postgres_url": url}}
-        instance = DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides={"storage": {"custom": storage}}))
+        overrides = {"storage": {"custom": storage}, "telemetry": {"enabled": False}}
+        instance = DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=overrides))
         try:
             yield instance
         finally:

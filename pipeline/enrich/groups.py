@@ -11,13 +11,14 @@ import gzip
 import json
 import logging
 import re
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from pipeline.collector.catalog import RAW_KEY
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 QUARANTINE_PREFIX = "quarantine/"
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 FETCH_THREADS = 8  # a task's concurrent S3 reads: many small raw objects are round trips
+NOT_RAW = "not valid JSON for the raw schema"
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,9 @@ def read_raw(body: bytes, key: str) -> tuple[pa.Table, list[str]]:
     schema = _schema()
     data = gzip.decompress(body)
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    reading = pajson.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1))  # tasks are the parallelism
     try:
-        return pajson.read_json(pa.BufferReader(data), parse_options=options), []
+        return pajson.read_json(pa.BufferReader(data), read_options=reading, parse_options=options), []
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     good, corrupt = [], []
@@ -173,50 +176,111 @@ def _plain(value):
     return value if isinstance(value, (str, int, float, bool)) else str(value)
 
 
-def enrich_group(settings: Settings, run_id: str, group: Group, s3=None) -> GroupResult:
-    """Read, enrich and stage one group (in a Spark task, or in this process)."""
-    from pipeline.aws import client
+CHUNK_BYTES = 16 * 1024 * 1024  # raw (gzip) bytes a task enriches in one pass: bounds its memory
+CHUNK_GROUPS = 400
 
+
+def chunks(groups: list[Group]) -> list[list[Group]]:
+    """A task's groups in passes of at most CHUNK_BYTES of raw objects (or CHUNK_GROUPS groups)."""
+    out: list[list[Group]] = [[]]
+    size = 0
+    for group in groups:
+        if out[-1] and (size + group.size > CHUNK_BYTES or len(out[-1]) >= CHUNK_GROUPS):
+            out.append([])
+            size = 0
+        out[-1].append(group)
+        size += group.size
+    return [c for c in out if c]
+
+
+def _check(group: Group) -> None:
     if not CUSTOMER_ID.fullmatch(group.customer) or not DAY.fullmatch(group.day):
         raise ValueError(f"not a group of the collector: customer={group.customer!r} dt={group.day!r}")
+
+
+def enrich_groups(settings: Settings, run_id: str, groups: list[Group], s3=None) -> list[GroupResult]:
+    """Read, enrich and stage a task's groups (in a Spark task, or in this process).
+
+    The groups of a pass are read together (concurrent GETs), enriched in one column-wise call,
+    and only then split per group for their Parquet objects and quarantine: the per-call costs
+    of the transform are paid once per pass, not once per (customer, day).
+    """
+    from pipeline.aws import client
+
+    for group in groups:
+        _check(group)
     s3 = s3 or client(settings, "s3")
-    result = GroupResult(group.customer, group.day, raw_objects=len(group.keys))
+    results = []
+    with ThreadPoolExecutor(FETCH_THREADS) as pool:
+        for chunk in chunks(groups):
+            results += _enrich_chunk(settings, run_id, chunk, s3, pool)
+    return results
 
-    def get(key: str):
+
+def enrich_group(settings: Settings, run_id: str, group: Group, s3=None) -> GroupResult:
+    """One group alone (see ``enrich_groups``)."""
+    return enrich_groups(settings, run_id, [group], s3)[0]
+
+
+def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool) -> list[GroupResult]:
+    results = [GroupResult(g.customer, g.day, raw_objects=len(g.keys)) for g in groups]
+    quarantine: list[list[dict]] = [[] for _ in groups]
+
+    def get(job: tuple[int, str]):
+        index, key = job
         response = s3.get_object(Bucket=settings.raw_bucket, Key=key)
-        return key, response["Body"].read(), response.get("Metadata", {})
+        return index, key, response["Body"].read(), response.get("Metadata", {})
 
-    tables, quarantine = [], []
-    with ThreadPoolExecutor(min(FETCH_THREADS, max(1, len(group.keys)))) as pool:
-        for key, body, metadata in pool.map(get, group.keys):
-            result.raw_records += int(metadata.get("records", 0))
-            table, corrupt = read_raw(body, unquote(key))
-            tables.append(table)
-            quarantine += [{"reason": "not valid JSON for the raw schema", "line": line[:10_000]} for line in corrupt]
+    tables, owner = [], []
+    jobs = [(index, key) for index, group in enumerate(groups) for key in group.keys]
+    for index, key, body, metadata in pool.map(get, jobs):
+        results[index].raw_records += int(metadata.get("records", 0))
+        table, corrupt = read_raw(body, unquote(key))
+        tables.append(table)
+        owner.append(np.full(table.num_rows, index, dtype=np.int32))
+        results[index].rows_read += table.num_rows
+        quarantine[index] += [
+            {"reason": "not valid JSON for the raw schema", "line": line[:10_000]} for line in corrupt
+        ]
     raw = pa.concat_tables(tables) if tables else _schema().empty_table()
-    result.rows_read = raw.num_rows
+    owners = np.concatenate(owner) if owner else np.zeros(0, dtype=np.int32)
     frame = enrich_frame(raw.to_pandas())
-    rescued = frame[frame[RESCUE].notna()]
-    good = frame[frame[RESCUE].isna()]
-    quarantine += [
-        {"reason": reason, "record": {k: _plain(v) for k, v in zip(RAW_FIELDS, values, strict=True)}}
-        for reason, values in zip(rescued[RESCUE], rescued[list(RAW_FIELDS)].itertuples(index=False), strict=True)
-    ]
-    result.enriched_rows = len(good)
-    result.rescued_rows = len(quarantine)
-    result.null_event_ids = int(good["event_id"].isna().sum())
-    result.with_asn = int(good["asn"].notna().sum())
-    result.categories = dict(Counter(good["sender_category"]))
-    if len(good):
-        prefix = group.staging_prefix(run_id)
-        for name, body in parquet_objects(pa.Table.from_pandas(good.drop(columns=[RESCUE]), preserve_index=False)):
-            s3.put_object(Bucket=settings.enriched_bucket, Key=prefix + name, Body=body)
-            result.staged.append(name)
-    if quarantine:
-        body = gzip.compress("".join(json.dumps(e, default=str) + "\n" for e in quarantine).encode(), mtime=0)
-        s3.put_object(
-            Bucket=settings.enriched_bucket,
-            Key=f"{QUARANTINE_PREFIX}customer={group.customer}/dt={group.day}/rescued-{MODEL_VERSION}.jsonl.gz",
-            Body=body,
+    rescued = frame[RESCUE].notna().to_numpy()
+    for row, reason, values in zip(
+        np.flatnonzero(rescued),
+        frame.loc[rescued, RESCUE],
+        frame.loc[rescued, list(RAW_FIELDS)].itertuples(index=False),
+        strict=True,
+    ):
+        quarantine[owners[row]].append(
+            {"reason": reason, "record": {k: _plain(v) for k, v in zip(RAW_FIELDS, values, strict=True)}}
         )
-    return result
+    good_rows = ~rescued
+    good = pa.Table.from_pandas(frame.loc[good_rows].drop(columns=[RESCUE]), preserve_index=False)
+    good_owner = owners[good_rows]
+    order = np.argsort(good_owner, kind="stable")
+    good, good_owner = good.take(pa.array(order)), good_owner[order]
+    bounds = np.searchsorted(good_owner, np.arange(len(groups) + 1))
+    asn, event_ids = good.column("asn"), good.column("event_id")
+    categories = good.column("sender_category")
+    puts = []
+    for index, (group, result) in enumerate(zip(groups, results, strict=True)):
+        lo, hi = int(bounds[index]), int(bounds[index + 1])
+        result.enriched_rows = hi - lo
+        result.rescued_rows = len(quarantine[index])
+        if hi > lo:
+            result.null_event_ids = event_ids.slice(lo, hi - lo).null_count
+            result.with_asn = (hi - lo) - asn.slice(lo, hi - lo).null_count
+            counted = pc.value_counts(categories.slice(lo, hi - lo)).to_pylist()
+            result.categories = {c["values"]: c["counts"] for c in counted}
+            for name, body in parquet_objects(good.slice(lo, hi - lo)):
+                puts.append((group.staging_prefix(run_id) + name, body))
+                result.staged.append(name)
+        if quarantine[index]:
+            body = gzip.compress(
+                "".join(json.dumps(e, default=str) + "\n" for e in quarantine[index]).encode(), mtime=0
+            )
+            key = f"{QUARANTINE_PREFIX}customer={group.customer}/dt={group.day}/rescued-{MODEL_VERSION}.jsonl.gz"
+            puts.append((key, body))
+    list(pool.map(lambda kb: s3.put_object(Bucket=settings.enriched_bucket, Key=kb[0], Body=kb[1]), puts))
+    return results

@@ -154,14 +154,14 @@ def publish_staged(s3, bucket: str, final_prefix: str, staging_prefix: str, days
         for name in sorted(set(old) - set(new)):
             deletions.append(final + name)
             result.removed.setdefault(day, []).append(final + name)
+
+    def copy(pair: tuple[str, str]) -> None:
+        s3.copy_object(Bucket=bucket, Key=pair[1], CopySource={"Bucket": bucket, "Key": pair[0]})
+
     with ThreadPoolExecutor(16) as pool:
-        list(
-            pool.map(
-                lambda c: s3.copy_object(Bucket=bucket, Key=c[1], CopySource={"Bucket": bucket, "Key": c[0]}), copies
-            )
-        )
-        list(pool.map(lambda key: s3.delete_object(Bucket=bucket, Key=key), deletions))
-        list(pool.map(lambda key: s3.delete_object(Bucket=bucket, Key=key), staged_keys))
+        list(pool.map(copy, copies))
+        delete_keys(s3, bucket, deletions, pool)
+        delete_keys(s3, bucket, staged_keys, pool)
     log.info(
         "published staging=%s written=%d unchanged=%d removed=%d",
         staging_prefix,
@@ -170,3 +170,19 @@ def publish_staged(s3, bucket: str, final_prefix: str, staging_prefix: str, days
         len(deletions),
     )
     return result
+
+
+def delete_keys(s3, bucket: str, keys: list[str], pool: ThreadPoolExecutor | None = None) -> None:
+    """Delete ``keys``, a thousand per DeleteObjects call; a key S3 refuses is an error that names it."""
+    batches = [keys[start : start + 1000] for start in range(0, len(keys), 1000)]
+
+    def one(batch: list[str]) -> None:
+        response = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        if response.get("Errors"):
+            first = response["Errors"][0]
+            raise RuntimeError(
+                f"S3 refused to delete {len(response['Errors'])} object(s) of s3://{bucket}, e.g. "
+                f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+            )
+
+    list((pool.map if pool else map)(one, batches))

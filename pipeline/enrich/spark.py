@@ -21,12 +21,13 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.enrich.groups import Group, GroupResult, balance, enrich_group, plan_groups, task_settings
+from pipeline.enrich.groups import Group, GroupResult, balance, enrich_groups, plan_groups, task_settings
 from pipeline.enrich.java import require_java
 from pipeline.enrich.publish import publish_staged
 from pipeline.settings import Settings
@@ -106,8 +107,11 @@ def _ship_code(spark) -> None:
 def enrich_days(spark, settings: Settings, s3, days: list[str], run_id: str) -> list[DayResult]:
     """Enrich ``days`` on the Spark session's executors, then publish; one result per day."""
     days = sorted(set(days))
+    started = time.perf_counter()
     groups = plan_groups(s3, settings, days)
+    planned = time.perf_counter()
     results: list[GroupResult] = []
+    tasks: list = []
     if groups:
         if os.environ.get("PIPELINE_SPARK_SHIP_CODE") == "1":
             _ship_code(spark)
@@ -116,18 +120,28 @@ def enrich_days(spark, settings: Settings, s3, days: list[str], run_id: str) -> 
         shipped = task_settings(settings)
         context.setJobDescription(f"enrich {len(groups)} (customer, day) group(s) of {len(days)} day(s)")
         results = (
-            context.parallelize(tasks, len(tasks))
-            .flatMap(lambda task: [enrich_group(shipped, run_id, group) for group in task])
-            .collect()
+            context.parallelize(tasks, len(tasks)).flatMap(lambda task: enrich_groups(shipped, run_id, task)).collect()
         )
-    return summarize(s3, settings, days, groups, results, run_id)
+    ran = time.perf_counter()
+    out = summarize(s3, settings, days, groups, results, run_id)
+    log.info(
+        "enrichment run=%s days=%d groups=%d tasks=%d plan_s=%.2f tasks_s=%.2f publish_s=%.2f",
+        run_id,
+        len(days),
+        len(groups),
+        len(tasks),
+        planned - started,
+        ran - planned,
+        time.perf_counter() - ran,
+    )
+    return out
 
 
 def enrich_days_in_process(settings: Settings, s3, days: list[str], run_id: str) -> list[DayResult]:
     """The same job without Spark, one group after another (the benchmarks' baseline)."""
     days = sorted(set(days))
     groups = plan_groups(s3, settings, days)
-    results = [enrich_group(task_settings(settings), run_id, group, s3) for group in groups]
+    results = enrich_groups(task_settings(settings), run_id, groups, s3)
     return summarize(s3, settings, days, groups, results, run_id)
 
 
