@@ -39,3 +39,79 @@ def test_resources_reach_the_stack(stack):
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 3
     s3 = resources["object_store"].s3
     assert s3.head_bucket(Bucket=resources["object_store"].enriched_bucket_name())
+
+
+def dagster_project(stack, tmp_path):
+    """A copy of the project's entry files with the .env `pipeline up` writes, and an environment
+    that says nothing of the stack: what a Dagster user has in the project root."""
+    import shutil
+
+    from pipeline.local.dotenv import write_dotenv
+
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("workspace.yaml", "dagster.yaml"):
+        shutil.copyfile(REPO_ROOT / name, project / name)
+    assert write_dotenv(stack, project, tmp_path / "home")
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PIPELINE_", "DAGSTER_", "AWS_")) and k not in {"DATABASE_URL"}
+    }
+    return project, {**clean, "PYTHONPATH": str(REPO_ROOT)}
+
+
+def test_plain_dagster_commands_work_in_the_project_root_after_up(stack, tmp_path):
+    project, env = dagster_project(stack, tmp_path)
+    validate = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert validate.returncode == 0, validate.stdout[-3000:] + validate.stderr[-3000:]
+    assert "All code locations passed validation" in validate.stdout + validate.stderr
+
+
+def test_dagster_dev_serves_the_code_location_from_the_project_root(stack, tmp_path):
+    import json
+    import time
+    import urllib.request
+
+    from pipeline.local.ports import free_port
+
+    project, env = dagster_project(stack, tmp_path)
+    port = free_port(3300)
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-p", str(port), "-h", "127.0.0.1"],
+        env=env,
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    query = json.dumps({"query": "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"})
+    try:
+        deadline = time.monotonic() + 180
+        names = None
+        while time.monotonic() < deadline and names is None:
+            time.sleep(2)
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql",
+                    data=query.encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    nodes = json.load(response)["data"]["repositoriesOrError"].get("nodes")
+                names = [n["name"] for n in nodes] if nodes else None
+            except OSError:
+                continue
+        assert names == ["__repository__"], names
+    finally:
+        import signal
+
+        os.killpg(dev.pid, signal.SIGTERM)
+        dev.wait(timeout=60)
