@@ -19,7 +19,12 @@ COMPUTE = REPO_ROOT / "deploy" / "cloudformation" / "compute.yaml"
 PROD_INSTANCE = REPO_ROOT / "deploy" / "dagster" / "dagster.yaml"
 
 # Actions that IAM cannot scope to a resource: "*" is the only valid Resource for them.
-NO_RESOURCE_SCOPE = {"ecr:GetAuthorizationToken", "ecs:DescribeTaskDefinition", "ec2:DescribeNetworkInterfaces"}
+NO_RESOURCE_SCOPE = {
+    "ecr:GetAuthorizationToken",
+    "ecs:DescribeTaskDefinition",
+    "ec2:DescribeNetworkInterfaces",
+    "cloudwatch:PutMetricData",  # scoped by its namespace condition instead (a test checks it)
+}
 
 
 def _load(path: Path) -> dict:
@@ -122,7 +127,14 @@ def test_worker_group_scales_to_zero_and_alarms_watch_age_and_dead_letters():
     assert group["MinSize"] == "0" and "DesiredCapacity" not in group
     assert resources["ImporterService"]["Properties"]["DesiredCount"] == 0
     alarms = {r["Properties"]["MetricName"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"}
-    assert alarms == {"ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesVisible"}
+    assert alarms == {
+        "ApproximateAgeOfOldestMessage",  # intake stalled
+        "ApproximateNumberOfMessagesVisible",  # the dead-letter queue
+        "InboxOldestPendingSeconds",  # the freshness promise, from the import inbox
+        "InboxDeadLetters",
+    }
+    [metrics] = [s for s in _statements(_load(COMPUTE), "DaemonTaskRole") if s["Action"] == "cloudwatch:PutMetricData"]
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "DMARCPipeline/Import"}}
     families = {
         r["Properties"]["ContainerDefinitions"][0]["Name"]
         for r in resources.values()

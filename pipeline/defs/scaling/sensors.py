@@ -11,6 +11,7 @@ import os
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
 
 from pipeline.defs.resources import ImportQueueResource
+from pipeline.importer.metrics import publish_import_metrics
 from pipeline.scaling.config import ScalingConfig, build_controller
 
 INTERVAL_S = int(os.environ.get("PIPELINE_CAPACITY_SENSOR_INTERVAL_S", "30"))
@@ -20,16 +21,21 @@ INTERVAL_S = int(os.environ.get("PIPELINE_CAPACITY_SENSOR_INTERVAL_S", "30"))
     name="capacity_sensor",
     minimum_interval_seconds=INTERVAL_S,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Sets importer worker capacity from the backlog (SQS visible + in flight + pending partitions).",
+    description="Sets importer worker capacity from the backlog (SQS + the import inbox + backfill partitions), "
+    "and publishes the import inbox's backlog, age and dead letters as CloudWatch metrics.",
 )
 def capacity_sensor(context: SensorEvaluationContext, import_queue: ImportQueueResource) -> SkipReason:
-    controller = build_controller(import_queue.stack.settings(), ScalingConfig.from_env())
+    settings = import_queue.settings()
+    controller = build_controller(settings, ScalingConfig.from_env())
     record = controller.reconcile("capacity sensor", instance=context.instance)
     summary = (
         f"{record.backend}: backlog {record.backlog.total} (visible {record.backlog.visible}, in flight "
-        f"{record.backlog.in_flight}, pending partitions {record.backlog.pending_partitions}) -> desired "
-        f"{record.desired}: {record.reason}"
+        f"{record.backlog.in_flight}, import inbox {record.backlog.inbox}, backfill partitions "
+        f"{record.backlog.pending_partitions}) -> desired {record.desired}: {record.reason}"
     )
+    published = publish_import_metrics(settings)
+    if published is not None:
+        context.log.warning(f"import metrics not published: {published}")
     if not record.applied:
         context.log.error(f"capacity NOT applied after {record.attempts} attempts: {record.error}; {summary}")
     else:
