@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,12 +59,19 @@ class StandaloneCluster:
         log.close()
 
     def alive_workers(self) -> int:
+        """Workers the master has registered, read from the master's own log: its web UI can sit on
+        another port than the one asked for (Spark moves on when a port is taken) and answers HTML
+        while it starts."""
+        log = (self.root / "master" / "process.log").read_text(errors="replace")
+        registered = len(set(re.findall(r"Registering worker (\S+)", log)))
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=5) as response:
                 state = json.load(response)
-        except OSError:
-            return 0
-        return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+        except (OSError, ValueError):
+            return registered
+        if not isinstance(state, dict) or "workers" not in state:
+            return registered
+        return max(registered, sum(1 for w in state["workers"] if w.get("state") == "ALIVE"))
 
     def __enter__(self) -> StandaloneCluster:
         master = "org.apache.spark.deploy.master.Master"
@@ -89,7 +97,10 @@ class StandaloneCluster:
         deadline = time.monotonic() + 90
         while self.alive_workers() < self.workers:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.alive_workers()} of {self.workers} Spark workers registered in 90 s")
+                log = (self.root / "master" / "process.log").read_text(errors="replace")[-4000:]
+                raise RuntimeError(
+                    f"{self.alive_workers()} of {self.workers} Spark workers registered in 90 s; master log:\n{log}"
+                )
             time.sleep(1)
         return self
 
