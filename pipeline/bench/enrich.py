@@ -1,5 +1,6 @@
 """``pipeline bench enrich``: Spark enrichment rows/s on local[2] and its fixed seconds per run,
-beside the same enrichment done in one process with pyarrow/pandas on the same data.
+beside the same job in one process (no Spark) on the same data. (``pipeline bench flood`` sets
+enrichment in the whole flow.)
 
 Two Spark runs over the same session (one day, then all days) give the marginal rate and the
 fixed cost per run: ``t = fixed + rows / rate``.
@@ -13,17 +14,12 @@ import time
 import uuid
 from pathlib import Path
 
-import pandas as pd
-
 from pipeline.aws import client
 from pipeline.bench.importer import drain_queue_silently
 from pipeline.collector.collect import collect
 from pipeline.collector.generate import generate_reports
-from pipeline.collector.normalize import read_raw_object
 from pipeline.collector.spool import Spool
-from pipeline.enrich.publish import parquet_objects
-from pipeline.enrich.spark import enrich_days, spark_session
-from pipeline.enrich.transform import RESCUE, enrich_frame
+from pipeline.enrich.spark import enrich_days, enrich_days_in_process, spark_session
 from pipeline.settings import Settings
 
 
@@ -60,22 +56,11 @@ def run(settings: Settings, customers: int = 10, reports: int = 40, master: str 
         rate = (rows_full - rows_small) / max(1e-9, t_full - t_small)
         fixed = max(0.0, t_small - rows_small / rate)
 
-        # The same work in one process: read the raw objects, enrich with pandas, encode Parquet.
+        # The same job in one process: read the raw objects, enrich, stage and publish, no Spark.
         started = time.perf_counter()
-        raw = []
-        for cid in cids:
-            for page in s3.get_paginator("list_objects_v2").paginate(
-                Bucket=settings.raw_bucket, Prefix=f"raw/customer={cid}/"
-            ):
-                for obj in page.get("Contents", []):
-                    raw += read_raw_object(s3.get_object(Bucket=settings.raw_bucket, Key=obj["Key"])["Body"].read())
-        frame = enrich_frame(pd.DataFrame(raw))
-        frame = frame[frame[RESCUE].isna()]
-        import pyarrow as pa
-
-        for (_cid, _day), group in frame.groupby(["customer_id", "day"]):
-            parquet_objects(pa.Table.from_pandas(group, preserve_index=False))
+        local = enrich_days_in_process(settings, s3, days, f"bench-{tag}-c")
         t_local = time.perf_counter() - started
+        local_rows = sum(r.enriched_rows for r in local)
     finally:
         for cid in cids:
             _delete_prefix(s3, settings.raw_bucket, f"raw/customer={cid}/")
@@ -90,6 +75,6 @@ def run(settings: Settings, customers: int = 10, reports: int = 40, master: str 
         "spark_rows_per_s": round(rate),
         "spark_fixed_s_per_run": round(fixed, 2),
         "single_process_s": round(t_local, 2),
-        "single_process_rows_per_s": round(len(frame) / t_local),
-        "spark_vs_single_process": round((rows_full / t_full) / (len(frame) / t_local), 2),
+        "single_process_rows_per_s": round(local_rows / t_local),
+        "spark_vs_single_process": round((rows_full / t_full) / (local_rows / t_local), 2),
     }
