@@ -43,12 +43,21 @@ class ObjectVersion:
     def same_object(self, object_version: str, etag: str | None) -> bool:
         """Whether a load recorded as (``object_version``, ``etag``) is this version.
 
-        Identity is the version id where the event names one; an event without one (an
-        unversioned bucket, or a notifier that leaves it out) is matched by its ETag.
+        Identity is the version id where the event names one. An event without one (an
+        unversioned bucket, or a notifier that leaves it out) matches only a load identified
+        by that ETag: on a versioned bucket, X written again is a new version with X's ETag,
+        and only the importer's read (under the key's lock) can tell which version it is.
         """
         if self.version_id is not None:
             return object_version == self.version_id
-        return self.etag is not None and (etag == self.etag or object_version == self.etag)
+        return self.etag is not None and object_version == self.etag
+
+    def is_current(self, object_version: str, etag: str | None) -> bool:
+        """Whether S3's current object (``object_version``, ``etag`` from a HEAD) is what this
+        event names: its version id, or for an event without one, its bytes (the ETag)."""
+        if self.version_id is not None:
+            return object_version == self.version_id
+        return self.etag is not None and etag == self.etag
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -378,7 +378,7 @@ def load_object(
         # Unreadable, but is it still what S3 holds? A version overwritten since (a fixed
         # re-publish) needs no import: stale, not a failure that ends in the dead letters.
         now = current_object(s3, version.bucket, version.key)
-        if now is not None and version.same_object(now.identity, now.etag):
+        if now is not None and version.is_current(now.identity, now.etag):
             raise
         with conn.cursor() as cur:
             return _stale(cur, version, inbox_id, started, "unreadable, and no longer what S3 holds")

@@ -16,9 +16,11 @@ from dagster import DagsterInstance
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.importer import inbox
 from pipeline.importer.batch import ImportItem, connect, import_items
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.load import fetch, load_object
+from pipeline.importer.partitions import partition_key
 from pipeline.importer.verify import verify
 from pipeline.importer.worker import run_worker
 from pipeline_tests.support import drain_through_dagster, enriched_key, new_customer, put_enriched
@@ -59,6 +61,38 @@ def test_a_version_written_again_after_another_is_live_again(bucket, clients):
             e for (e,) in conn.execute("SELECT event FROM load_ledger WHERE object_key = %s ORDER BY ledger_id", (key,))
         ]
     assert events == ["loaded", "loaded", "superseded", "loaded", "superseded"]
+
+
+def test_an_event_without_a_version_id_does_not_pass_for_another_version_with_the_same_bytes(bucket, clients):
+    """X, Y, X again, with notifications that carry only the ETag (a notifier that leaves the
+    version id out). On a versioned bucket X again is a new version with X's ETag: neither
+    intake nor the importer may take it for the live first X (chaos found this: the warehouse
+    kept the first X's version, S3 held the second). On a plain bucket the ETag is the identity,
+    and X again after a Y that was never loaded is the live load already."""
+    cid = new_customer()
+    s3 = clients("s3")
+    key = enriched_key(bucket, cid, "etag-only.parquet")
+    x = put_enriched(s3, bucket, key, rows=40, seed=1, customer_id=cid)
+    etag_only = ObjectVersion(bucket.enriched_bucket, key, x, x)
+    [first] = import_items(bucket.database_url, s3, [ImportItem(etag_only)])
+    assert first.result.outcome == "loaded"
+    put_enriched(s3, bucket, key, rows=60, seed=2, customer_id=cid)  # Y: its notification is lost
+    assert put_enriched(s3, bucket, key, rows=40, seed=1, customer_id=cid) == x  # X again, same bytes
+    versioned = current(s3, bucket, key).version_id is not None
+
+    # the importer, handed the ETag-only version directly
+    [again] = import_items(bucket.database_url, s3, [ImportItem(etag_only)])
+    assert again.result.outcome == ("loaded" if versioned else "duplicate")
+    assert_warehouse_equals_s3(bucket, cid)
+
+    # intake, handed the same notification once more: the key's live load is X again now
+    with connect(bucket.database_url) as conn, conn.transaction():
+        recorded = inbox.record(conn, [(etag_only, "m-again")], lambda v: partition_key(v.bucket, v.key))
+    rows = recorded.new
+    outcomes = import_items(bucket.database_url, s3, [ImportItem.from_inbox(r) for r in rows])
+    assert all(o.result.outcome == "duplicate" for o in outcomes)  # a row or not, nothing is loaded twice
+    report = assert_warehouse_equals_s3(bucket, cid)
+    assert (report["objects_loaded"], report["rows_loaded"]) == (1, 40)
 
 
 def test_reversion_through_the_dagster_path(bucket, clients):
@@ -290,7 +324,7 @@ def test_after_reconcile_verify_is_ok_whatever_came_before(bucket, clients, ops,
 def own_messages_in_order(sqs, stack_settings, customer_id: str) -> list[dict]:
     """This test's notifications, in the order S3 sent them, taken off the queue."""
     from pipeline.importer.events import parse_s3_event
-    from pipeline_tests.conftest import receive_all
+    from pipeline_tests.support import receive_all
 
     mine = []
     url = stack_settings.queue_url
