@@ -19,6 +19,11 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from pipeline import config
+from pipeline.config import ConfigurationError
+
+__all__ = ["ConfigurationError", "Settings", "load_settings", "pipeline_home"]
+
 STATE_FILE = "stack.json"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_NAME_PREFIX = "dmarc-pipeline"
@@ -26,20 +31,13 @@ DEFAULT_ENRICHED_PREFIX = "enriched/"
 DEFAULT_RAW_PREFIX = "raw/"
 
 
-class ConfigurationError(RuntimeError):
-    """A setting is missing or points at something that does not answer; the message says which."""
-
-
 def pipeline_home() -> Path:
     """The local state folder: ``$PIPELINE_HOME``, or ``.pipeline`` in the working directory."""
-    return Path(os.environ.get("PIPELINE_HOME") or Path.cwd() / ".pipeline").absolute()
+    return Path(config.get("PIPELINE_HOME") or Path.cwd() / ".pipeline").absolute()
 
 
 def environment() -> str:
-    env = os.environ.get("PIPELINE_ENV", "local").strip().lower()
-    if env not in {"local", "prod"}:
-        raise ConfigurationError(f"PIPELINE_ENV={env!r}: expected 'local' or 'prod'.")
-    return env
+    return config.get("PIPELINE_ENV")
 
 
 @dataclass

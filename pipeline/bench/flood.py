@@ -34,6 +34,7 @@ from pathlib import Path
 import psutil
 from tqdm import tqdm
 
+from pipeline import config
 from pipeline.aws import client
 from pipeline.settings import Settings
 
@@ -335,7 +336,7 @@ def w7(settings: Settings, small: int, large: int, progress: bool, say) -> dict:
     tag = uuid.uuid4().hex[:6]
     out: dict = {}
     with scratch_warehouse(settings) as bench:
-        env = {**os.environ, **bench.process_env(), "PIPELINE_HOME": os.environ.get("PIPELINE_HOME", "")}
+        env = {**os.environ, **bench.process_env(), "PIPELINE_HOME": config.get("PIPELINE_HOME") or ""}
         env = {k: v for k, v in env.items() if v}
         for label, rows in (("small", small), ("large", large)):
             say(f"W7: writing an enriched object of {rows} rows")

@@ -28,6 +28,7 @@ import time
 import pipeline.importer.batch as batch
 import pipeline.importer.intake as intake
 import pipeline.importer.load as load
+from pipeline import config
 from pipeline.importer.worker import run_worker
 from pipeline.settings import load_settings
 
@@ -83,7 +84,7 @@ def arm(mode: str, lease_s: float) -> None:
 
         def late_lock(cur, version):
             log.warning("late load of s3://%s/%s version=%s", version.bucket, version.key, version.version)
-            time.sleep(float(os.environ.get("PIPELINE_CHAOS_LATE_S", "3")))
+            time.sleep(config.get("PIPELINE_CHAOS_LATE_S"))
             return original_lock(cur, version)
 
         load._lock_key = late_lock
@@ -93,7 +94,7 @@ def arm(mode: str, lease_s: float) -> None:
 
 def main(argv: list[str]) -> int:
     mode = argv[0] if argv else "clean"
-    lease_s = float(os.environ.get("PIPELINE_IMPORT_LEASE_S", "5"))
+    lease_s = config.get("PIPELINE_IMPORT_LEASE_S")
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {mode} %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1)  # the chaos run asks a hung worker where it hangs
     arm(mode, lease_s)

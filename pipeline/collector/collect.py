@@ -29,6 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from tqdm import tqdm
 
+from pipeline import config
 from pipeline.aws import client
 from pipeline.collector.inputs import DEFAULT_LIMITS, Limits, Rejected, discover, read_report
 from pipeline.collector.normalize import NormalizedReport, check_customer_id
@@ -245,7 +246,7 @@ def parse_files(files: list[Path], customer_id: str, limits: Limits, workers: in
     """(path, report or None, reason) per file, in the files' order. Parsing is CPU-bound Python:
     a large batch is spread over worker processes (PIPELINE_COLLECT_WORKERS, default the CPUs)."""
     jobs = [(path, customer_id, limits) for path in files]
-    workers = workers or int(os.environ.get("PIPELINE_COLLECT_WORKERS") or os.cpu_count() or 1)
+    workers = workers or config.get("PIPELINE_COLLECT_WORKERS") or os.cpu_count() or 1
     if workers <= 1 or len(files) < PARSE_IN_PROCESSES_FROM:
         yield from map(_parse_one, jobs)
         return

@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import config
 from pipeline.enrich.groups import Group, GroupResult, balance, enrich_groups, plan_groups, task_settings
 from pipeline.enrich.java import require_java
 from pipeline.enrich.publish import publish_staged
@@ -42,15 +43,15 @@ def spark_conf(master: str | None = None) -> dict[str, str]:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode talks to itself on loopback only
     return {
-        "spark.master": master or os.environ.get("PIPELINE_SPARK_MASTER", "local[*]"),
+        "spark.master": master or config.get("PIPELINE_SPARK_MASTER"),
         "spark.app.name": "dmarc-enrichment",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.enabled": "false",
-        "spark.driver.host": os.environ.get("PIPELINE_SPARK_DRIVER_HOST", "127.0.0.1"),
-        "spark.driver.bindAddress": os.environ.get("PIPELINE_SPARK_BIND_ADDRESS", "127.0.0.1"),
-        "spark.driver.memory": os.environ.get("PIPELINE_SPARK_DRIVER_MEMORY", "2g"),
-        "spark.executor.memory": os.environ.get("PIPELINE_SPARK_EXECUTOR_MEMORY", "1g"),
+        "spark.driver.host": config.get("PIPELINE_SPARK_DRIVER_HOST"),
+        "spark.driver.bindAddress": config.get("PIPELINE_SPARK_BIND_ADDRESS"),
+        "spark.driver.memory": config.get("PIPELINE_SPARK_DRIVER_MEMORY"),
+        "spark.executor.memory": config.get("PIPELINE_SPARK_EXECUTOR_MEMORY"),
         "spark.sql.shuffle.partitions": "4",
         "spark.driver.extraJavaOptions": "-Dlog4j2.level=WARN",
         # Python workers must run this interpreter (this venv's pandas/pyarrow), not the system one.
@@ -113,7 +114,7 @@ def enrich_days(spark, settings: Settings, s3, days: list[str], run_id: str) -> 
     results: list[GroupResult] = []
     tasks: list = []
     if groups:
-        if os.environ.get("PIPELINE_SPARK_SHIP_CODE") == "1":
+        if config.get("PIPELINE_SPARK_SHIP_CODE"):
             _ship_code(spark)
         context = spark.sparkContext
         tasks = balance(groups, context.defaultParallelism * TASKS_PER_CORE)

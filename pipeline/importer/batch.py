@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass
 
 import psycopg
 
+from pipeline import config
 from pipeline.importer import inbox
 from pipeline.importer.events import ObjectVersion
-from pipeline.importer.inbox import InboxPolicy, _env_number
+from pipeline.importer.inbox import InboxPolicy
 from pipeline.importer.load import LoadResult, fetch, load_object
 from pipeline.settings import ConfigurationError
 
@@ -35,8 +36,11 @@ log = logging.getLogger(__name__)
 WORKER = socket.gethostname()
 READ_AHEAD = 2
 APPLICATION_NAME = "pipeline-importer"  # how importers' sessions show in pg_stat_activity
-# COPY streams (connections) per importer process; PIPELINE_IMPORT_STREAMS overrides.
-IMPORT_STREAMS = max(1, int(os.environ.get("PIPELINE_IMPORT_STREAMS", "2")))
+
+
+def import_streams() -> int:
+    """COPY streams (connections) per importer process: PIPELINE_IMPORT_STREAMS, default 2."""
+    return config.get("PIPELINE_IMPORT_STREAMS")
 
 
 @dataclass(frozen=True)
@@ -94,13 +98,12 @@ class ImportTimeouts:
 
     @classmethod
     def from_env(cls) -> ImportTimeouts:
-        d = cls()
         return cls(
-            lock_timeout_s=_env_number("PIPELINE_DB_LOCK_TIMEOUT_S", d.lock_timeout_s),
-            statement_timeout_s=_env_number("PIPELINE_DB_STATEMENT_TIMEOUT_S", d.statement_timeout_s),
-            idle_in_transaction_s=_env_number("PIPELINE_DB_IDLE_IN_TRANSACTION_S", d.idle_in_transaction_s),
-            keepalive_idle_s=int(_env_number("PIPELINE_DB_KEEPALIVE_IDLE_S", d.keepalive_idle_s, int, 1)),
-            tcp_user_timeout_s=_env_number("PIPELINE_DB_TCP_USER_TIMEOUT_S", d.tcp_user_timeout_s),
+            lock_timeout_s=config.get("PIPELINE_DB_LOCK_TIMEOUT_S"),
+            statement_timeout_s=config.get("PIPELINE_DB_STATEMENT_TIMEOUT_S"),
+            idle_in_transaction_s=config.get("PIPELINE_DB_IDLE_IN_TRANSACTION_S"),
+            keepalive_idle_s=config.get("PIPELINE_DB_KEEPALIVE_IDLE_S"),
+            tcp_user_timeout_s=config.get("PIPELINE_DB_TCP_USER_TIMEOUT_S"),
         )
 
     @property
@@ -289,7 +292,7 @@ def import_items(
     lease_s: float | None = None,
     on_outcome: Callable[[ItemOutcome], None] | None = None,
     stop: threading.Event | None = None,
-    streams: int = IMPORT_STREAMS,
+    streams: int | None = None,
 ) -> list[ItemOutcome]:
     """Import ``items``, one transaction each, settling their inbox rows.
 
@@ -301,7 +304,7 @@ def import_items(
     """
     timeouts = ImportTimeouts.from_env()
     lease_s = lease_s or InboxPolicy.from_env().lease_s
-    shards = shard_items(items, streams)
+    shards = shard_items(items, streams or import_streams())
     claimed = [i.inbox_id for i in items if i.inbox_id is not None]
     with ClaimHeartbeat(database_url, claimed, owner, lease_s):
         if len(shards) <= 1:

@@ -19,7 +19,6 @@ the row waits out a backoff and is tried again, until ``max_attempts`` starts ma
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -27,23 +26,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
+from pipeline import config
 from pipeline.importer.events import ObjectVersion
-from pipeline.settings import ConfigurationError
-
-
-def _env_number(name: str, default: float, kind=float, minimum: float = 0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"{name}={raw!r} is not a {kind.__name__}: set a number (default {default})."
-        ) from None
-    if value < minimum:
-        raise ConfigurationError(f"{name}={raw!r} is below {minimum}: set a number >= {minimum} (default {default}).")
-    return value
 
 
 @dataclass(frozen=True)
@@ -59,14 +43,13 @@ class InboxPolicy:
 
     @classmethod
     def from_env(cls) -> InboxPolicy:
-        d = cls()
         return cls(
-            max_attempts=int(_env_number("PIPELINE_IMPORT_MAX_ATTEMPTS", d.max_attempts, int, 1)),
-            retry_base_s=_env_number("PIPELINE_IMPORT_RETRY_BASE_S", d.retry_base_s),
-            retry_max_s=_env_number("PIPELINE_IMPORT_RETRY_MAX_S", d.retry_max_s),
-            lease_s=_env_number("PIPELINE_IMPORT_LEASE_S", d.lease_s, float, 1),
-            plan_lease_s=_env_number("PIPELINE_IMPORT_PLAN_LEASE_S", d.plan_lease_s, float, 1),
-            orphan_grace_s=_env_number("PIPELINE_IMPORT_ORPHAN_GRACE_S", d.orphan_grace_s),
+            max_attempts=config.get("PIPELINE_IMPORT_MAX_ATTEMPTS"),
+            retry_base_s=config.get("PIPELINE_IMPORT_RETRY_BASE_S"),
+            retry_max_s=config.get("PIPELINE_IMPORT_RETRY_MAX_S"),
+            lease_s=config.get("PIPELINE_IMPORT_LEASE_S"),
+            plan_lease_s=config.get("PIPELINE_IMPORT_PLAN_LEASE_S"),
+            orphan_grace_s=config.get("PIPELINE_IMPORT_ORPHAN_GRACE_S"),
         )
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from pipeline import config
 from pipeline.importer import inbox
 from pipeline.importer.partitions import partition_key
 from pipeline.importer.queue import Delivery, dead_letter, delete, parse_delivery
@@ -29,9 +30,7 @@ log = logging.getLogger(__name__)
 def intake_visibility_s() -> int:
     """Seconds a received message stays invisible while intake records it (not a run's wait:
     intake deletes it within seconds). PIPELINE_INTAKE_VISIBILITY_S, default 120."""
-    from pipeline.importer.inbox import _env_number
-
-    return int(_env_number("PIPELINE_INTAKE_VISIBILITY_S", 120, int, 1))
+    return config.get("PIPELINE_INTAKE_VISIBILITY_S")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from pipeline.aws import client
 from pipeline.importer import inbox
-from pipeline.importer.batch import IMPORT_STREAMS, ImportItem, connect, import_items
+from pipeline.importer.batch import ImportItem, connect, import_items
 from pipeline.importer.inbox import InboxPolicy
 from pipeline.importer.intake import intake_visibility_s, take_in
 from pipeline.importer.queue import receive
@@ -59,7 +59,7 @@ def run_worker(
     stop: threading.Event | None = None,
     max_seconds: float | None = None,
     protection=None,
-    streams: int = IMPORT_STREAMS,
+    streams: int | None = None,
     worker_id: str | None = None,
 ) -> WorkerStats:
     """Import until stopped (SIGTERM/SIGINT, ``stop``), or with ``drain`` until nothing is left

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import sys
 import time
 import urllib.request
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 
+from pipeline import config
 from pipeline.aws import client_factory
 from pipeline.local.ports import free_port, wait_for_port
 from pipeline.local.postgres import EmbeddedPostgres, check_reachable, prepare_databases, redact_url
@@ -128,12 +128,7 @@ def _finish_up(
 
 def bucket_versioning() -> str:
     """The enriched bucket's versioning for the local stack: PIPELINE_BUCKET_VERSIONING=1 enables it."""
-    raw = os.environ.get("PIPELINE_BUCKET_VERSIONING", "").strip().lower()
-    if raw in {"", "0", "false", "no", "off", "suspended"}:
-        return "Suspended"
-    if raw in {"1", "true", "yes", "on", "enabled"}:
-        return "Enabled"
-    raise ConfigurationError(f"PIPELINE_BUCKET_VERSIONING={raw!r}: set 1 (versioned enriched bucket) or 0 (default).")
+    return "Enabled" if config.get("PIPELINE_BUCKET_VERSIONING") else "Suspended"
 
 
 def provision_stack(

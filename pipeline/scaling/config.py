@@ -1,11 +1,8 @@
-"""Scaling configuration: from the environment (capacity sensor, CLI) or dagster.yaml (launcher).
-
-PIPELINE_CAPACITY_BACKEND      local | ecs | asg            (default local)
-PIPELINE_ECS_CLUSTER           cluster of the worker service (ecs)
-PIPELINE_ECS_SERVICE           the worker service             (ecs)
-PIPELINE_ASG_NAME              the worker auto-scaling group  (asg)
-PIPELINE_WORKERS_DIR           pid files of local workers     (default $PIPELINE_HOME/workers)
-PIPELINE_SCALING_TARGET_PER_WORKER, _MIN, _MAX, _ACTIVATION, _COOLDOWN_S, _STEP
+"""Scaling configuration, one loader for every reader: the environment (``PIPELINE_CAPACITY_*``,
+``PIPELINE_ECS_*``, ``PIPELINE_ASG_NAME``, ``PIPELINE_SCALING_*``: pipeline/config.py), then the
+run launcher's own config in dagster.yaml over it. The launcher, the capacity sensor and the CLI
+all call :meth:`ScalingConfig.for_instance` (or ``from_env`` where there is no instance), so they
+decide with the same policy.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from pipeline import config
 from pipeline.scaling.backends import (
     BACKENDS,
     AutoScalingGroupBackend,
@@ -27,12 +25,12 @@ from pipeline.settings import ConfigurationError, Settings, pipeline_home
 LOCAL_MAX_WORKERS = 4
 
 _POLICY_ENV = {
-    "PIPELINE_SCALING_TARGET_PER_WORKER": ("target_per_worker", int),
-    "PIPELINE_SCALING_MIN": ("min_capacity", int),
-    "PIPELINE_SCALING_MAX": ("max_capacity", int),
-    "PIPELINE_SCALING_ACTIVATION": ("activation_threshold", int),
-    "PIPELINE_SCALING_COOLDOWN_S": ("scale_in_cooldown_s", float),
-    "PIPELINE_SCALING_STEP": ("scale_in_step", int),
+    "PIPELINE_SCALING_TARGET_PER_WORKER": "target_per_worker",
+    "PIPELINE_SCALING_MIN": "min_capacity",
+    "PIPELINE_SCALING_MAX": "max_capacity",
+    "PIPELINE_SCALING_ACTIVATION": "activation_threshold",
+    "PIPELINE_SCALING_COOLDOWN_S": "scale_in_cooldown_s",
+    "PIPELINE_SCALING_STEP": "scale_in_step",
 }
 
 
@@ -55,22 +53,19 @@ class ScalingConfig:
     @classmethod
     def from_env(cls, **overrides) -> ScalingConfig:
         policy = ScalingPolicy()
-        for var, (name, kind) in _POLICY_ENV.items():
-            value = os.environ.get(var)
-            if value:
-                try:
-                    policy = replace(policy, **{name: kind(value)})
-                except ValueError as exc:
-                    raise ConfigurationError(f"{var}={value!r}: {exc}") from exc
+        for var, name in _POLICY_ENV.items():
+            value = config.get(var)
+            if value is not None:
+                policy = replace(policy, **{name: value})
         values = {
-            "backend": os.environ.get("PIPELINE_CAPACITY_BACKEND") or "local",
-            "ecs_cluster": os.environ.get("PIPELINE_ECS_CLUSTER"),
-            "ecs_service": os.environ.get("PIPELINE_ECS_SERVICE"),
-            "asg_name": os.environ.get("PIPELINE_ASG_NAME"),
-            "workers_dir": os.environ.get("PIPELINE_WORKERS_DIR"),
+            "backend": config.get("PIPELINE_CAPACITY_BACKEND"),
+            "ecs_cluster": config.get("PIPELINE_ECS_CLUSTER"),
+            "ecs_service": config.get("PIPELINE_ECS_SERVICE"),
+            "asg_name": config.get("PIPELINE_ASG_NAME"),
+            "workers_dir": config.get("PIPELINE_WORKERS_DIR"),
             "policy": policy,
         }
-        if values["backend"] == "local" and not os.environ.get("PIPELINE_SCALING_MAX"):
+        if values["backend"] == "local" and config.get("PIPELINE_SCALING_MAX") is None:
             values["policy"] = replace(policy, max_capacity=LOCAL_MAX_WORKERS)  # processes share this machine
         known = {f.name for f in fields(cls)}
         policy_fields = {f.name for f in fields(ScalingPolicy)}
@@ -79,6 +74,13 @@ class ScalingConfig:
             values["policy"] = replace(values["policy"], **policy_overrides)
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})
         return cls(**values)
+
+    @classmethod
+    def for_instance(cls, instance=None) -> ScalingConfig:
+        """What the instance's run launcher decides with: the environment, then the launcher's
+        config in dagster.yaml over it (a launcher that is not ours adds nothing)."""
+        launcher = instance.run_launcher if instance is not None else None
+        return cls.from_env(**dict(getattr(launcher, "scaling_overrides", None) or {}))
 
     def workers_folder(self) -> Path:
         return Path(self.workers_dir) if self.workers_dir else pipeline_home() / "workers"

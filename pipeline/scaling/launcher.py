@@ -84,11 +84,16 @@ class QueueDepthRunLauncher(RunLauncher, ConfigurableClass):
         return self._inner
 
     # -- scaling --------------------------------------------------------------------------------
+    @property
+    def scaling_overrides(self) -> dict:
+        """This launcher's scaling settings from dagster.yaml (ScalingConfig.for_instance reads them)."""
+        return dict(self._scaling)
+
     def controller(self):
         if self._controller is None:
             from pipeline.settings import load_settings
 
-            self._controller = build_controller(load_settings(), ScalingConfig.from_env(**self._scaling))
+            self._controller = build_controller(load_settings(), ScalingConfig.from_env(**self.scaling_overrides))
         return self._controller
 
     def scale(self, trigger: str, run=None):

@@ -12,7 +12,6 @@ request only ever reads as its own tenant (row-level security); asking for anyth
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
@@ -27,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from pipeline import config
 from pipeline.web import charts, queries
 from pipeline.web.tenants import customer_for
 
@@ -244,7 +244,7 @@ def create_app(settings, secret: str | None = None) -> Starlette:
         Route("/api/reports/{report_id:path}", report_api),
         Route("/api/health", health_api),
     ]
-    secret = secret or os.environ.get("PIPELINE_WEB_SECRET") or secrets.token_urlsafe(32)
+    secret = secret or config.get("PIPELINE_WEB_SECRET") or secrets.token_urlsafe(32)
     app = Starlette(
         routes=routes,
         middleware=[Middleware(SessionMiddleware, secret_key=secret, same_site="strict", https_only=False)],

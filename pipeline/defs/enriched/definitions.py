@@ -1,5 +1,3 @@
-import os
-
 from dagster import Definitions
 from dagster_pyspark import PySparkResource
 
@@ -8,6 +6,6 @@ from pipeline.enrich.spark import spark_conf
 
 defs = Definitions(
     assets=[enriched_telemetry],
-    # local[*] by default; PIPELINE_SPARK_MASTER names a cluster (spark://…, yarn, k8s://…).
-    resources={"pyspark": PySparkResource(spark_config=spark_conf(os.environ.get("PIPELINE_SPARK_MASTER")))},
+    # local[*] by default; PIPELINE_SPARK_MASTER names a cluster (spark://…, yarn, k8s://…): pipeline/config.py.
+    resources={"pyspark": PySparkResource(spark_config=spark_conf())},
 )

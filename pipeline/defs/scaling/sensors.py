@@ -6,19 +6,18 @@ someone to look when nothing happens. This sensor does, every
 policy and shared state as ``QueueDepthRunLauncher``.
 """
 
-import os
-
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
 
+from pipeline import config, names
 from pipeline.defs.resources import ImportQueueResource
 from pipeline.importer.metrics import publish_import_metrics
 from pipeline.scaling.config import ScalingConfig, build_controller
 
-INTERVAL_S = int(os.environ.get("PIPELINE_CAPACITY_SENSOR_INTERVAL_S", "30"))
+INTERVAL_S = config.get("PIPELINE_CAPACITY_SENSOR_INTERVAL_S")
 
 
 @sensor(
-    name="capacity_sensor",
+    name=names.CAPACITY_SENSOR,
     minimum_interval_seconds=INTERVAL_S,
     default_status=DefaultSensorStatus.RUNNING,
     description="Sets importer worker capacity from the backlog (SQS + the import inbox + backfill partitions), "
@@ -26,7 +25,7 @@ INTERVAL_S = int(os.environ.get("PIPELINE_CAPACITY_SENSOR_INTERVAL_S", "30"))
 )
 def capacity_sensor(context: SensorEvaluationContext, import_queue: ImportQueueResource) -> SkipReason:
     settings = import_queue.settings()
-    controller = build_controller(settings, ScalingConfig.from_env())
+    controller = build_controller(settings, ScalingConfig.for_instance(context.instance))
     record = controller.reconcile("capacity sensor", instance=context.instance)
     summary = (
         f"{record.backend}: backlog {record.backlog.total} (visible {record.backlog.visible}, in flight "

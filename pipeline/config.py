@@ -1,0 +1,225 @@
+"""Every knob of the pipeline, in one table: name, type, default, what it does.
+
+Where a value comes from:
+
+* the **stack** (endpoints, buckets, queues, DSNs): ``pipeline.settings`` (the recorded local
+  stack, or the environment in production), overridable per variable below;
+* every other knob: an environment variable ``PIPELINE_*``, read through :func:`get`, which
+  parses it once per environment and raises :class:`ConfigurationError` naming the variable,
+  the value and what to set instead. Nothing reads ``os.environ`` for a knob anywhere else
+  (a test checks the source).
+
+``pipeline config [--json]`` prints the effective value and source of every knob and exits 2
+on a bad one; the README's configuration table is :func:`markdown_table` (a test keeps them in
+step). Dagster-free on purpose: the stage cores, the CLI and ``defs/`` all read from here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing, malformed or points at something that does not answer; the message says which."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    kind: str  # int | float | str | bool | choice
+    default: object
+    stage: str
+    doc: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def parse(self, raw: str | None) -> object:
+        if raw is None or raw.strip() == "":
+            return self.default
+        raw = raw.strip()
+        expected = self.expectation()
+        if self.kind == "str":
+            return raw
+        if self.kind == "choice":
+            if raw.lower() not in self.choices:
+                raise ConfigurationError(f"{self.name}={raw!r}: set {expected}.")
+            return raw.lower()
+        if self.kind == "bool":
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ConfigurationError(f"{self.name}={raw!r} is not a yes/no value: set {expected}.")
+        try:
+            value: float = int(raw) if self.kind == "int" else float(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"{self.name}={raw!r} is not {'an integer' if self.kind == 'int' else 'a number'}: set {expected}."
+            ) from None
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigurationError(f"{self.name}={raw!r} is below {self.minimum:g}: set {expected}.")
+        return value
+
+    def expectation(self) -> str:
+        default = "unset" if self.default is None else repr(self.default) if self.kind == "str" else str(self.default)
+        if self.kind == "choice":
+            return f"one of {', '.join(self.choices)} (default {default})"
+        if self.kind == "bool":
+            return f"1 or 0 (default {'1' if self.default else '0'})"
+        if self.kind in {"int", "float"}:
+            low = f" >= {self.minimum:g}" if self.minimum is not None else ""
+            return f"{'an integer' if self.kind == 'int' else 'a number'}{low} (default {default})"
+        return f"a value (default {default})"
+
+
+def _k(name, kind, default, stage, doc, minimum=None, choices=()) -> Knob:
+    return Knob(name, kind, default, stage, doc, minimum, tuple(choices))
+
+
+# One knob per line: a table (the formatter leaves it so).
+# fmt: off
+KNOBS: tuple[Knob, ...] = (
+    # -- where the stack is (pipeline.settings applies these over the recorded local stack) ------------
+    _k("PIPELINE_ENV", "choice", "local", "stack", "`local`: the stack `pipeline up` recorded; `prod`: real AWS, configured by the variables below.", choices=("local", "prod")),
+    _k("PIPELINE_HOME", "str", None, "stack", "Local state: stack.json, the embedded PostgreSQL, logs, spool (default `./.pipeline`)."),
+    _k("PIPELINE_AWS_ENDPOINT_URL", "str", None, "stack", "S3/SNS/SQS/ECS endpoint (the local moto server; unset on AWS)."),
+    _k("PIPELINE_RAW_BUCKET", "str", None, "stack", "Bucket the collector writes raw reports to."),
+    _k("PIPELINE_ENRICHED_BUCKET", "str", None, "stack", "Bucket Spark publishes enriched objects to (the importer's source)."),
+    _k("PIPELINE_ENRICHED_PREFIX", "str", None, "stack", "Key prefix of enriched objects (default `enriched/`)."),
+    _k("PIPELINE_IMPORT_QUEUE_URL", "str", None, "stack", "The SQS queue that receives the enriched bucket's notifications."),
+    _k("PIPELINE_DEAD_LETTER_QUEUE_URL", "str", None, "stack", "That queue's dead-letter queue."),
+    _k("PIPELINE_TOPIC_ARN", "str", None, "stack", "The SNS topic of the enriched bucket's notifications."),
+    _k("PIPELINE_BUCKET_VERSIONING", "bool", False, "stack", "`pipeline up`: versioning on the enriched bucket (a template parameter)."),
+    _k("PIPELINE_LOG_LEVEL", "choice", "info", "stack", "Log level of `pipeline` commands (logs go to stderr).", choices=("debug", "info", "warning", "error")),
+    # -- collector -------------------------------------------------------------------------------------
+    _k("PIPELINE_COLLECT_WORKERS", "int", None, "collector", "Processes that parse reports when a collection has 64 files or more (default: the machine's cores).", minimum=1),
+    # -- enrichment (Spark) ----------------------------------------------------------------------------
+    _k("PIPELINE_SPARK_MASTER", "str", "local[*]", "enrich", "Spark master: `local[N]`, `spark://host:7077`, `yarn` (EMR), ..."),
+    _k("PIPELINE_SPARK_DRIVER_HOST", "str", "127.0.0.1", "enrich", "Address executors reach the driver on (set it on a cluster)."),
+    _k("PIPELINE_SPARK_BIND_ADDRESS", "str", "127.0.0.1", "enrich", "Address the driver listens on (`0.0.0.0` on a cluster)."),
+    _k("PIPELINE_SPARK_DRIVER_MEMORY", "str", "2g", "enrich", "spark.driver.memory."),
+    _k("PIPELINE_SPARK_EXECUTOR_MEMORY", "str", "1g", "enrich", "spark.executor.memory."),
+    _k("PIPELINE_SPARK_SHIP_CODE", "bool", False, "enrich", "Ship the `pipeline` package to executors (when their image does not have it)."),
+    # -- import: intake, planning, runs, database timeouts ---------------------------------------------
+    _k("PIPELINE_INTAKE_VISIBILITY_S", "int", 120, "import", "Visibility of a message between its receive and intake's commit + delete.", minimum=1),
+    _k("PIPELINE_SENSOR_MAX_MESSAGES", "int", 1000, "import", "Messages the import sensor takes in, and inbox rows it plans, per tick.", minimum=1),
+    _k("PIPELINE_OBJECTS_PER_RUN", "int", 500, "import", "Objects per import run the sensor requests.", minimum=1),
+    _k("PIPELINE_SENSOR_SINGLE_RUNS", "int", 100, "import", "Runs of one object (one partition each) per tick before the sensor groups objects.", minimum=0),
+    _k("PIPELINE_PARTITION_RETENTION_DAYS", "float", 7.0, "import", "Days a settled object's partition and inbox row are kept before pruning.", minimum=0),
+    _k("PIPELINE_IMPORT_STREAMS", "int", 2, "import", "Objects an importer loads at once, each on its own connection.", minimum=1),
+    _k("PIPELINE_IMPORT_MAX_ATTEMPTS", "int", 5, "import", "Attempts at an inbox row before it is dead-lettered.", minimum=1),
+    _k("PIPELINE_IMPORT_RETRY_BASE_S", "float", 10.0, "import", "Backoff after a failure: base * 2^(attempts-1), capped.", minimum=0),
+    _k("PIPELINE_IMPORT_RETRY_MAX_S", "float", 600.0, "import", "Cap of that backoff.", minimum=0),
+    _k("PIPELINE_IMPORT_LEASE_S", "float", 300.0, "import", "A worker's claim on its rows; its heartbeat renews it every third.", minimum=1),
+    _k("PIPELINE_IMPORT_PLAN_LEASE_S", "float", 3600.0, "import", "How long a planned run may wait in Dagster's queue before others take its rows.", minimum=1),
+    _k("PIPELINE_IMPORT_ORPHAN_GRACE_S", "float", 60.0, "import", "A run key with no run this long after planning is an orphan; its rows come free.", minimum=0),
+    _k("PIPELINE_WORKER_ID", "str", None, "import", "Name of a `pipeline importer` worker (the local capacity backend sets it)."),
+    _k("PIPELINE_DB_LOCK_TIMEOUT_S", "float", 60.0, "import", "lock_timeout: a key's lock held longer postpones the object (must be < the statement timeout).", minimum=0),
+    _k("PIPELINE_DB_STATEMENT_TIMEOUT_S", "float", 1800.0, "import", "statement_timeout of importer connections.", minimum=0),
+    _k("PIPELINE_DB_IDLE_IN_TRANSACTION_S", "float", 60.0, "import", "idle_in_transaction_session_timeout of importer connections.", minimum=0),
+    _k("PIPELINE_DB_KEEPALIVE_IDLE_S", "int", 30, "import", "TCP keepalive idle time of importer connections.", minimum=1),
+    _k("PIPELINE_DB_TCP_USER_TIMEOUT_S", "float", 120.0, "import", "TCP user timeout: a silent peer is cut after this long.", minimum=0),
+    # -- capacity --------------------------------------------------------------------------------------
+    _k("PIPELINE_CAPACITY_BACKEND", "choice", "local", "capacity", "Where importer capacity lives: local worker processes, an ECS service or an EC2 auto-scaling group.", choices=("local", "ecs", "asg")),
+    _k("PIPELINE_ECS_CLUSTER", "str", None, "capacity", "Cluster of the worker service (backend ecs)."),
+    _k("PIPELINE_ECS_SERVICE", "str", None, "capacity", "The worker service (backend ecs)."),
+    _k("PIPELINE_ASG_NAME", "str", None, "capacity", "The worker auto-scaling group (backend asg)."),
+    _k("PIPELINE_WORKERS_DIR", "str", None, "capacity", "Pid files of local workers (default `$PIPELINE_HOME/workers`)."),
+    _k("PIPELINE_SCALING_TARGET_PER_WORKER", "int", 200, "capacity", "Backlog (objects) per worker the policy aims at.", minimum=1),
+    _k("PIPELINE_SCALING_MIN", "int", 0, "capacity", "Fewest workers (0: scale to zero).", minimum=0),
+    _k("PIPELINE_SCALING_MAX", "int", None, "capacity", "Most workers (default 10; 4 with the local backend).", minimum=0),
+    _k("PIPELINE_SCALING_ACTIVATION", "int", 1, "capacity", "Backlog below which capacity may go to the minimum.", minimum=0),
+    _k("PIPELINE_SCALING_COOLDOWN_S", "float", 300.0, "capacity", "Seconds of quiet before scaling in.", minimum=0),
+    _k("PIPELINE_SCALING_STEP", "int", None, "capacity", "Most workers removed per scale-in decision (default: straight to the target after the cooldown).", minimum=1),
+    _k("PIPELINE_CAPACITY_SENSOR_INTERVAL_S", "int", 30, "capacity", "Seconds between capacity_sensor ticks.", minimum=1),
+    # -- web -------------------------------------------------------------------------------------------
+    _k("PIPELINE_WEB_SECRET", "str", None, "web", "Key that signs the web application's sessions (default: random per start, which signs everyone out on restart)."),
+    # -- test support (pipeline chaos) -----------------------------------------------------------------
+    _k("PIPELINE_CHAOS_LATE_S", "float", 3.0, "chaos", "`pipeline chaos`: the pause of a deliberately late importer.", minimum=0),
+)
+# fmt: on
+
+BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}
+STAGES = ("stack", "collector", "enrich", "import", "capacity", "web", "chaos")
+
+
+@lru_cache(maxsize=64)
+def _parsed(items: tuple[tuple[str, str], ...]) -> dict[str, object]:
+    raw = dict(items)
+    return {k.name: k.parse(raw.get(k.name)) for k in KNOBS if k.name in raw}
+
+
+def _snapshot(environ: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    env = os.environ if environ is None else environ
+    return tuple(sorted((name, env[name]) for name in BY_NAME if name in env))
+
+
+def get(name: str, environ: Mapping[str, str] | None = None):
+    """The value of knob ``name``: parsed once per environment, its default when unset."""
+    knob = BY_NAME[name]  # a KeyError here is a programming error: add the knob to KNOBS
+    snapshot = _snapshot(environ)
+    if not any(n == name for n, _ in snapshot):
+        return knob.default
+    try:
+        return _parsed(snapshot)[name]
+    except ConfigurationError:
+        return knob.parse(dict(snapshot)[name])  # raises the error of this knob, not of another
+
+
+def errors(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every bad value in the environment, one message each."""
+    env = os.environ if environ is None else environ
+    found = []
+    for knob in KNOBS:
+        try:
+            knob.parse(env.get(knob.name))
+        except ConfigurationError as exc:
+            found.append(str(exc))
+    return found
+
+
+def validate(environ: Mapping[str, str] | None = None) -> None:
+    """Raise one ConfigurationError listing every bad value (a code location calls this as it loads)."""
+    found = errors(environ)
+    if found:
+        raise ConfigurationError("bad configuration:\n  " + "\n  ".join(found))
+
+
+def effective(environ: Mapping[str, str] | None = None) -> list[dict]:
+    """Each knob with its value and where the value came from (for `pipeline config`)."""
+    env = os.environ if environ is None else environ
+    rows = []
+    for knob in KNOBS:
+        raw = env.get(knob.name)
+        source = "environment" if raw not in (None, "") else "default"
+        try:
+            value, error = knob.parse(raw), None
+        except ConfigurationError as exc:
+            value, error = raw, str(exc)
+        if knob.name.endswith(("SECRET", "PASSWORD")) and source == "environment":
+            value = "(set)"
+        rows.append(
+            {
+                "name": knob.name,
+                "stage": knob.stage,
+                "value": value,
+                "default": knob.default,
+                "source": source,
+                "error": error,
+            }
+        )
+    return rows
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    lines = ["| variable | stage | default | what it does |", "|---|---|---|---|"]
+    for knob in KNOBS:
+        default = "" if knob.default is None else f"`{knob.default}`"
+        if knob.kind == "bool":
+            default = f"`{int(bool(knob.default))}`"
+        lines.append(f"| `{knob.name}` | {knob.stage} | {default} | {knob.doc} |")
+    return "\n".join(lines)
