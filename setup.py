@@ -44,6 +44,7 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",
+            "import-linter>=2.1",  # the import layers (.importlinter), checked by make test
             "cfn-lint>=1.0",
             "hypothesis>=6.100",
             "playwright>=1.45",  # drives Debian's chromium (scripts/ensure-chromium.sh), no browser download

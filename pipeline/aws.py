@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -39,3 +40,24 @@ def client_factory(settings: Settings) -> Callable[[str], Any]:
         return cache[service]
 
     return get
+
+
+_CLIENTS: dict[tuple, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def cached_client(settings: Settings, service: str) -> Any:
+    """One client per (service, region, endpoint, credentials) in this process: boto3 clients are
+    thread-safe, and building one costs milliseconds and a connection pool (a sensor tick or a
+    resource property asks for one each time)."""
+    key = (
+        service,
+        settings.region,
+        settings.aws_endpoint_url,
+        settings.aws_access_key_id,
+        settings.aws_secret_access_key,
+    )
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = client(settings, service)
+        return _CLIENTS[key]

@@ -96,8 +96,8 @@ def run_demo(
     started = time.monotonic()
     from dagster import materialize
 
+    from pipeline.defs.reports.assets import warehouse_projections
     from pipeline.defs.resources import resource_defs
-    from pipeline.defs.warehouse.projections import warehouse_projections
 
     projected = materialize([warehouse_projections], resources=resource_defs(), instance=instance)
     result.failed_runs += not projected.success
@@ -108,3 +108,31 @@ def run_demo(
         result.verify[cid] = verify(settings, cid)
     step("verify", started, "S3 against the warehouse")
     return result
+
+
+def headlines(settings: Settings, customers: list[str]) -> list[str]:
+    """The customers' headline figures as the web application shows them, and how to open it."""
+    from pipeline.web.queries import Warehouse, overview
+    from pipeline.web.tenants import issue_token
+
+    if not customers:
+        return []
+    lines = []
+    warehouse = Warehouse(settings.database_url, pool_size=1)
+    try:
+        for cid in customers:
+            with warehouse.tenant(cid) as conn:
+                o = overview(conn, cid)
+            rate = f"{100 * o['dmarc_pass_rate']:.1f}%" if o["dmarc_pass_rate"] is not None else "-"
+            lines.append(
+                f"  {cid}: {o['reports']} reports, {o['messages']} messages, DMARC pass {rate}, "
+                f"{len(o['domains'])} domain(s), {o['sources']} sending sources"
+            )
+    finally:
+        warehouse.close()
+    token = issue_token(settings.database_url, customers[0])
+    lines.append(
+        f"Web application: `pipeline web`, then http://127.0.0.1:8080/ and sign in as {customers[0]} "
+        f"with the token {token}"
+    )
+    return lines

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import psycopg
@@ -17,11 +16,7 @@ import pytest
 from pipeline.aws import client_factory
 from pipeline.local import stack as local_stack
 from pipeline.settings import Settings
-
-# The real reports live beside the checkout (../shared), never in the repository.
-SAMPLES = Path(
-    os.environ.get("PIPELINE_SAMPLES") or Path(__file__).resolve().parents[2] / "shared" / "samples" / "dmarc-aggregate"
-)
+from pipeline_tests.support import SAMPLES, receive_all, traversable_tmpdir
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,14 +27,6 @@ def _samples_present():
             "(../shared/samples/dmarc-aggregate) or set PIPELINE_SAMPLES to that folder.",
             pytrace=False,
         )
-
-
-def traversable_tmpdir(prefix: str) -> Path:
-    """A temporary folder other users can traverse: the embedded PostgreSQL runs as its own
-    system user when the tests run as root, and pytest keeps its own temp root at mode 0700."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -126,31 +113,3 @@ def empty_queues(stack: Settings, clients):
 def warehouse(stack: Settings):
     with psycopg.connect(stack.database_url) as conn:
         yield conn
-
-
-def receive_all(sqs, queue_url: str, wait: int = 1, visibility: int = 30) -> list[dict]:
-    """Every message currently receivable on ``queue_url`` (left in flight, not deleted)."""
-    messages: list[dict] = []
-    while True:
-        batch = sqs.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=wait,
-            VisibilityTimeout=visibility,
-            AttributeNames=["All"],
-        ).get("Messages", [])
-        if not batch:
-            return messages
-        messages.extend(batch)
-
-
-def messages_for(sqs, queue_url: str, customer_id: str) -> list[dict]:
-    """Messages now receivable that name objects of ``customer_id`` (tests share one queue, so a
-    test looks only at its own objects). Received messages are left to reappear."""
-    from pipeline.importer.events import parse_s3_event
-
-    found = []
-    for message in receive_all(sqs, queue_url, wait=1, visibility=1):
-        if any(f"customer={customer_id}/" in v.key for v in parse_s3_event(message["Body"]).versions):
-            found.append(message)
-    return found

@@ -1,4 +1,7 @@
-"""Test support: drive the importer through Dagster in-process, and inject faults on purpose.
+"""The tests' one support module: the samples, queues and objects of a test, the importer driven
+through Dagster in process (pipeline.local.inprocess, the harness demo, bench and chaos use),
+capacity backends with private queues, customers with loaded reports, and faults injected on
+purpose. Fixtures live in conftest.py and take their helpers from here.
 
 Nothing here is imported by the product. moto delivers exactly once and in order, so
 duplicates, delays and crashes are made here.
@@ -7,13 +10,24 @@ duplicates, delays and crashes are made here.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import time
 import uuid
 import warnings
+from dataclasses import replace
+from pathlib import Path
 
+import psycopg
 from dagster import AssetKey, DagsterInstance
 
 from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
+from pipeline.importer.events import ObjectVersion, parse_s3_event
+from pipeline.importer.load import load_object, tombstone
+from pipeline.importer.queue import receive
 from pipeline.local.inprocess import apply, drain_import_queue, tick
+from pipeline.scaling.backends import AutoScalingGroupBackend, EcsServiceBackend, LocalWorkerPool
+from pipeline.warehouse.projections import refresh
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
 
@@ -67,3 +81,172 @@ def duplicate_message(sqs, queue_url: str, message: dict) -> None:
 
 def sns_body(message: dict) -> dict:
     return json.loads(json.loads(message["Body"])["Message"])
+
+
+# -- samples and queues ----------------------------------------------------------------------
+
+# The real reports live beside the checkout (../shared), never in the repository.
+SAMPLES = Path(
+    os.environ.get("PIPELINE_SAMPLES") or Path(__file__).resolve().parents[2] / "shared" / "samples" / "dmarc-aggregate"
+)
+
+
+def traversable_tmpdir(prefix: str) -> Path:
+    """A temporary folder other users can traverse: the embedded PostgreSQL runs as its own
+    system user when the tests run as root, and pytest keeps its own temp root at mode 0700."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def receive_all(sqs, queue_url: str, wait: int = 1, visibility: int = 30) -> list[dict]:
+    """Every message currently receivable on ``queue_url`` (left in flight, not deleted)."""
+    messages: list[dict] = []
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait,
+            VisibilityTimeout=visibility,
+            AttributeNames=["All"],
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+
+
+def messages_for(sqs, queue_url: str, customer_id: str) -> list[dict]:
+    """Messages now receivable that name objects of ``customer_id`` (tests share one queue, so a
+    test looks only at its own objects). Received messages are left to reappear."""
+    from pipeline.importer.events import parse_s3_event
+
+    found = []
+    for message in receive_all(sqs, queue_url, wait=1, visibility=1):
+        if any(f"customer={customer_id}/" in v.key for v in parse_s3_event(message["Body"]).versions):
+            found.append(message)
+    return found
+
+
+def own_messages(sqs, queue_url: str, customer_id: str, visibility: int) -> list[dict]:
+    """Receive; keep the messages naming this test's objects, give the others back at once."""
+    mine = []
+    for message in receive(sqs, queue_url, max_messages=100, visibility=visibility):
+        if f"customer={customer_id}/" in " ".join(v.key for v in parse_s3_event(message["Body"]).versions):
+            mine.append(message)
+        else:
+            sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+    return mine
+
+
+# -- capacity backends ----------------------------------------------------------------------
+
+
+def private_queue(sqs, name: str) -> str:
+    return sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
+
+
+def s3_event(bucket: str, key: str, etag: str) -> str:
+    return json.dumps(
+        {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "eventTime": "2026-11-26T00:00:00.000Z",
+                    "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": etag, "size": 1}},
+                }
+            ]
+        }
+    )
+
+
+def flood(settings, s3, sqs, queue_url: str, customer_id: str, objects: int, rows: int = 20) -> list[str]:
+    """Write ``objects`` enriched objects and notify ``queue_url`` of each (the bucket's own
+    notifications go to the shared queue; the caller drops them there)."""
+    keys = []
+    for n in range(objects):
+        key = enriched_key(settings, customer_id, f"part-{n:04d}.parquet")
+        etag = put_enriched(s3, settings, key, rows=rows, seed=n, customer_id=customer_id)
+        sqs.send_message(QueueUrl=queue_url, MessageBody=s3_event(settings.enriched_bucket, key, etag))
+        keys.append(key)
+    return keys
+
+
+def make_backend(kind: str, clients, settings, folder) -> object:
+    suffix = uuid.uuid4().hex[:8]
+    if kind == "local":
+        env = {**os.environ, **settings.process_env(), "PIPELINE_HOME": os.environ["PIPELINE_HOME"]}
+        return LocalWorkerPool(folder, env=env)
+    if kind == "ecs":
+        ecs = clients("ecs")
+        cluster = f"workers-{suffix}"
+        ecs.create_cluster(clusterName=cluster)
+        ecs.register_task_definition(
+            family=f"importer-{suffix}",
+            containerDefinitions=[{"name": "importer", "image": "pipeline:latest", "memory": 512}],
+        )
+        ecs.create_service(cluster=cluster, serviceName="importer", taskDefinition=f"importer-{suffix}", desiredCount=0)
+        return EcsServiceBackend(ecs, cluster, "importer")
+    ec2, autoscaling = clients("ec2"), clients("autoscaling")
+    template = f"importer-{suffix}"
+    ec2.create_launch_template(
+        LaunchTemplateName=template, LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "t3.medium"}
+    )
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=f"importers-{suffix}",
+        LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=10,
+        DesiredCapacity=0,
+        AvailabilityZones=[f"{settings.region}a"],
+    )
+    return AutoScalingGroupBackend(autoscaling, f"importers-{suffix}")
+
+
+def with_queue(settings, queue_url: str):
+    return replace(settings, queue_url=queue_url)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# -- customers with loaded reports (projections, web) ----------------------------------------
+
+
+def put_and_load(settings, s3, customer: str, name: str, rows: int, seed: int, day: str = "2026-11-01") -> str:
+    """Write one enriched object and import it with the real loader (as an importer would)."""
+    import datetime as dt
+
+    key = f"{settings.enriched_prefix}customer={customer}/dt={day}/{name}"
+    table = synthetic_enriched_table(
+        rows, seed=seed, customer_id=customer, day=dt.date.fromisoformat(day), report_id=f"{customer}-{name}-{seed}"
+    )
+    etag = s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=parquet_bytes(table))["ETag"].strip('"')
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        load_object(conn, s3, ObjectVersion(settings.enriched_bucket, key, etag, etag=etag))
+    return key
+
+
+def delete_and_load(settings, s3, key: str, sequence: int) -> None:
+    s3.delete_object(Bucket=settings.enriched_bucket, Key=key)
+    version = ObjectVersion(settings.enriched_bucket, key, f"removed@{sequence}", event_name="ObjectRemoved:Delete")
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        tombstone(conn, version)
+
+
+def customer_with_reports(settings, s3, customer: str, objects: int = 3, rows: int = 40) -> list[str]:
+    keys = [
+        put_and_load(settings, s3, customer, f"r{i}.parquet", rows, seed=i, day=f"2026-11-0{1 + i % 3}")
+        for i in range(objects)
+    ]
+    refresh(settings.database_url)
+    return keys

@@ -32,7 +32,7 @@ def test_demo_runs_the_whole_flow(stack, empty_queues):
 
 
 def test_demo_with_real_reports(stack, empty_queues):
-    from pipeline_tests.conftest import SAMPLES
+    from pipeline_tests.support import SAMPLES
 
     result = run("demo", "--reports", str(SAMPLES), "--customer", "samples", timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
-from pipeline.cli import REPO_ROOT, dagster_home
+from pipeline.local.dotenv import dagster_home
+from pipeline.project import REPO_ROOT
+from pipeline_tests.support import private_queue
 
 
 def test_definitions_load_in_process():
@@ -41,10 +43,14 @@ def test_resources_reach_the_stack(stack):
     assert s3.head_bucket(Bucket=resources["object_store"].enriched_bucket_name())
 
 
-def dagster_project(stack, tmp_path):
+def dagster_project(stack, tmp_path, clients=None):
     """A copy of the project's entry files with the .env `pipeline up` writes, and an environment
-    that says nothing of the stack: what a Dagster user has in the project root."""
+    that says nothing of the stack: what a Dagster user has in the project root. With
+    ``clients``, the stack's queue and raw bucket are private ones, so that the sensors of a
+    `dagster dev` take nothing of other tests' work, and no importer worker is started."""
+    import dataclasses
     import shutil
+    import uuid
 
     from pipeline.local.dotenv import write_dotenv
 
@@ -52,13 +58,17 @@ def dagster_project(stack, tmp_path):
     project.mkdir()
     for name in ("workspace.yaml", "dagster.yaml"):
         shutil.copyfile(REPO_ROOT / name, project / name)
+    if clients is not None:
+        name = f"dev-{uuid.uuid4().hex[:8]}"
+        clients("s3").create_bucket(Bucket=name)
+        stack = dataclasses.replace(stack, queue_url=private_queue(clients("sqs"), name), raw_bucket=name)
     assert write_dotenv(stack, project, tmp_path / "home")
     clean = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PIPELINE_", "DAGSTER_", "AWS_")) and k not in {"DATABASE_URL"}
     }
-    return project, {**clean, "PYTHONPATH": str(REPO_ROOT)}
+    return project, {**clean, "PYTHONPATH": str(REPO_ROOT), "PIPELINE_SCALING_MAX": "0"}
 
 
 def test_plain_dagster_commands_work_in_the_project_root_after_up(stack, tmp_path):
@@ -75,14 +85,14 @@ def test_plain_dagster_commands_work_in_the_project_root_after_up(stack, tmp_pat
     assert "All code locations passed validation" in validate.stdout + validate.stderr
 
 
-def test_dagster_dev_serves_the_code_location_from_the_project_root(stack, tmp_path):
+def test_dagster_dev_serves_the_code_location_from_the_project_root(stack, clients, tmp_path):
     import json
     import time
     import urllib.request
 
     from pipeline.local.ports import free_port
 
-    project, env = dagster_project(stack, tmp_path)
+    project, env = dagster_project(stack, tmp_path, clients)
     port = free_port(3300)
     dev = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-p", str(port), "-h", "127.0.0.1"],

@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from pipeline.cli import REPO_ROOT
 from pipeline.local.ports import free_port
+from pipeline.project import REPO_ROOT
 from pipeline_tests.support import enriched_key, new_customer, put_enriched
 
 QUERY = """

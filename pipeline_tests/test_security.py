@@ -16,12 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline.cli import REPO_ROOT
 from pipeline.collector.inputs import Rejected, read_report
 from pipeline.importer.worker import run_worker
-from pipeline_tests.conftest import SAMPLES
-from pipeline_tests.scaling.backend_support import flood, private_queue, s3_event, with_queue
-from pipeline_tests.support import new_customer
+from pipeline.project import REPO_ROOT
+from pipeline_tests.support import SAMPLES, flood, new_customer, private_queue, s3_event, with_queue
 
 LAUGHS = """<?xml version="1.0"?>
 <!DOCTYPE lolz [

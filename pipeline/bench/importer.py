@@ -35,9 +35,10 @@ from tqdm import tqdm
 
 from pipeline.aws import client
 from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
-from pipeline.importer.batch import IMPORT_STREAMS, import_items
+from pipeline.importer.batch import import_items, import_streams
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.load import EVENT_COLUMNS
+from pipeline.local.daemon import running_daemon
 from pipeline.local.postgres import ensure_database, sibling_database_url
 from pipeline.settings import Settings
 from pipeline.warehouse.schema import migrate
@@ -101,8 +102,9 @@ def drain_queue_silently(settings: Settings) -> None:
 
 
 def w1(
-    settings: Settings, objects: int, rows: int, naive_rows: int, progress: bool, streams: int = IMPORT_STREAMS
+    settings: Settings, objects: int, rows: int, naive_rows: int, progress: bool, streams: int | None = None
 ) -> dict:
+    streams = streams or import_streams()
     versions = put_objects(settings, f"w1-{uuid.uuid4().hex[:6]}", objects, rows, progress)
     drain_queue_silently(settings)
     s3 = client(settings, "s3")
@@ -216,92 +218,14 @@ def w2(settings: Settings, objects: int, rows: int, progress: bool) -> dict:
     }
 
 
-@dataclasses.dataclass
-class Daemon:
-    process: object
-    dagster_url: str
-    log_path: Path
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"dagster-daemon exited: {self.log_path.read_text()[-3000:]}")
-
-    def ticked(self) -> bool:
-        """The import sensor has ticked at least once (the daemon is up and evaluating it)."""
-        try:
-            return bool(self.query(f"SELECT count(*) {SENSOR_TICKS}")[0])
-        except psycopg.errors.UndefinedTable:  # storage not created yet
-            return False
-
-    def query(self, statement: str) -> tuple:
-        """One row from the daemon's Dagster database (a literal statement: no parameters)."""
-        with psycopg.connect(self.dagster_url) as conn:
-            return conn.execute(statement).fetchone()
-
-
 SENSOR_TICKS = "FROM job_ticks WHERE type = 'SENSOR' AND tick_body LIKE '%import_queue_sensor%'"
-
-
-@contextmanager
-def running_daemon(settings: Settings, bench: Settings):
-    """`dagster-daemon` as deployed: the shipped dagster.yaml (queued run coordinator,
-    QueueDepthRunLauncher around the default launcher: each run its own process), on a scratch
-    Dagster database, importing into the scratch warehouse ``bench``, the import sensor ticking
-    on its own. Capacity is capped at 0 workers, so only the runs import."""
-    import os
-    import shutil
-    import signal
-    import subprocess
-    import sys
-
-    from pipeline.cli import REPO_ROOT
-    from pipeline.settings import dagster_sqlalchemy_url
-
-    name = f"bench_dagster_{uuid.uuid4().hex[:8]}"
-    ensure_database(settings.database_url, name)
-    dagster_url = sibling_database_url(settings.database_url, name)
-    home = Path(tempfile.mkdtemp(prefix="bench-dagster-"))
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-    (home / "workspace.yaml").write_text(
-        f"load_from:\n  - python_module:\n      module_name: pipeline.defs.import_location\n"
-        f"      working_directory: {REPO_ROOT}\n"
-    )
-    env = {
-        **os.environ,
-        **bench.process_env(),
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_DATABASE_URL": dagster_sqlalchemy_url(dagster_url),
-        "PIPELINE_WORKERS_DIR": str(home / "workers"),
-        "PIPELINE_SCALING_MAX": "0",
-    }
-    log_path = home / "daemon.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(home / "workspace.yaml")],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield Daemon(process, dagster_url, log_path)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(process.pid, signal.SIGKILL)
-        shutil.rmtree(home, ignore_errors=True)
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def drain_through_daemon(settings: Settings, bench: Settings, loaded_total: int, progress: bool) -> dict:
     """The queue drained through the daemon (``running_daemon``). Timed from the sensor's first
     tick (the daemon is long-running in production; its start-up is not part of a drain) to the
     end of the last run."""
-    with running_daemon(settings, bench) as daemon:
+    with running_daemon(bench, {"PIPELINE_SCALING_MAX": "0"}) as daemon:  # only the runs import
         bar = tqdm(total=loaded_total, desc="W2 through dagster-daemon", disable=not progress)
         deadline = time.monotonic() + 1800
         while True:
@@ -408,9 +332,9 @@ def w3(settings: Settings, seconds: int, rows: int, progress: bool) -> dict:
 
     with scratch_warehouse(settings) as bench:
         drain_queue_silently(settings)
-        with running_daemon(settings, bench) as daemon:
+        with running_daemon(bench, {"PIPELINE_SCALING_MAX": "0"}) as daemon:  # only the runs import
             deadline = time.monotonic() + 120
-            while not daemon.ticked():
+            while not daemon.sensor_ticks():
                 daemon.check()
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the import sensor never ticked; see {daemon.log_path}")
@@ -454,8 +378,8 @@ def w4(settings: Settings, seen: int, new: int, progress: bool) -> dict:
     from dagster import PartitionKeyRange
     from dagster._core.definitions.partitions.context import partition_loading_context
 
-    from pipeline.defs.warehouse.partitions import enriched_objects
-    from pipeline.defs.warehouse.sensors import import_queue_sensor
+    from pipeline.defs.importer.sensors import import_queue_sensor
+    from pipeline.defs.partitions import enriched_objects
     from pipeline.local.inprocess import tick
 
     timings: dict[str, float] = {}

@@ -23,7 +23,7 @@ log = logging.getLogger("pipeline.chaos")
 
 
 def main(seconds: float, delay: float = 0.0) -> int:
-    from pipeline.defs.warehouse.sensors import import_queue_sensor
+    from pipeline.defs.importer.sensors import import_queue_sensor
     from pipeline.local.inprocess import apply, local_instance, tick
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s dagster %(levelname)s %(message)s")

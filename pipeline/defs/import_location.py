@@ -4,10 +4,10 @@ load it, so that no Spark enrichment starts for raw objects the stack may hold."
 
 from dagster import Definitions, in_process_executor
 
+from pipeline.defs.importer.assets import telemetry_events
+from pipeline.defs.importer.sensors import import_queue_sensor
 from pipeline.defs.resources import resource_defs
 from pipeline.defs.scaling import definitions as scaling
-from pipeline.defs.warehouse.assets import telemetry_events
-from pipeline.defs.warehouse.sensors import import_queue_sensor
 
 defs = Definitions.merge(
     Definitions(assets=[telemetry_events], sensors=[import_queue_sensor]),

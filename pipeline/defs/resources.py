@@ -15,7 +15,7 @@ import psycopg
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from pipeline.aws import client as aws_client
+from pipeline.aws import cached_client
 from pipeline.settings import Settings, load_settings
 
 
@@ -36,7 +36,8 @@ class StackResource(ConfigurableResource):
         return settings
 
     def client(self, service: str) -> Any:
-        return aws_client(self.settings(), service)
+        """A client of ``service`` on this stack, cached per process (pipeline.aws.cached_client)."""
+        return cached_client(self.settings(), service)
 
 
 class ObjectStoreResource(ConfigurableResource):

@@ -110,6 +110,18 @@ class ReconcileResult:
     imported: int = 0
     failed: int = 0
 
+    def to_dict(self, dry_run: bool = False) -> dict:
+        """What `pipeline reconcile --json` prints."""
+        return {
+            "unloaded": [v.key for v in self.drift.unloaded],
+            "removed": [v.key for v in self.drift.removed],
+            "partial": [v.key for v in self.drift.partial],
+            "stray_loads": self.drift.stray_loads,
+            "imported": self.imported,
+            "failed": self.failed,
+            "dry_run": dry_run,
+        }
+
 
 def reconcile(settings, dry_run: bool = False, progress=None) -> ReconcileResult:
     """Find the drift and repair it now, in this process (``pipeline reconcile``)."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pipeline.project import REPO_ROOT
 from pipeline.settings import Settings, pipeline_home
 
 MARKER = "# written by `pipeline up` for Dagster's own commands; `pipeline down` removes it"
 
 
-def dagster_home(project: Path, home: Path | None = None) -> Path:
+def dagster_home(project: Path = REPO_ROOT, home: Path | None = None) -> Path:
     """$PIPELINE_HOME/dagster holding the project's dagster.yaml (storage in PostgreSQL)."""
     folder = (home or pipeline_home()) / "dagster"
     folder.mkdir(parents=True, exist_ok=True)

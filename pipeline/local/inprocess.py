@@ -18,12 +18,14 @@ from dagster import (
     build_sensor_context,
 )
 
+from pipeline import names
+
 warnings.filterwarnings("ignore", category=Warning, module=r"dagster.*")
 
 
 def local_instance() -> DagsterInstance:
     """The instance `pipeline dev` uses (storage in the stack's PostgreSQL)."""
-    from pipeline.cli import dagster_home
+    from pipeline.local.dotenv import dagster_home
     from pipeline.settings import load_settings
 
     settings = load_settings()
@@ -58,7 +60,7 @@ def apply(instance: DagsterInstance, result, on_run: Callable | None = None) -> 
     for request in getattr(result, "run_requests", None) or []:
         tags = dict(request.tags)
         if request.run_key:  # as the daemon tags a sensor's runs
-            tags["dagster/run_key"] = request.run_key
+            tags[names.RUN_KEY_TAG] = request.run_key
         run = job.execute_in_process(
             instance=instance,
             run_config=request.run_config,
@@ -83,7 +85,7 @@ def drain_import_queue(
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from pipeline.defs.warehouse.sensors import import_queue_sensor
+    from pipeline.defs.importer.sensors import import_queue_sensor
 
     runs: list = []
     pending: list[Future] = []

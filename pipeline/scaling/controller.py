@@ -16,13 +16,23 @@ import psycopg
 from psycopg import sql
 
 from pipeline.importer.queue import queue_depth
+from pipeline.names import (
+    ENRICHED_OBJECTS,
+    IMPORT_SENSOR,
+    INBOX_TAG,
+    OBJECTS_TAG,
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SENSOR_NAME_TAG,
+    TELEMETRY_EVENTS,
+)
 from pipeline.scaling.backends import CapacityBackend, CapacityError
 from pipeline.scaling.policy import ScalingPolicy, ScalingState, decide
 
 log = logging.getLogger("pipeline.scaling")
 
-IMPORT_SENSOR = "import_queue_sensor"
-IMPORT_ASSET = "telemetry_events"
+IMPORT_ASSET = TELEMETRY_EVENTS
 PROTECTION_LEASE_S = 900  # a busy worker renews its lease every batch; a dead one lapses
 
 
@@ -96,18 +106,18 @@ def pending_partitions(instance) -> int:
     for run in instance.get_runs(filters=RunsFilter(statuses=active)):
         if AssetKey(IMPORT_ASSET) not in (run.asset_selection or set()):
             continue
-        if run.tags.get("dagster/sensor_name") == IMPORT_SENSOR or run.tags.get("pipeline/inbox"):
+        if run.tags.get(SENSOR_NAME_TAG) == IMPORT_SENSOR or run.tags.get(INBOX_TAG):
             continue
-        if "pipeline/objects" in run.tags:
-            total += int(run.tags["pipeline/objects"])
-        elif "dagster/partition" in run.tags:
+        if OBJECTS_TAG in run.tags:
+            total += int(run.tags[OBJECTS_TAG])
+        elif PARTITION_TAG in run.tags:
             total += 1
         else:
             start, end = (
-                run.tags.get("dagster/asset_partition_range_start"),
-                run.tags.get("dagster/asset_partition_range_end"),
+                run.tags.get(RANGE_START_TAG),
+                run.tags.get(RANGE_END_TAG),
             )
-            keys = instance.get_dynamic_partitions("enriched_objects") if start else []
+            keys = instance.get_dynamic_partitions(ENRICHED_OBJECTS) if start else []
             if start in keys and end in keys:
                 total += keys.index(end) - keys.index(start) + 1
             else:

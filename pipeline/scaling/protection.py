@@ -56,3 +56,15 @@ def worker_identity() -> str | None:
     except (OSError, ValueError) as exc:
         log.warning("ECS task metadata unavailable (%s): running without task protection", exc)
         return None
+
+
+def worker_protection(settings, worker_id: str | None) -> WorkerProtection | None:
+    """Scale-in protection for the importer worker ``worker_id`` (local id, ECS task ARN, EC2
+    instance id) in the configured capacity backend; None for a worker outside any backend."""
+    if not worker_id:
+        return None
+    from pipeline.scaling.config import ScalingConfig, make_backend
+
+    backend = make_backend(ScalingConfig.from_env(), settings)
+    log.info("worker %s started (capacity backend %s)", worker_id, backend.name)
+    return WorkerProtection(settings.database_url, backend, worker_id)

@@ -21,7 +21,7 @@ from pipeline.collector.collect import COLLECTOR_CLIENT, CollectSummary, Uploade
 from pipeline.collector.inputs import Limits, Rejected, read_report
 from pipeline.collector.normalize import InvalidCustomer, read_raw_object
 from pipeline.collector.spool import Spool
-from pipeline_tests.conftest import SAMPLES
+from pipeline_tests.support import SAMPLES
 
 
 def customer() -> str:

@@ -10,7 +10,7 @@ from pipeline.collector.collect import collect
 from pipeline.collector.spool import Spool
 from pipeline.defs.raw.sensors import raw_telemetry_sensor
 from pipeline.defs.resources import resource_defs
-from pipeline_tests.conftest import SAMPLES
+from pipeline_tests.support import SAMPLES
 
 
 def tick(instance, cursor=None):

@@ -15,7 +15,7 @@ from pipeline.collector.normalize import read_raw_object
 from pipeline.collector.spool import Spool
 from pipeline.enrich.spark import enrich_days, spark_session
 from pipeline.enrich.transform import enrich_frame
-from pipeline_tests.conftest import receive_all
+from pipeline_tests.support import receive_all
 
 
 @pytest.fixture(scope="session")

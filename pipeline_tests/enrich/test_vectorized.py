@@ -15,8 +15,8 @@ from pipeline.collector.generate import generate_reports
 from pipeline.collector.inputs import read_report
 from pipeline.enrich import model
 from pipeline.enrich.transform import OUTPUT_COLUMNS, enrich_frame
-from pipeline_tests.conftest import SAMPLES
 from pipeline_tests.enrich import rowwise_transform
+from pipeline_tests.support import SAMPLES
 
 
 def raw_records(tmp_path: Path) -> list[dict]:

@@ -14,8 +14,7 @@ import pytest
 
 from pipeline.importer.verify import verify
 from pipeline.importer.worker import run_worker
-from pipeline_tests.conftest import messages_for
-from pipeline_tests.support import enriched_key, new_customer, put_enriched
+from pipeline_tests.support import enriched_key, messages_for, new_customer, put_enriched
 
 
 @pytest.mark.parametrize("fault", ["copy", "ack"])

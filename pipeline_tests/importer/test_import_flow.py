@@ -12,37 +12,25 @@ import psycopg
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from pipeline.defs.warehouse.sensors import import_queue_sensor
+from pipeline.defs.importer.sensors import import_queue_sensor
 from pipeline.importer.batch import ImportItem, import_items
-from pipeline.importer.events import parse_s3_event
 from pipeline.importer.partitions import objects_for
-from pipeline.importer.queue import parse_delivery, receive
+from pipeline.importer.queue import parse_delivery
 from pipeline.importer.verify import verify
-from pipeline_tests.conftest import messages_for, receive_all
 from pipeline_tests.support import (
     drain_through_dagster,
     duplicate_message,
     enriched_key,
     execute_requests,
     materialized,
+    messages_for,
     new_customer,
+    own_messages,
     put_enriched,
     put_poison_and_good,
+    receive_all,
     sensor_tick,
 )
-
-
-def own_messages(sqs, queue_url: str, customer_id: str, visibility: int) -> list[dict]:
-    """Receive; keep the messages naming this test's objects, give the others back at once."""
-    mine = []
-    for message in receive(sqs, queue_url, max_messages=100, visibility=visibility):
-        if f"customer={customer_id}/" in " ".join(v.key for v in parse_s3_event(message["Body"]).versions):
-            mine.append(message)
-        else:
-            sqs.change_message_visibility(
-                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-            )
-    return mine
 
 
 def assert_exactly_once(stack, customer_id: str) -> dict:
@@ -196,7 +184,7 @@ def test_poison_object_dead_letters_without_blocking_then_redrives_after_fix(
 
 
 def test_lost_notification_is_found_by_the_reconciler(stack, clients, empty_queues, instance):
-    from pipeline.defs.warehouse.sensors import import_reconciler
+    from pipeline.defs.importer.sensors import import_reconciler
 
     cid = new_customer()
     s3, sqs = clients("s3"), clients("sqs")
@@ -286,7 +274,7 @@ def test_every_column_round_trips_exactly(stack, clients, empty_queues):
 
 
 def test_old_settled_partitions_are_pruned_and_come_back_when_needed(stack, clients, empty_queues, instance):
-    from pipeline.defs.warehouse.sensors import prune_object_partitions
+    from pipeline.defs.importer.sensors import prune_object_partitions
 
     cid = new_customer()
     s3 = clients("s3")

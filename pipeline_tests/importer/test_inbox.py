@@ -15,14 +15,21 @@ import time
 import psycopg
 from dagster import DagsterInstance, SensorResult
 
-from pipeline.defs.warehouse.sensors import import_queue_sensor
+from pipeline.defs.importer.sensors import import_queue_sensor
 from pipeline.importer import inbox
 from pipeline.importer.batch import connect
 from pipeline.importer.inbox import InboxPolicy
 from pipeline.importer.verify import verify
 from pipeline.importer.worker import run_worker
-from pipeline_tests.conftest import messages_for, receive_all
-from pipeline_tests.support import enriched_key, execute_requests, new_customer, put_enriched, sensor_tick
+from pipeline_tests.support import (
+    enriched_key,
+    execute_requests,
+    messages_for,
+    new_customer,
+    put_enriched,
+    receive_all,
+    sensor_tick,
+)
 
 
 def own_requests(result, customer_id: str) -> list:
@@ -129,7 +136,7 @@ def test_a_message_naming_several_objects_survives_a_sigterm_between_them(stack,
 
 def test_a_worker_that_died_holding_objects_lets_them_go_when_its_lease_lapses(stack, clients, empty_queues):
     from pipeline.importer.intake import take_in
-    from pipeline_tests.importer.test_import_flow import own_messages
+    from pipeline_tests.support import own_messages
 
     cid = new_customer()
     s3, sqs = clients("s3"), clients("sqs")

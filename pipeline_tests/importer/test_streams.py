@@ -10,9 +10,7 @@ from pipeline.importer.batch import ImportItem, connect, import_items, shard_ite
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.intake import take_in
 from pipeline.importer.verify import verify
-from pipeline_tests.conftest import messages_for
-from pipeline_tests.importer.test_import_flow import own_messages
-from pipeline_tests.support import new_customer, put_poison_and_good
+from pipeline_tests.support import messages_for, new_customer, own_messages, put_poison_and_good
 
 
 def _item(key: str, version: str, removed: bool = False) -> ImportItem:

@@ -132,7 +132,7 @@ def test_waiting_for_a_keys_lock_costs_no_attempt(stack, clients, empty_queues, 
     """Contention is not failure: an object whose key stays locked past lock_timeout is postponed
     without counting an attempt, so waiting never dead-letters it (here max_attempts is 1)."""
     from pipeline.importer.intake import take_in
-    from pipeline_tests.importer.test_import_flow import own_messages
+    from pipeline_tests.support import own_messages
 
     monkeypatch.setenv("PIPELINE_DB_LOCK_TIMEOUT_S", "1")
     monkeypatch.setenv("PIPELINE_IMPORT_MAX_ATTEMPTS", "1")

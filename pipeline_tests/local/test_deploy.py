@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import REPO_ROOT
+from pipeline.project import REPO_ROOT
 
 COMPUTE = REPO_ROOT / "deploy" / "cloudformation" / "compute.yaml"
 PROD_INSTANCE = REPO_ROOT / "deploy" / "dagster" / "dagster.yaml"

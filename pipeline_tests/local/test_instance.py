@@ -7,10 +7,10 @@ import shutil
 from dagster import AssetKey, AssetMaterialization, DagsterInstance
 from sqlalchemy import event
 
-from pipeline.cli import REPO_ROOT
 from pipeline.instance import PooledPostgresStorage
+from pipeline.project import REPO_ROOT
 from pipeline.settings import dagster_sqlalchemy_url
-from pipeline_tests.conftest import traversable_tmpdir
+from pipeline_tests.support import traversable_tmpdir
 
 
 def test_the_shipped_instance_writes_many_events_on_one_connection(stack, monkeypatch):

@@ -19,7 +19,7 @@ from pipeline.local import stack as local_stack
 from pipeline.local.postgres import EmbeddedPostgres
 from pipeline.local.processes import pid_alive, read_pid
 from pipeline.settings import ConfigurationError, read_state
-from pipeline_tests.conftest import receive_all, traversable_tmpdir
+from pipeline_tests.support import receive_all, traversable_tmpdir
 
 
 def test_stack_is_up_and_healthy(stack, pipeline_home):

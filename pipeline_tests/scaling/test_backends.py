@@ -17,9 +17,16 @@ from pipeline.scaling.backends import CapacityError
 from pipeline.scaling.controller import CapacityController, recent_decisions
 from pipeline.scaling.policy import ScalingPolicy
 from pipeline.scaling.protection import WorkerProtection
-from pipeline_tests.conftest import messages_for, traversable_tmpdir
-from pipeline_tests.scaling.backend_support import flood, make_backend, private_queue, wait_for, with_queue
-from pipeline_tests.support import new_customer
+from pipeline_tests.support import (
+    flood,
+    make_backend,
+    messages_for,
+    new_customer,
+    private_queue,
+    traversable_tmpdir,
+    wait_for,
+    with_queue,
+)
 
 POLICY = ScalingPolicy(target_per_worker=4, min_capacity=0, max_capacity=3, scale_in_cooldown_s=120)
 

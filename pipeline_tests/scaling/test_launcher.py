@@ -4,32 +4,15 @@ And a capacity API error never costs a launch."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
-import psycopg
 import pytest
 
-from pipeline.cli import REPO_ROOT
 from pipeline.importer.verify import verify
-from pipeline.local.postgres import ensure_database
+from pipeline.local.daemon import running_daemon
 from pipeline.scaling.backends import LocalWorkerPool
 from pipeline.scaling.controller import recent_decisions
-from pipeline.settings import dagster_sqlalchemy_url
-from pipeline_tests.conftest import messages_for, traversable_tmpdir
-from pipeline_tests.scaling.backend_support import flood, private_queue, wait_for
-from pipeline_tests.support import new_customer
-
-
-def _fresh_dagster_db(stack) -> str:
-    name = f"dagster_scaling_{uuid.uuid4().hex[:8]}"
-    server = stack.dagster_database_url.rsplit("/", 1)[0]
-    ensure_database(server + "/postgres", name)
-    return f"{server}/{name}"
+from pipeline_tests.support import flood, messages_for, new_customer, private_queue, wait_for
 
 
 @pytest.fixture
@@ -37,60 +20,35 @@ def daemon(stack, clients):
     # Its own queue: the shared one holds other tests' leftovers (a poison object stays in flight
     # for minutes), which would rightly keep capacity above zero.
     queue_url = private_queue(clients("sqs"), f"launcher-{uuid.uuid4().hex[:8]}")
-    home = traversable_tmpdir("dagster-home-")
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")  # the shipped instance config
-    workers = home / "workers"
-    workspace = home / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n  - python_module:\n      module_name: pipeline.defs.import_location\n"
-        f"      working_directory: {REPO_ROOT}\n"
-    )
     env = {
-        **os.environ,
-        **stack.process_env(),
-        "DAGSTER_HOME": str(home),
         "PIPELINE_IMPORT_QUEUE_URL": queue_url,
-        "DAGSTER_DATABASE_URL": dagster_sqlalchemy_url(_fresh_dagster_db(stack)),
-        "PIPELINE_WORKERS_DIR": str(workers),
         "PIPELINE_CAPACITY_SENSOR_INTERVAL_S": "5",
         "PIPELINE_SCALING_TARGET_PER_WORKER": "10",
         "PIPELINE_SCALING_MAX": "2",
         "PIPELINE_SCALING_COOLDOWN_S": "20",
     }
-    log = open(home / "daemon.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    yield proc, env, workers, home, queue_url
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    LocalWorkerPool(workers).stop_all()
-    log.close()
-    shutil.rmtree(home, ignore_errors=True)
+    with running_daemon(stack, env) as running:
+        yield running, queue_url
     clients("sqs").delete_queue(QueueUrl=queue_url)
 
 
 def test_daemon_launches_through_the_scaling_launcher_and_returns_to_zero(stack, clients, daemon):
-    proc, env, workers, home, queue_url = daemon
+    daemon, queue_url = daemon
+    workers = daemon.workers
     customer = new_customer()
     flood(stack, clients("s3"), clients("sqs"), queue_url, customer, objects=30, rows=50)
     for message in messages_for(clients("sqs"), stack.queue_url, customer):  # the bucket's own copies
         clients("sqs").delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
 
     def loaded():
-        assert proc.poll() is None, (home / "daemon.log").read_text()[-3000:]
+        daemon.check()
         report = verify(stack, customer)
         return report["objects_loaded"] == 30 and report["missing"] == 0
 
-    wait_for(loaded, timeout=240, interval=2, what="the flood to be imported")
+    try:
+        wait_for(loaded, timeout=240, interval=2, what="the flood to be imported")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the daemon's log ends:\n{daemon.log_tail(6000)}") from None
     report = verify(stack, customer)
     assert report["duplicates"] == 0
 
@@ -100,9 +58,7 @@ def test_daemon_launches_through_the_scaling_launcher_and_returns_to_zero(stack,
     assert launches, "no run went through QueueDepthRunLauncher"
     assert max(d["desired"] for d in decisions) >= 1, "capacity never rose"
 
-    dagster_db = env["DAGSTER_DATABASE_URL"].replace("postgresql+psycopg2://", "postgresql://")
-    with psycopg.connect(dagster_db) as conn:
-        reported = conn.execute("SELECT count(*) FROM event_logs WHERE event LIKE '%%capacity local%%'").fetchone()[0]
+    (reported,) = daemon.query("SELECT count(*) FROM event_logs WHERE event LIKE '%capacity local%'")
     assert reported >= len(launches), "the decision is not on the runs' event logs"
 
     def back_to_zero():

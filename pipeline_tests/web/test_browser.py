@@ -14,8 +14,7 @@ import pytest
 from pipeline.local.ports import free_port
 from pipeline.web.app import create_app
 from pipeline.web.tenants import issue_token
-from pipeline_tests.support import new_customer
-from pipeline_tests.web.support import customer_with_reports
+from pipeline_tests.support import customer_with_reports, new_customer
 
 SCREENSHOTS = Path(os.environ.get("PIPELINE_SCREENSHOTS", "/tmp/pipeline-screenshots"))
 

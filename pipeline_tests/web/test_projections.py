@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from pipeline.warehouse.projections import PROJECTION_TABLES, rebuild, refresh
-from pipeline_tests.support import new_customer
-from pipeline_tests.web.support import delete_and_load, put_and_load
+from pipeline_tests.support import delete_and_load, new_customer, put_and_load
 
 OPS = st.lists(
     st.tuples(st.sampled_from(["put", "put", "delete"]), st.integers(0, 3), st.integers(1, 60), st.integers(0, 2)),
@@ -70,8 +69,8 @@ def test_a_tombstone_empties_its_slice(stack, clients):
 def test_projection_assets_materialize_through_dagster(stack, clients):
     from dagster import AssetKey, materialize
 
+    from pipeline.defs.reports.assets import warehouse_projections
     from pipeline.defs.resources import resource_defs
-    from pipeline.defs.warehouse.projections import warehouse_projections
 
     s3, customer = clients("s3"), new_customer()
     put_and_load(stack, s3, customer, "dagster.parquet", 25, seed=3, day="2026-09-10")

@@ -12,6 +12,7 @@ from dagster import (
 )
 from dagster_pyspark import PySparkResource
 
+from pipeline import names
 from pipeline.defs.partitions import telemetry_days
 from pipeline.defs.resources import ObjectStoreResource
 from pipeline.enrich.java import require_java
@@ -24,10 +25,10 @@ NO_NULL_EVENT_ID = "no_null_event_id"
 
 
 @asset(
-    key="enriched_telemetry",
+    key=names.ENRICHED_TELEMETRY,
     group_name="enriched",
     partitions_def=telemetry_days,
-    deps=["raw_telemetry"],
+    deps=[names.RAW_TELEMETRY],
     # A backfill of many days is one run and one Spark session, not one per day.
     backfill_policy=BackfillPolicy.single_run(),
     output_required=False,
@@ -35,10 +36,12 @@ NO_NULL_EVENT_ID = "no_null_event_id"
     check_specs=[
         AssetCheckSpec(
             ROWS_MATCH,
-            asset="enriched_telemetry",
+            asset=names.ENRICHED_TELEMETRY,
             description="Enriched + rescued rows equal the raw records the collector wrote.",
         ),
-        AssetCheckSpec(NO_NULL_EVENT_ID, asset="enriched_telemetry", description="Every enriched row has an event_id."),
+        AssetCheckSpec(
+            NO_NULL_EVENT_ID, asset=names.ENRICHED_TELEMETRY, description="Every enriched row has an event_id."
+        ),
     ],
     description=(
         "Raw telemetry enriched by Spark: country/ASN/AS organisation (ipinfo lite), known sending service, DMARC "

@@ -1,5 +1,9 @@
 """telemetry_events: the warehouse's fact table, one dynamic partition per enriched S3 object."""
 
+import dataclasses
+import typing
+
+import pydantic
 from dagster import (
     AllPartitionMapping,
     AssetDep,
@@ -13,25 +17,28 @@ from dagster import (
 )
 from pydantic import Field
 
+from pipeline import names
+from pipeline.defs.partitions import enriched_objects
 from pipeline.defs.resources import ObjectStoreResource, WarehouseResource
-from pipeline.defs.warehouse.partitions import enriched_objects
 from pipeline.importer import inbox
-from pipeline.importer.batch import IMPORT_STREAMS, ImportItem, connect, import_items
+from pipeline.importer.batch import ImportItem, connect, import_items
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.inbox import InboxPolicy
 from pipeline.importer.load import current_object
 from pipeline.importer.partitions import objects_for
 
 
-class ObjectVersionConfig(Config):
-    bucket: str
-    key: str
-    version: str
-    etag: str | None = None
-    size: int | None = None
-    event_time: str | None = None
-    event_name: str = "ObjectCreated:Put"
-    sequencer: str | None = None
+def _config_of(cls) -> type[Config]:
+    """The run-config class of a plain dataclass: the same fields, types and defaults, so that the
+    object version has one description (pipeline.importer.events.ObjectVersion)."""
+    hints = typing.get_type_hints(cls)
+    fields_ = {
+        f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default) for f in dataclasses.fields(cls)
+    }
+    return pydantic.create_model(f"{cls.__name__}Config", __base__=Config, __doc__=cls.__doc__, **fields_)
+
+
+ObjectVersionConfig = _config_of(ObjectVersion)
 
 
 class ImportItemConfig(Config):
@@ -47,11 +54,11 @@ class ImportConfig(Config):
         description="Object versions and their import inbox rows, filled in by import_queue_sensor. Empty for "
         "a backfill from the UI: the run then imports each partition's current object.",
     )
-    streams: int = Field(
-        default=IMPORT_STREAMS,
+    streams: int | None = Field(
+        default=None,
         ge=1,
         le=16,
-        description="Objects loaded at once, each on its own warehouse connection (PIPELINE_IMPORT_STREAMS).",
+        description="Objects loaded at once, each on its own connection (default: PIPELINE_IMPORT_STREAMS, 2).",
     )
 
 
@@ -101,11 +108,11 @@ def _current_versions(warehouse: WarehouseResource, s3, keys: list[str]) -> tupl
 
 
 @asset(
-    key="telemetry_events",
+    key=names.TELEMETRY_EVENTS,
     group_name="warehouse",
     partitions_def=enriched_objects,
     # Lineage: every object comes from some day of enriched_telemetry; which day is in its key.
-    deps=[AssetDep("enriched_telemetry", partition_mapping=AllPartitionMapping())],
+    deps=[AssetDep(names.ENRICHED_TELEMETRY, partition_mapping=AllPartitionMapping())],
     backfill_policy=BackfillPolicy.single_run(),
     output_required=False,
     kinds={"postgres"},
@@ -115,7 +122,7 @@ def _current_versions(warehouse: WarehouseResource, s3, keys: list[str]) -> tupl
         "transaction (ledger claim, supersession, COPY), settling the object's import inbox row in "
         "that same transaction. Re-materializing a partition (a backfill) is idempotent."
     ),
-    tags={"pipeline/stage": "import"},
+    tags={names.STAGE_TAG: "import"},
 )
 def telemetry_events(
     context: AssetExecutionContext,
@@ -129,7 +136,7 @@ def telemetry_events(
     extra, unknown = _current_versions(warehouse, object_store.s3, [k for k in keys if k not in given])
     items.extend(extra)
     context.log.info(f"importing {len(items)} object version(s) for {len(keys)} partition(s)")
-    owner = context.run.tags.get("dagster/run_key")  # the sensor handed the rows to this run key
+    owner = context.run.tags.get(names.RUN_KEY_TAG)  # the sensor handed the rows to this run key
     policy = InboxPolicy.from_env()
     outcomes = import_items(
         warehouse.database_url(),

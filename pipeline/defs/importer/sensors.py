@@ -35,9 +35,10 @@ from dagster import (
     sensor,
 )
 
+from pipeline import config, names
+from pipeline.defs.importer.assets import telemetry_events
+from pipeline.defs.partitions import enriched_objects
 from pipeline.defs.resources import ImportQueueResource, WarehouseResource
-from pipeline.defs.warehouse.assets import telemetry_events
-from pipeline.defs.warehouse.partitions import enriched_objects
 from pipeline.importer import inbox
 from pipeline.importer.batch import ImportItem, connect
 from pipeline.importer.inbox import InboxPolicy
@@ -45,13 +46,12 @@ from pipeline.importer.intake import intake_visibility_s, take_in
 from pipeline.importer.partitions import partition_key, record_partitions
 from pipeline.importer.queue import receive
 
-MAX_MESSAGES_PER_TICK = int(os.environ.get("PIPELINE_SENSOR_MAX_MESSAGES", "1000"))
-OBJECTS_PER_RUN = int(os.environ.get("PIPELINE_OBJECTS_PER_RUN", "500"))
-# A known key (an overwrite, a retry) cannot join a contiguous range: it runs alone. Bound how
-# many such runs one tick requests; the rest stay due for the next ticks.
-SINGLE_RUNS_PER_TICK = int(os.environ.get("PIPELINE_SENSOR_SINGLE_RUNS", "100"))
+# Per tick: PIPELINE_SENSOR_MAX_MESSAGES messages taken in and inbox rows planned, in runs of
+# up to PIPELINE_OBJECTS_PER_RUN objects. A known key (an overwrite, a retry) cannot join a
+# contiguous range: it runs alone, at most PIPELINE_SENSOR_SINGLE_RUNS such runs per tick; the
+# rest stay due for the next ticks.
 TICK_BUDGET_SECONDS = 30.0  # of the 60 s a sensor tick may take; the rest is for intake and planning
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+RANGE_START, RANGE_END = names.RANGE_START_TAG, names.RANGE_END_TAG
 RUN_KEY_PREFIX = "import-"
 ACTIVE_RUN = [
     DagsterRunStatus.QUEUED,
@@ -73,8 +73,8 @@ def run_request(items: list[ImportItem], keys: list[str], plans: dict[int, int],
     return RunRequest(
         run_key=run_key(items, plans, salt),
         asset_selection=[telemetry_events.key],
-        tags={RANGE_START: keys[0], RANGE_END: keys[-1], "pipeline/objects": str(len(keys)), "pipeline/inbox": "1"},
-        run_config={"ops": {"telemetry_events": {"config": {"items": [i.to_config() for i in items]}}}},
+        tags={RANGE_START: keys[0], RANGE_END: keys[-1], names.OBJECTS_TAG: str(len(keys)), names.INBOX_TAG: "1"},
+        run_config={"ops": {names.TELEMETRY_EVENTS: {"config": {"items": [i.to_config() for i in items]}}}},
     )
 
 
@@ -82,7 +82,7 @@ def plan_runs(
     items: list[ImportItem],
     first_seen: set[str],
     plans: dict[int, int] | None = None,
-    objects_per_run: int = OBJECTS_PER_RUN,
+    objects_per_run: int | None = None,
     single_runs: int | None = None,
     salt: str = "",
 ) -> tuple[list[RunRequest], list[ImportItem]]:
@@ -96,6 +96,7 @@ def plan_runs(
     new = [k for k in by_key if k in first_seen]
     known = [k for k in by_key if k not in first_seen]
     requests = []
+    objects_per_run = objects_per_run or config.get("PIPELINE_OBJECTS_PER_RUN")
     for start in range(0, len(new), objects_per_run):
         chunk = new[start : start + objects_per_run]
         requests.append(run_request([i for k in chunk for i in by_key[k]], chunk, plans, salt))
@@ -110,12 +111,12 @@ def active_run_keys(instance) -> set[str]:
     """Run keys of import runs that are queued or running (their inbox rows are spoken for)."""
     if instance is None:
         return set()
-    records = instance.get_run_records(filters=RunsFilter(statuses=ACTIVE_RUN, tags={"pipeline/inbox": "1"}))
-    return {r.dagster_run.tags.get("dagster/run_key") for r in records} - {None}
+    records = instance.get_run_records(filters=RunsFilter(statuses=ACTIVE_RUN, tags={names.INBOX_TAG: "1"}))
+    return {r.dagster_run.tags.get(names.RUN_KEY_TAG) for r in records} - {None}
 
 
 @sensor(
-    name="import_queue_sensor",
+    name=names.IMPORT_SENSOR,
     minimum_interval_seconds=5,
     default_status=DefaultSensorStatus.RUNNING,
     asset_selection=[telemetry_events],
@@ -132,7 +133,7 @@ def import_queue_sensor(
         messages = receive(
             import_queue.sqs,
             settings.queue_url,
-            MAX_MESSAGES_PER_TICK,
+            config.get("PIPELINE_SENSOR_MAX_MESSAGES"),
             wait_seconds=1,
             visibility=intake_visibility_s(),
             deadline=deadline,
@@ -149,13 +150,15 @@ def import_queue_sensor(
     return result
 
 
-def plan_from_inbox(conn, prefix: str, policy: InboxPolicy, limit: int = MAX_MESSAGES_PER_TICK, salt: str = ""):
+def plan_from_inbox(conn, prefix: str, policy: InboxPolicy, limit: int | None = None, salt: str = ""):
     """Claim the due inbox rows, plan their runs, hand each run's rows to its run key.
 
     Returns (SensorResult, new partition keys, objects planned)."""
     planning = f"planning:{os.getpid()}:{time.time_ns()}"
     with conn.transaction():
-        rows = inbox.claim(conn, planning, limit, policy.plan_lease_s, policy)
+        rows = inbox.claim(
+            conn, planning, limit or config.get("PIPELINE_SENSOR_MAX_MESSAGES"), policy.plan_lease_s, policy
+        )
         if not rows:
             return SensorResult(), [], 0
         items = [
@@ -169,7 +172,9 @@ def plan_from_inbox(conn, prefix: str, policy: InboxPolicy, limit: int = MAX_MES
         ]
         plans = {r.inbox_id: r.plans for r in rows}
         first_seen = record_partitions(conn, {(i.partition_key, i.version.bucket, i.version.key) for i in items})
-        requests, left = plan_runs(items, first_seen, plans, single_runs=SINGLE_RUNS_PER_TICK, salt=salt)
+        requests, left = plan_runs(
+            items, first_seen, plans, single_runs=config.get("PIPELINE_SENSOR_SINGLE_RUNS"), salt=salt
+        )
         inbox.assign(
             conn,
             {r.run_key: [i["inbox_id"] for i in _config_items(r)] for r in requests},
@@ -190,7 +195,7 @@ def plan_from_inbox(conn, prefix: str, policy: InboxPolicy, limit: int = MAX_MES
 
 
 def _config_items(request: RunRequest) -> list[dict]:
-    return request.run_config["ops"]["telemetry_events"]["config"]["items"]
+    return request.run_config["ops"][names.TELEMETRY_EVENTS]["config"]["items"]
 
 
 def add_partitions_now(context: SensorEvaluationContext, result: SensorResult) -> SensorResult:
@@ -241,9 +246,6 @@ def import_reconciler(
     return SkipReason(f"drift {drift.summary()}: {len(made)} object(s) in the import inbox")
 
 
-PARTITION_RETENTION_DAYS = float(os.environ.get("PIPELINE_PARTITION_RETENTION_DAYS", "7"))
-
-
 @sensor(
     name="prune_object_partitions",
     minimum_interval_seconds=3600,
@@ -256,11 +258,12 @@ def prune_object_partitions(
 ) -> SensorResult | SkipReason:
     from pipeline.importer.partitions import mark_pruned, prunable
 
+    retention_days = config.get("PIPELINE_PARTITION_RETENTION_DAYS")
     with connect(warehouse.database_url()) as conn:
-        settled = inbox.prune_settled(conn, PARTITION_RETENTION_DAYS * 86400)
-        keys = prunable(conn, PARTITION_RETENTION_DAYS * 86400)
+        settled = inbox.prune_settled(conn, retention_days * 86400)
+        keys = prunable(conn, retention_days * 86400)
         if not keys:
             return SkipReason(f"nothing old enough to prune ({settled} settled inbox row(s) removed)")
         mark_pruned(conn, keys)
-    context.log.info(f"pruning {len(keys)} object partition(s) older than {PARTITION_RETENTION_DAYS} day(s)")
+    context.log.info(f"pruning {len(keys)} object partition(s) older than {retention_days:g} day(s)")
     return SensorResult(dynamic_partitions_requests=[enriched_objects.build_delete_request(keys)])

@@ -2,10 +2,11 @@
 
 from dagster import AssetSpec
 
+from pipeline import names
 from pipeline.defs.partitions import telemetry_days
 
 raw_telemetry = AssetSpec(
-    key="raw_telemetry",
+    key=names.RAW_TELEMETRY,
     description=(
         "DMARC aggregate report records as the on-premise collector wrote them: gzip NDJSON, one "
         "object per report, at raw/customer=<id>/dt=<day>/<org>_<identity>.jsonl.gz. Written by "

@@ -18,6 +18,7 @@ from dagster import (
     sensor,
 )
 
+from pipeline import names
 from pipeline.collector.catalog import list_raw_objects, raw_object_stats
 from pipeline.defs.resources import ObjectStoreResource
 
@@ -52,12 +53,12 @@ def new_raw_objects(object_store: ObjectStoreResource, cursor: str | None, limit
 
 
 @sensor(
-    name="raw_telemetry_sensor",
+    name=names.RAW_SENSOR,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     # The target of its run requests: without it the daemon refuses them (in-process driving
     # does not check, so only `pipeline dev` showed it).
-    asset_selection=[AssetKey("enriched_telemetry")],
+    asset_selection=[AssetKey(names.ENRICHED_TELEMETRY)],
     description="Reports objects the collector wrote to the raw prefix as raw_telemetry materializations, and "
     "requests enrichment of their days.",
 )
@@ -72,7 +73,7 @@ def raw_telemetry_sensor(context: SensorEvaluationContext, object_store: ObjectS
         stats = [raw_object_stats(object_store.s3, bucket, o.key) for o in objects]
         events.append(
             AssetMaterialization(
-                asset_key="raw_telemetry",
+                asset_key=names.RAW_TELEMETRY,
                 partition=day,
                 description=f"{len(objects)} report object(s) written by the collector",
                 metadata={
@@ -107,8 +108,8 @@ def enrichment_requests(days: list[str], cursor: str | None) -> list[RunRequest]
     return [
         RunRequest(
             run_key=f"enrich-{start}-{end}-{salt}",
-            asset_selection=[AssetKey("enriched_telemetry")],
-            tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
+            asset_selection=[AssetKey(names.ENRICHED_TELEMETRY)],
+            tags={names.RANGE_START_TAG: start, names.RANGE_END_TAG: end},
         )
         for start, end in day_ranges(days)
     ]

@@ -7,12 +7,13 @@ each import. ``pipeline projections rebuild`` recomputes everything.
 
 from dagster import AssetKey, AssetSpec, AutomationCondition, MaterializeResult, multi_asset
 
+from pipeline import names
 from pipeline.defs.resources import WarehouseResource
 from pipeline.warehouse.projections import refresh
 
-EVENTS = AssetKey("telemetry_events")
-DOMAINS = AssetKey("daily_domain_compliance")
-SOURCES = AssetKey("daily_source_summary")
+EVENTS = AssetKey(names.TELEMETRY_EVENTS)
+DOMAINS = AssetKey(names.DAILY_DOMAIN_COMPLIANCE)
+SOURCES = AssetKey(names.DAILY_SOURCE_SUMMARY)
 
 
 @multi_asset(

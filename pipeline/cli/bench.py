@@ -1,0 +1,110 @@
+"""`pipeline bench import|flood|web|enrich`: the benchmark commands (figures in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from pipeline.cli.app import cli, stdout_to_stderr
+from pipeline.settings import load_settings
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks: figures measured in one run against baselines, printed as ratios."""
+
+
+@bench.command("import")
+@click.option(
+    "--workloads",
+    default="w1,w2,w3",
+    show_default=True,
+    help="Which of W1, W2, W3 (and W4: tick flatness with 100,000 objects seen) to run.",
+)
+@click.option("--scale", default=1.0, show_default=True, help="Fraction of W1/W2 object counts (quick runs: 0.1).")
+@click.option("--trickle-seconds", default=120, show_default=True, help="Length of W3.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_import(workloads: str, scale: float, trickle_seconds: int, as_json: bool) -> None:
+    """Importer efficiency vs server-side COPY, speed-up vs naive INSERT, orchestration overhead, freshness."""
+    from pipeline.bench import importer as bench_importer
+
+    figures = bench_importer.run(load_settings(), workloads, scale, trickle_seconds, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for name, value in figures.items():
+        if name == "targets_met":
+            continue
+        target = bench_importer.TARGETS.get(name)
+        verdict = ""
+        if target:
+            met = figures["targets_met"][name]
+            verdict = click.style(
+                f"  target {target[0]} {target[1]}: {'met' if met else 'NOT met'}", fg="green" if met else "red"
+            )
+        click.echo(f"{name:30} {value}{verdict}")
+
+
+@bench.command("flood")
+@click.option("--workloads", default="w5,w6,w7", show_default=True, help="Which of W5, W6, W7 to run.")
+@click.option("--scale", default=1.0, show_default=True, help="Fraction of the reports and records (quick runs: 0.1).")
+@click.option("--master", default="local[2]", show_default=True, help="Spark master of the enrichment stage.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_flood(workloads: str, scale: float, master: str, as_json: bool) -> None:
+    """The whole flow under a flood: collect, one Spark run, import runs, projections, stage by stage."""
+    from pipeline.bench import flood
+
+    with stdout_to_stderr():
+        figures = flood.run(load_settings(), workloads, scale, master, progress=sys.stderr.isatty() or not as_json)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for name, value in figures.items():
+        if name == "targets_met":
+            continue
+        target = flood.TARGETS.get(name)
+        verdict = ""
+        if target:
+            met = figures["targets_met"][name]
+            verdict = click.style(
+                f"  target {target[0]} {target[1]}: {'met' if met else 'NOT met'}", fg="green" if met else "red"
+            )
+        click.echo(f"{name:28} {value}{verdict}")
+
+
+@bench.command("web")
+@click.option("--events", default=1_000_000, show_default=True, help="Telemetry events in the scratch warehouse.")
+@click.option("--customers", default=5, show_default=True)
+@click.option("--clients", default=50, show_default=True, help="Concurrent clients.")
+@click.option("--rounds", default=6, show_default=True, help="Rounds of every page and API route per client.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_web(events: int, customers: int, clients: int, rounds: int, as_json: bool) -> None:
+    """p50/p95 page and API latency under concurrent clients, beside the SQL alone."""
+    from pipeline.bench import web as bench_web_module
+
+    figures = bench_web_module.run(load_settings(), events, customers, clients, rounds, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for name, value in figures.items():
+        click.echo(f"{name:24} {value}")
+
+
+@bench.command("enrich")
+@click.option("--customers", default=10, show_default=True)
+@click.option("--reports", default=40, show_default=True, help="Reports per customer.")
+@click.option("--master", default="local[2]", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_enrich(customers: int, reports: int, master: str, as_json: bool) -> None:
+    """Spark rows/s and fixed seconds per run, beside one-process pyarrow enrichment of the same data."""
+    from pipeline.bench import enrich as bench_enrich_module
+
+    with stdout_to_stderr():
+        figures = bench_enrich_module.run(load_settings(), customers, reports, master)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for name, value in figures.items():
+        click.echo(f"{name:28} {value}")
