@@ -43,6 +43,20 @@ def test_resources_reach_the_stack(stack):
     assert s3.head_bucket(Bucket=resources["object_store"].enriched_bucket_name())
 
 
+def test_the_warehouse_url_is_an_env_var_never_a_value(stack, monkeypatch):
+    """Dagster shows resource config in the UI: the URL (it may hold a password) reaches the
+    warehouse resource as EnvVar("DATABASE_URL"), resolved when the resource is built."""
+    from dagster import EnvVar
+
+    from pipeline.defs.resources import resource_defs
+
+    monkeypatch.setenv("DATABASE_URL", stack.database_url)
+    warehouse = resource_defs()["warehouse"]
+    assert isinstance(warehouse.url, EnvVar) and warehouse.url.env_var_name == "DATABASE_URL"
+    with warehouse.process_config_and_initialize().connect() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def dagster_project(stack, tmp_path, clients=None):
     """A copy of the project's entry files with the .env `pipeline up` writes, and an environment
     that says nothing of the stack: what a Dagster user has in the project root. With

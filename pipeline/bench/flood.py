@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from pipeline import config
 from pipeline.aws import client
+from pipeline.bench import verdicts
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.bench")
@@ -369,14 +370,6 @@ def w7(settings: Settings, small: int, large: int, progress: bool, say) -> dict:
     return out
 
 
-def verdicts(figures: dict) -> dict[str, bool]:
-    out = {}
-    for name, (op, target) in TARGETS.items():
-        if figures.get(name) is not None:
-            out[name] = figures[name] >= target if op == ">=" else figures[name] <= target
-    return out
-
-
 def run(
     settings: Settings,
     workloads: str = "w5,w6,w7",
@@ -399,5 +392,5 @@ def run(
         figures.update(
             w7(settings, max(1000, int(100_000 * scale)), max(10_000, int(1_000_000 * scale)), progress, say)
         )
-    figures["targets_met"] = verdicts(figures)
+    figures["targets_met"] = verdicts(figures, TARGETS)
     return figures

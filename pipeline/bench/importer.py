@@ -34,6 +34,7 @@ from psycopg import sql
 from tqdm import tqdm
 
 from pipeline.aws import client
+from pipeline.bench import verdicts
 from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
 from pipeline.importer.batch import import_items, import_streams
 from pipeline.importer.events import ObjectVersion
@@ -422,14 +423,6 @@ def w4(settings: Settings, seen: int, new: int, progress: bool) -> dict:
     }
 
 
-def verdicts(figures: dict) -> dict[str, bool]:
-    out = {}
-    for name, (op, target) in TARGETS.items():
-        if figures.get(name) is not None:
-            out[name] = figures[name] >= target if op == ">=" else figures[name] <= target
-    return out
-
-
 def run(
     settings: Settings,
     workloads: str = "w1,w2,w3",
@@ -447,5 +440,5 @@ def run(
         figures.update(w4(settings, max(1000, int(100_000 * scale)), 100, progress))
     if "w3" in chosen:
         figures.update(w3(settings, max(5, int(trickle_seconds)), 500, progress))
-    figures["targets_met"] = verdicts(figures)
+    figures["targets_met"] = verdicts(figures, TARGETS)
     return figures

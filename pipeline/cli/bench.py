@@ -16,6 +16,22 @@ def bench() -> None:
     """Benchmarks: figures measured in one run against baselines, printed as ratios."""
 
 
+def _print_figures(figures: dict, targets: dict) -> None:
+    """One figure a line, each with its target and whether this run met it."""
+    width = max(len(name) for name in figures) + 2
+    for name, value in figures.items():
+        if name == "targets_met":
+            continue
+        verdict = ""
+        if name in targets:
+            op, target = targets[name]
+            met = figures["targets_met"].get(name)
+            verdict = click.style(
+                f"  target {op} {target}: {'met' if met else 'NOT met'}", fg="green" if met else "red"
+            )
+        click.echo(f"{name:{width}} {value}{verdict}")
+
+
 @bench.command("import")
 @click.option(
     "--workloads",
@@ -34,17 +50,7 @@ def bench_import(workloads: str, scale: float, trickle_seconds: int, as_json: bo
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
-    for name, value in figures.items():
-        if name == "targets_met":
-            continue
-        target = bench_importer.TARGETS.get(name)
-        verdict = ""
-        if target:
-            met = figures["targets_met"][name]
-            verdict = click.style(
-                f"  target {target[0]} {target[1]}: {'met' if met else 'NOT met'}", fg="green" if met else "red"
-            )
-        click.echo(f"{name:30} {value}{verdict}")
+    _print_figures(figures, bench_importer.TARGETS)
 
 
 @bench.command("flood")
@@ -61,17 +67,7 @@ def bench_flood(workloads: str, scale: float, master: str, as_json: bool) -> Non
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
-    for name, value in figures.items():
-        if name == "targets_met":
-            continue
-        target = flood.TARGETS.get(name)
-        verdict = ""
-        if target:
-            met = figures["targets_met"][name]
-            verdict = click.style(
-                f"  target {target[0]} {target[1]}: {'met' if met else 'NOT met'}", fg="green" if met else "red"
-            )
-        click.echo(f"{name:28} {value}{verdict}")
+    _print_figures(figures, flood.TARGETS)
 
 
 @bench.command("web")

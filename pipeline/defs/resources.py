@@ -2,17 +2,19 @@
 
 Each resource is one class for both deployments: its fields are optional overrides, and what is
 left unset comes from ``pipeline.settings.load_settings()`` (the recorded local stack, or the
-environment in production). Credentials are never resource config, so they never show in the UI.
+environment in production). Secrets reach a resource only through ``EnvVar`` (the warehouse's
+URL), so the UI shows a variable's name, never a value. AWS clients are cached per process.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from pipeline.aws import cached_client
@@ -87,12 +89,14 @@ class ImportQueueResource(ConfigurableResource):
 
 
 class WarehouseResource(ConfigurableResource):
-    """The PostgreSQL warehouse. The URL comes from DATABASE_URL / `pipeline up`, never from config."""
+    """The PostgreSQL warehouse. The URL is a secret: ``EnvVar("DATABASE_URL")`` where that is set
+    (the UI shows the variable's name, never its value), else what `pipeline up` recorded."""
 
+    url: str | None = Field(default=None, description="The warehouse's URL (set it with EnvVar, never as a value).")
     connect_timeout: int = Field(default=10, description="Seconds to wait for a connection.")
 
     def database_url(self) -> str:
-        return load_settings().database_url
+        return self.url or load_settings().database_url
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
@@ -106,5 +110,7 @@ def resource_defs() -> dict[str, Any]:
         "stack": stack,
         "object_store": ObjectStoreResource(stack=stack),
         "import_queue": ImportQueueResource(stack=stack),
-        "warehouse": WarehouseResource(),
+        "warehouse": WarehouseResource(url=EnvVar("DATABASE_URL"))
+        if os.environ.get("DATABASE_URL")
+        else WarehouseResource(),
     }
