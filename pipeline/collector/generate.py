@@ -235,3 +235,57 @@ def generate_reports(
     manifest = out_dir / "manifest.json"
     manifest.write_text(json.dumps([asdict(r) for r in generated], indent=1))
     return generated
+
+
+def mail_shapes(xml: bytes, sender: str = "noreply-dmarc-support@google.com") -> dict[str, bytes]:
+    """One report as the shapes mail systems deliver it: file name -> bytes. Single-part e-mails
+    whose body is the attachment, zip named .gz and gzip named .zip, application/octet-stream
+    parts, a report inside a forwarded message/rfc822, several reports in one e-mail, CRLF and
+    LF line ends, a byte-order mark, upper-case extensions."""
+    import base64
+
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("report.xml", xml)
+    gz, zp = gzip.compress(xml, mtime=0), packed.getvalue()
+
+    def b64(data: bytes) -> str:
+        return base64.encodebytes(data).decode()
+
+    head = (
+        f"From: {sender}\nTo: dmarc-rua@example.com\nSubject: Report Domain: example.com\n"
+        "Date: Mon, 01 Oct 2018 00:00:00 +0000\nMessage-ID: <report@example.net>\nMIME-Version: 1.0\n"
+    )
+
+    def part(content_type: str, data: bytes, filename: str) -> str:
+        return (
+            f'Content-Type: {content_type}; name="{filename}"\nContent-Transfer-Encoding: base64\n'
+            f'Content-Disposition: attachment; filename="{filename}"\n\n{b64(data)}'
+        )
+
+    def multipart(*parts: str) -> str:
+        return 'Content-Type: multipart/mixed; boundary="b1"\n\n' + "".join(f"--b1\n{p}" for p in parts) + "--b1--\n"
+
+    text = "Content-Type: text/plain\n\nThis is an aggregate report.\n"
+    single_gz = head + part("application/gzip", gz, "example.com!report.xml.gz")
+    forwarded = head + multipart(text, "Content-Type: message/rfc822\n\n" + single_gz)
+    mails = {
+        "single-part-gzip.eml": single_gz,
+        "single-part-zip.eml": head + part("application/zip", zp, "example.com!report.zip"),
+        "octet-stream.eml": head + multipart(text, part("application/octet-stream", gz, "report.xml.gz")),
+        "forwarded.eml": forwarded,
+        "two-reports.eml": head
+        + multipart(part("application/gzip", gz, "a.xml.gz"), part("application/zip", zp, "b.zip")),
+        "crlf.eml": single_gz.replace("\n", "\r\n"),
+    }
+    shapes = {name: body.encode() for name, body in mails.items()}
+    shapes.update(
+        {
+            "zip-named.xml.gz": zp,
+            "gzip-named.zip": gz,
+            "UPPER-CASE.XML.GZ": gz,
+            "crlf.xml": xml.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"),
+            "byte-order-mark.xml": b"\xef\xbb\xbf" + xml,
+        }
+    )
+    return shapes
