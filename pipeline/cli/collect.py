@@ -22,10 +22,16 @@ from pipeline.settings import load_settings, pipeline_home
     type=click.Path(path_type=Path),
     help="Spool folder (default: $PIPELINE_HOME/spool).",
 )
+@click.option(
+    "--maildir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Collect the messages of this Maildir (the rua mailbox); each is then moved to .Archive, "
+    "or to .Invalid when it is not a readable report.",
+)
 @click.option("--max-file-mb", default=25.0, show_default=True, help="Largest report file accepted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def collect(paths, customer_id, flush_only, spool_dir, max_file_mb, as_json) -> None:
-    """Collect DMARC aggregate reports (XML, .xml.gz, .zip, .eml) into raw telemetry in S3.
+def collect(paths, customer_id, flush_only, spool_dir, maildir, max_file_mb, as_json) -> None:
+    """Collect DMARC aggregate reports (XML, .xml.gz, .zip, .eml, or a Maildir) into raw telemetry in S3.
 
     Exit status: 0 all collected; 1 some inputs were rejected; 3 some objects wait in the spool
     (S3 unreachable; run again or `pipeline collect --flush`).
@@ -41,9 +47,26 @@ def collect(paths, customer_id, flush_only, spool_dir, max_file_mb, as_json) -> 
         summary = collector.CollectSummary()
         s3 = collector.client(settings, "s3", collector.COLLECTOR_CLIENT)
         collector.flush(spool, collector.Uploader(s3, settings.raw_bucket), summary, progress)
+    elif maildir:
+        from pipeline.collector.inputs import Rejected
+        from pipeline.collector.maildir import collect_maildir
+
+        if not customer_id or paths:
+            raise click.UsageError("give --customer ID with --maildir (and no files)")
+        limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024))
+        try:
+            mailbox = collect_maildir(maildir, customer_id, settings, spool, limits, progress)
+        except Rejected as exc:
+            raise click.UsageError(str(exc)) from None
+        if as_json:
+            click.echo(json.dumps(mailbox.to_dict(), indent=2))
+        else:
+            _print_collect_summary(mailbox.collect, spool)
+            click.echo(f"messages archived {len(mailbox.archived)}  moved to .Invalid {len(mailbox.invalid)}")
+        sys.exit(mailbox.exit_code)
     else:
         if not customer_id or not paths:
-            raise click.UsageError("give --customer ID and at least one file or folder (or --flush)")
+            raise click.UsageError("give --customer ID and at least one file or folder, or --maildir (or --flush)")
         limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024))
         summary = collector.collect(paths, customer_id, settings, spool, limits, progress)
     if as_json:

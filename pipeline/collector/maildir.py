@@ -1,0 +1,114 @@
+"""The rua mailbox as a source: `pipeline collect --customer ID --maildir DIR`.
+
+A Maildir (the format Dovecot, Postfix and getmail deliver to) holds one message per file in
+``new/`` and ``cur/``. Each message goes through the same reader, spool and upload as a report
+file, and only then is moved, by a rename inside the Maildir:
+
+* to ``.Archive/cur/`` once its report is uploaded or durably in the spool (an S3 outage does
+  not keep it in the inbox: the spool has it);
+* to ``.Invalid/cur/`` when it is not a readable DMARC aggregate report, its reason logged;
+* nowhere when the run fails before its report is safe: it is read again next time.
+
+Nothing is deleted. A crash between the spool and the rename leaves the message in the inbox,
+and the next run finds its report already in S3 (same identity, conditional PUT): none is
+collected twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.collector.collect import CollectSummary, collect
+from pipeline.collector.inputs import DEFAULT_LIMITS, Limits, Rejected
+from pipeline.collector.spool import Spool
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ARCHIVE, INVALID = ".Archive", ".Invalid"  # Maildir++ folders (IMAP: Archive, Invalid)
+
+
+@dataclass
+class MaildirSummary:
+    collect: CollectSummary
+    archived: list[str] = field(default_factory=list)
+    invalid: list[dict] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return self.collect.exit_code
+
+    def to_dict(self) -> dict:
+        return {**self.collect.to_dict(), "archived": self.archived, "invalid": self.invalid}
+
+
+def _messages(root: Path) -> list[Path]:
+    for sub in ("new", "cur", "tmp"):
+        if not (root / sub).is_dir():
+            raise Rejected(f"{root}: not a Maildir (no {sub}/ folder); give the folder that holds new/ cur/ tmp/")
+    return sorted(p for sub in ("new", "cur") for p in (root / sub).iterdir() if p.is_file())
+
+
+def _move(message: Path, root: Path, folder: str) -> Path:
+    """Rename ``message`` into ``folder``/cur (created as a Maildir++ folder): atomic on one disk."""
+    target = root / folder
+    for sub in ("new", "cur", "tmp"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    (target / "maildirfolder").touch()
+    name = message.name if ":2," in message.name else f"{message.name}:2,S"  # read: it was processed
+    destination = target / "cur" / name
+    os.rename(message, destination)
+    return destination
+
+
+def collect_maildir(
+    root: Path,
+    customer_id: str,
+    settings: Settings,
+    spool: Spool,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: bool = False,
+    s3=None,
+) -> MaildirSummary:
+    """Collect every message of the Maildir ``root``'s inbox, then archive or invalidate it."""
+    messages = _messages(root)
+    with tempfile.TemporaryDirectory(prefix="pipeline-maildir-") as folder:
+        staged: dict[str, Path] = {}
+        for n, message in enumerate(messages):
+            copy = Path(folder) / f"{n:06d}.eml"  # the reader takes a file; the name says it is an e-mail
+            copy.write_bytes(message.read_bytes())
+            staged[str(copy)] = message
+
+        def named(text: str) -> str:  # the message's own path in what is reported, not the copy's
+            for copy, message in staged.items():
+                text = text.replace(copy, str(message))
+            return text
+
+        summary = collect([Path(copy) for copy in staged], customer_id, settings, spool, limits, progress, s3)
+    # Every accepted report is uploaded or in the spool now: its message can leave the inbox.
+    result = MaildirSummary(summary)
+    reasons = {r["input"]: r["reason"] for r in summary.rejected}
+    for copy, message in staged.items():
+        if copy in reasons:
+            reason = named(reasons[copy])
+            _move(message, root, INVALID)
+            result.invalid.append({"message": message.name, "reason": reason})
+            log.warning("collector maildir message=%s moved=%s reason=%s", message, INVALID, reason)
+        else:
+            _move(message, root, ARCHIVE)
+            result.archived.append(message.name)
+    summary.rejected = [{"input": named(r["input"]), "reason": named(r["reason"])} for r in summary.rejected]
+    summary.duplicates = [named(d) for d in summary.duplicates]
+    log.info(
+        "collector maildir folder=%s messages=%d archived=%d invalid=%d pending=%d",
+        root,
+        len(messages),
+        len(result.archived),
+        len(result.invalid),
+        summary.pending_in_spool,
+    )
+    return result
