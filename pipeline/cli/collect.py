@@ -28,9 +28,16 @@ from pipeline.settings import load_settings, pipeline_home
     help="Collect the messages of this Maildir (the rua mailbox); each is then moved to .Archive, "
     "or to .Invalid when it is not a readable report.",
 )
+@click.option(
+    "--watch",
+    "watch_s",
+    type=click.FloatRange(min=0.1),
+    help="With --maildir: run as a service, collecting every this many seconds until SIGTERM.",
+)
+@click.option("--status", "show_status", is_flag=True, help="What the collector service did last (its status file).")
 @click.option("--max-file-mb", default=25.0, show_default=True, help="Largest report file accepted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def collect(paths, customer_id, flush_only, spool_dir, maildir, max_file_mb, as_json) -> None:
+def collect(paths, customer_id, flush_only, spool_dir, maildir, watch_s, show_status, max_file_mb, as_json) -> None:
     """Collect DMARC aggregate reports (XML, .xml.gz, .zip, .eml, or a Maildir) into raw telemetry in S3.
 
     Exit status: 0 all collected; 1 some inputs were rejected; 3 some objects wait in the spool
@@ -40,6 +47,16 @@ def collect(paths, customer_id, flush_only, spool_dir, maildir, max_file_mb, as_
     from pipeline.collector.inputs import Limits
     from pipeline.collector.spool import Spool
 
+    if show_status:
+        from pipeline.collector.service import read_status, status_path
+
+        status = read_status()
+        if status is None:
+            raise click.ClickException(f"no collector status at {status_path()}: the service has not run here")
+        click.echo(json.dumps(status, indent=2) if as_json else "\n".join(f"{k:18} {v}" for k, v in status.items()))
+        return
+    if watch_s and not maildir:
+        raise click.UsageError("--watch needs --maildir (a folder of files would be read again every time)")
     settings = load_settings()
     spool = Spool(spool_dir or pipeline_home() / "spool")
     progress = sys.stderr.isatty() and not as_json
@@ -54,6 +71,13 @@ def collect(paths, customer_id, flush_only, spool_dir, maildir, max_file_mb, as_
         if not customer_id or paths:
             raise click.UsageError("give --customer ID with --maildir (and no files)")
         limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024))
+        if watch_s:
+            from pipeline.collector.service import watch_maildir
+
+            status = watch_maildir(maildir, customer_id, settings, spool, watch_s, limits)
+            if as_json:
+                click.echo(json.dumps(status.__dict__, indent=2))
+            sys.exit(0)
         try:
             mailbox = collect_maildir(maildir, customer_id, settings, spool, limits, progress)
         except Rejected as exc:

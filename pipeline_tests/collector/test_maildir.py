@@ -118,3 +118,53 @@ def test_cli_collects_a_maildir(stack, clients, tmp_path):
     assert run.returncode == 1, run.stderr  # one message was no report
     assert (out["reports"], len(out["archived"]), len(out["invalid"])) == (2, 3, 1)
     assert out["rejected"][0]["input"].startswith(str(root))
+
+
+def test_the_service_collects_new_mail_reports_its_status_and_stops_cleanly_on_sigterm(stack, clients, tmp_path):
+    import os
+    import signal
+    import time
+
+    cid = f"m{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (root / sub).mkdir(parents=True)
+    home = tmp_path / "home"
+    env = {**os.environ, "PIPELINE_HOME": str(home), **stack.process_env()}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "collect", "--customer", cid, "--maildir", str(root), "--watch", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = mail_shapes((SAMPLES / REPORTS[0]).read_bytes())
+        (root / "new" / "1700000010.M1P1.host").write_bytes(first["octet-stream.eml"])  # mail arrives later
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not folder(root, ".Archive"):
+            time.sleep(0.5)
+        assert folder(root, ".Archive") == ["1700000010.M1P1.host:2,S"]
+        assert len(raw_keys(clients("s3"), stack.raw_bucket, cid)) == 1
+        status = subprocess.run(
+            [sys.executable, "-m", "pipeline", "collect", "--status", "--json"], env=env, capture_output=True, text=True
+        )
+        shown = json.loads(status.stdout)
+        assert shown["state"] == "running" and shown["collected_reports"] == 1 and shown["last_success"]
+        assert shown["pending_in_spool"] == 0 and shown["source"] == f"maildir:{root}"
+    finally:
+        service.send_signal(signal.SIGTERM)
+        out, err = service.communicate(timeout=60)
+    assert service.returncode == 0, err[-2000:]
+    assert json.loads((home / "collector-status.json").read_text())["state"] == "stopped"
+
+
+def test_the_deploy_files_run_the_service_and_stop_it_with_sigterm():
+    from pipeline.project import REPO_ROOT
+
+    unit = (REPO_ROOT / "deploy" / "collector" / "pipeline-collector.service").read_text()
+    container = (REPO_ROOT / "deploy" / "collector" / "Containerfile").read_text()
+    for text in (unit, container):
+        assert "pipeline collect --customer" in text and "--maildir" in text and "--watch" in text
+        assert "SIGTERM" in text
+    assert "Restart=on-failure" in unit and "PIPELINE_ENV=prod" in unit
