@@ -95,6 +95,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_BUCKET_VERSIONING", "bool", False, "stack", "`pipeline up`: versioning on the enriched bucket (a template parameter)."),
     _k("PIPELINE_LOG_LEVEL", "choice", "info", "stack", "Log level of `pipeline` commands (logs go to stderr).", choices=("debug", "info", "warning", "error")),
     # -- collector -------------------------------------------------------------------------------------
+    _k("PIPELINE_COLLECTOR_CUSTOMER", "str", None, "collector", "The customer this collector's credentials are scoped to (deploy/cloudformation/collector.yaml): any other --customer is refused before S3 is touched."),
     _k("PIPELINE_COLLECT_WORKERS", "int", None, "collector", "Processes that parse reports when a collection has 64 files or more (default: the machine's cores).", minimum=1),
     # -- enrichment (Spark) ----------------------------------------------------------------------------
     _k("PIPELINE_SPARK_MASTER", "str", "local[*]", "enrich", "Spark master: `local[N]`, `spark://host:7077`, `yarn` (EMR), ..."),

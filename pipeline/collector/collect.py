@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pipeline import config
 from pipeline.aws import client
 from pipeline.collector.inputs import DEFAULT_LIMITS, Limits, Rejected, discover, read_report
-from pipeline.collector.normalize import NormalizedReport, check_customer_id
+from pipeline.collector.normalize import InvalidCustomer, NormalizedReport, check_customer_id
 from pipeline.collector.spool import PendingObject, Spool
 from pipeline.settings import Settings
 
@@ -262,6 +262,18 @@ def parse_files(files: list[Path], customer_id: str, limits: Limits, workers: in
         yield from map(_parse_one, jobs[done:])
 
 
+def check_scope(customer_id: str) -> None:
+    """Refuse a customer that this collector's credentials cannot write (PIPELINE_COLLECTOR_CUSTOMER,
+    the scope the deployment gave them), before anything is read or sent: S3 would answer 403 for
+    each object, and the reports would sit in the spool for ever."""
+    scope = config.get("PIPELINE_COLLECTOR_CUSTOMER")
+    if scope and scope != customer_id:
+        raise InvalidCustomer(
+            f"--customer {customer_id!r} is not the customer this collector's credentials are scoped to "
+            f"({scope!r}, PIPELINE_COLLECTOR_CUSTOMER): collect that customer's reports with its own collector."
+        )
+
+
 def collect(
     paths: Iterable[Path],
     customer_id: str,
@@ -272,6 +284,7 @@ def collect(
     s3=None,
 ) -> CollectSummary:
     check_customer_id(customer_id)
+    check_scope(customer_id)
     summary = CollectSummary()
     files = list(discover(paths))
     summary.files = len(files)

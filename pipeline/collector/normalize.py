@@ -13,13 +13,15 @@ import json
 import re
 from dataclasses import dataclass
 
+from pipeline.config import ConfigurationError
 from pipeline.telemetry import RAW_FIELDS, SCHEMA_VERSION
 
 CUSTOMER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-class InvalidCustomer(ValueError):
-    pass
+class InvalidCustomer(ConfigurationError, ValueError):
+    """A customer id that cannot be used (malformed, or outside this collector's scope): the
+    commands print it and exit 2, like any other bad setting."""
 
 
 def check_customer_id(customer_id: str) -> str:

@@ -168,3 +168,20 @@ def test_the_deploy_files_run_the_service_and_stop_it_with_sigterm():
         assert "pipeline collect --customer" in text and "--maildir" in text and "--watch" in text
         assert "SIGTERM" in text
     assert "Restart=on-failure" in unit and "PIPELINE_ENV=prod" in unit
+
+
+def test_a_collector_refuses_a_customer_outside_its_credentials_scope(stack, tmp_path):
+    import os
+
+    root = maildir(tmp_path / "Maildir")
+    env = {**os.environ, "PIPELINE_HOME": str(tmp_path / "home"), **stack.process_env()}
+    env["PIPELINE_COLLECTOR_CUSTOMER"] = "acme"
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline", "collect", "--customer", "globex", "--maildir", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "'globex'" in run.stderr and "'acme'" in run.stderr, run.stderr
+    assert len(folder(root, ".")) == 4 and not (root / ".Archive").exists()  # nothing read, nothing moved

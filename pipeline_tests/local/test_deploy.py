@@ -16,6 +16,7 @@ import yaml
 from pipeline.project import REPO_ROOT
 
 COMPUTE = REPO_ROOT / "deploy" / "cloudformation" / "compute.yaml"
+COLLECTOR = REPO_ROOT / "deploy" / "cloudformation" / "collector.yaml"
 PROD_INSTANCE = REPO_ROOT / "deploy" / "dagster" / "dagster.yaml"
 
 # Actions that IAM cannot scope to a resource: "*" is the only valid Resource for them.
@@ -66,7 +67,7 @@ def _statements(template: dict, role: str) -> list[dict]:
     return [s for p in template["Resources"][role]["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
 
 
-@pytest.mark.parametrize("template", ["pipeline.yaml", "compute.yaml"])
+@pytest.mark.parametrize("template", ["pipeline.yaml", "compute.yaml", "collector.yaml"])
 def test_templates_pass_cfn_lint(template):
     cfn_lint = shutil.which("cfn-lint") or str(Path(sys.executable).parent / "cfn-lint")
     path = REPO_ROOT / "deploy" / "cloudformation" / template
@@ -178,3 +179,40 @@ def test_production_instance_config_is_valid_and_wraps_the_ecs_launcher(monkeypa
     assert ecs.success, ecs.errors
     assert config["run_monitoring"]["enabled"] and config["run_retries"]["enabled"]
     assert config["run_coordinator"]["config"]["tag_concurrency_limits"]
+
+
+OWN_PREFIX = "arn:${AWS::Partition}:s3:::${NamePrefix}-raw/${RawPrefix}customer=${!aws:PrincipalTag/customer}/*"
+
+
+def collector_reach(template: dict) -> list[str]:
+    """Every way the collector role reaches past its own customer's raw prefix."""
+    problems = iam_problems(template)
+    for statement in _statements(template, "CollectorRole"):
+        if statement["Effect"] != "Allow":
+            continue
+        extra = set(_as_list(statement["Action"])) - {"s3:PutObject", "s3:GetObject"}
+        if extra:
+            problems.append(f"{statement['Sid']}: actions {sorted(extra)}")
+        for resource in _as_list(statement["Resource"]):
+            text = resource.get("Fn::Sub") if isinstance(resource, dict) else resource
+            if text != OWN_PREFIX:
+                problems.append(f"{statement['Sid']}: resource {text}")
+    return problems
+
+
+def test_a_collector_reaches_only_its_own_customers_raw_prefix():
+    template = _load(COLLECTOR)
+    assert collector_reach(template) == []
+    trust = template["Resources"]["CollectorRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Condition"]["StringLike"] == {"aws:RequestTag/customer": "?*"}  # no session without its tag
+
+    # The check fails when a statement reaches outside the prefix, or does more than write and read.
+    for damage in (
+        {"Resource": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${NamePrefix}-raw/${RawPrefix}*"}},
+        {"Resource": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${NamePrefix}-enriched/*"}},
+        {"Action": ["s3:PutObject", "s3:ListBucket"]},
+        {"Action": ["s3:PutObject", "s3:DeleteObject"]},
+    ):
+        broken = copy.deepcopy(template)
+        _statements(broken, "CollectorRole")[0].update(damage)
+        assert collector_reach(broken), damage
