@@ -36,6 +36,7 @@ def run_demo(
     reports: int = 8,
     seed: int = 42,
     echo: Callable[[str], None] = print,
+    maildir: Path | None = None,
 ) -> DemoResult:
     from pipeline.collector.collect import collect
     from pipeline.collector.generate import generate_reports
@@ -53,7 +54,13 @@ def run_demo(
         echo(f"  {name:9} {seconds:6.1f}s  {what}")
 
     started = time.monotonic()
-    if reports_dir is not None:
+    if maildir is not None:
+        if not customer_id:
+            raise ValueError("--maildir needs --customer: whose rua mailbox is this?")
+        inputs = [(customer_id, maildir)]
+        result = DemoResult([customer_id])
+        step("mailbox", started, f"Maildir {maildir}")
+    elif reports_dir is not None:
         if not customer_id:
             raise ValueError("--reports needs --customer: which customer do these reports belong to?")
         inputs = [(customer_id, reports_dir)]
@@ -67,7 +74,14 @@ def run_demo(
         step("generate", started, f"{len(generated)} synthetic reports for {len(inputs)} customers in {folder}")
 
     started = time.monotonic()
-    collected = [collect([path], cid, settings, Spool(home / "spool")) for cid, path in inputs]
+    if maildir is not None:
+        from pipeline.collector.maildir import collect_maildir
+
+        mailbox = collect_maildir(maildir, customer_id, settings, Spool(home / "spool"))
+        collected = [mailbox.collect]
+        echo(f"  {'':9} {'':7} messages archived {len(mailbox.archived)}, moved to .Invalid {len(mailbox.invalid)}")
+    else:
+        collected = [collect([path], cid, settings, Spool(home / "spool")) for cid, path in inputs]
     step(
         "collect",
         started,

@@ -41,6 +41,17 @@ def test_demo_with_real_reports(stack, empty_queues):
     assert verified["ok"] and verified["rows_loaded"] == 13
 
 
+def test_demo_from_a_maildir(stack, empty_queues, tmp_path):
+    from pipeline_tests.support import report_maildir
+
+    root = report_maildir(tmp_path / "Maildir")
+    result = run("demo", "--maildir", str(root), "--customer", "mailbox", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "  mailbox" in result.stdout and "messages archived 3, moved to .Invalid 1" in result.stdout
+    verified = json.loads(run("verify", "--customer", "mailbox", "--json").stdout)
+    assert verified["ok"] and verified["reports_loaded"] == 2 and verified["rows_loaded"] == 3
+
+
 def test_status_json(stack):
     result = run("status", "--json")
     assert result.returncode == 0, result.stderr

@@ -18,17 +18,24 @@ from pipeline.settings import load_settings
     type=click.Path(exists=True, path_type=Path),
     help="Collect these report files instead of generating synthetic ones (needs --customer).",
 )
-@click.option("--customer", "customer_id", help="The customer of --reports.")
+@click.option(
+    "--maildir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Collect the messages of this Maildir (the rua mailbox; needs --customer): archived or invalid after.",
+)
+@click.option("--customer", "customer_id", help="The customer of --reports or --maildir.")
 @click.option("--customers", default=3, show_default=True, help="Synthetic customers.")
 @click.option("--reports-per-customer", default=8, show_default=True, help="Synthetic reports per customer.")
 @click.option("--seed", default=42, show_default=True)
-def demo(reports_dir, customer_id, customers, reports_per_customer, seed) -> None:
+def demo(reports_dir, maildir, customer_id, customers, reports_per_customer, seed) -> None:
     """Run the whole pipeline on the local stack and show the result."""
     from pipeline.demo import headlines, run_demo
 
     settings = load_settings()
     click.echo("Pipeline demo on the local stack:")
-    result = run_demo(settings, reports_dir, customer_id, customers, reports_per_customer, seed, echo=click.echo)
+    result = run_demo(
+        settings, reports_dir, customer_id, customers, reports_per_customer, seed, echo=click.echo, maildir=maildir
+    )
     click.echo("")
     click.echo(
         f"{'customer':16} {'objects':>8} {'rows':>8} {'reports':>8} {'messages':>9} {'missing':>8} {'dups':>5}  verify"

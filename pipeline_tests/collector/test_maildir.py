@@ -19,24 +19,8 @@ from pipeline.collector.generate import mail_shapes
 from pipeline.collector.inputs import Rejected
 from pipeline.collector.maildir import collect_maildir
 from pipeline.collector.spool import Spool
-from pipeline_tests.support import SAMPLES
-
-REPORTS = ["usssa.com!example.com!1538784000!1538870399.xml", "veeam.com!example.com!1530133200!1530219600.xml"]
-
-
-def maildir(root: Path) -> Path:
-    """A Maildir as a delivery agent leaves it: two report e-mails in new/ (a single-part one and
-    a forwarded one), one read report in cur/, and a message that is no report."""
-    for sub in ("new", "cur", "tmp"):
-        (root / sub).mkdir(parents=True)
-    first, second = (mail_shapes((SAMPLES / name).read_bytes()) for name in REPORTS)
-    (root / "new" / "1700000001.M1P1.host").write_bytes(first["single-part-gzip.eml"])
-    (root / "new" / "1700000002.M2P1.host").write_bytes(second["forwarded.eml"])
-    (root / "cur" / "1700000003.M3P1.host:2,S").write_bytes(first["crlf.eml"])  # the same report again
-    (root / "new" / "1700000004.M4P1.host").write_bytes(
-        b"From: someone@example.net\nTo: dmarc-rua@example.com\nSubject: hello\n\nNot a report.\n"
-    )
-    return root
+from pipeline_tests.support import REPORTS, SAMPLES
+from pipeline_tests.support import report_maildir as maildir
 
 
 def folder(root: Path, name: str) -> list[str]:
