@@ -36,8 +36,16 @@ from pipeline.settings import load_settings, pipeline_home
 )
 @click.option("--status", "show_status", is_flag=True, help="What the collector service did last (its status file).")
 @click.option("--max-file-mb", default=25.0, show_default=True, help="Largest report file accepted.")
+@click.option(
+    "--max-records",
+    default=50_000,
+    show_default=True,
+    help="Most records in one report (parsed in memory, about 7 MB per 1,000).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def collect(paths, customer_id, flush_only, spool_dir, maildir, watch_s, show_status, max_file_mb, as_json) -> None:
+def collect(
+    paths, customer_id, flush_only, spool_dir, maildir, watch_s, show_status, max_file_mb, max_records, as_json
+) -> None:
     """Collect DMARC aggregate reports (XML, .xml.gz, .zip, .eml, or a Maildir) into raw telemetry in S3.
 
     Exit status: 0 all collected; 1 some inputs were rejected; 3 some objects wait in the spool
@@ -70,7 +78,7 @@ def collect(paths, customer_id, flush_only, spool_dir, maildir, watch_s, show_st
 
         if not customer_id or paths:
             raise click.UsageError("give --customer ID with --maildir (and no files)")
-        limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024))
+        limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024), max_records=max_records)
         if watch_s:
             from pipeline.collector.service import watch_maildir
 
@@ -91,7 +99,7 @@ def collect(paths, customer_id, flush_only, spool_dir, maildir, watch_s, show_st
     else:
         if not customer_id or not paths:
             raise click.UsageError("give --customer ID and at least one file or folder, or --maildir (or --flush)")
-        limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024))
+        limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024), max_records=max_records)
         summary = collector.collect(paths, customer_id, settings, spool, limits, progress)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))

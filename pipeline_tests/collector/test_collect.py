@@ -218,3 +218,29 @@ def test_cli_collect_json_and_exit_status(stack, tmp_path):
 def test_read_report_rejects_empty(tmp_path):
     with pytest.raises(Rejected, match="empty.xml"):
         read_report(SAMPLES / "empty.xml", "acme")
+
+
+def test_a_report_over_the_record_limit_is_refused_with_the_collectors_memory_flat(stack, tmp_path):
+    """A 200,000-record report: refused by name with the limit and what to do, counted while the
+    bytes stream by, so that the collector's peak memory stays near its baseline (parsing it
+    would take about 1.4 GB). Peak RSS is measured in a wrapper whose only child is the collector."""
+    from pipeline.collector.generate import generate_reports
+
+    [big] = generate_reports(tmp_path / "big", 1, 1, seed=9, records_per_report=(200_000, 200_000))
+    wrapper = (
+        "import resource, subprocess, sys; "
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); "
+        "print(r.stdout)"
+    )
+    command = [sys.executable, "-m", "pipeline", "collect", "--customer", customer(), big.path, "--json"]
+    env = {**os.environ, "PIPELINE_HOME": os.environ["PIPELINE_HOME"], "PIPELINE_COLLECT_WORKERS": "1"}
+    run = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True, env=env)
+    first, _, rest = run.stdout.partition("\n")
+    code, peak_mb = (int(x) for x in first.split())
+    summary = json.loads(rest)
+    [rejected] = summary["rejected"]
+    assert code == 1 and summary["reports"] == 0
+    assert "200000 records, over the collector's limit of 50000" in rejected["reason"]
+    assert "--max-records" in rejected["reason"] and big.path in rejected["reason"]
+    assert peak_mb < 250, f"the collector peaked at {peak_mb} MB on a report it refuses"
