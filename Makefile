@@ -26,6 +26,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	sh scripts/ensure-chromium.sh
+	sh scripts/ensure-dovecot.sh
 	$(BIN)/pytest
 
 ## Dagster's UI and daemon on the local stack: http://127.0.0.1:3000

@@ -96,6 +96,12 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_LOG_LEVEL", "choice", "info", "stack", "Log level of `pipeline` commands (logs go to stderr).", choices=("debug", "info", "warning", "error")),
     # -- collector -------------------------------------------------------------------------------------
     _k("PIPELINE_COLLECTOR_CUSTOMER", "str", None, "collector", "The customer this collector's credentials are scoped to (deploy/cloudformation/collector.yaml): any other --customer is refused before S3 is touched."),
+    _k("PIPELINE_IMAP_HOST", "str", None, "collector", "`pipeline collect --imap`: the rua mailbox's IMAP server."),
+    _k("PIPELINE_IMAP_PORT", "int", None, "collector", "Its port (default 993 with TLS, 143 without).", minimum=1),
+    _k("PIPELINE_IMAP_USER", "str", None, "collector", "The mailbox's account."),
+    _k("PIPELINE_IMAP_PASSWORD", "str", None, "collector", "Its password (shown as set, never printed)."),
+    _k("PIPELINE_IMAP_FOLDER", "str", "INBOX", "collector", "The folder the reports arrive in; they move to Archive or Invalid beside it."),
+    _k("PIPELINE_IMAP_TLS", "bool", True, "collector", "IMAPS (TLS from the first byte); 0 only for a server on the same host."),
     _k("PIPELINE_COLLECT_WORKERS", "int", None, "collector", "Processes that parse reports when a collection has 64 files or more (default: the machine's cores).", minimum=1),
     # -- enrichment (Spark) ----------------------------------------------------------------------------
     _k("PIPELINE_SPARK_MASTER", "str", "local[*]", "enrich", "Spark master: `local[N]`, `spark://host:7077`, `yarn` (EMR), ..."),

@@ -271,3 +271,110 @@ def report_maildir(root: Path) -> Path:
         b"From: someone@example.net\nTo: dmarc-rua@example.com\nSubject: hello\n\nNot a report.\n"
     )
     return root
+
+
+# -- a real IMAP server ------------------------------------------------------------------------
+
+
+class Dovecot:
+    """Debian's Dovecot on a free loopback port with its own configuration and state, one account
+    (``user``/``password``), mail in Maildir under a folder the test owns. Plain IMAP on loopback:
+    the TLS default of the collector is set off by the test (PIPELINE_IMAP_TLS=0)."""
+
+    BINARY = "/usr/sbin/dovecot"
+
+    def __init__(self, root: Path, user: str = "dmarc", password: str = "secret-rua"):
+        import pwd
+        import subprocess
+
+        from pipeline.local.ports import free_port, wait_for_port
+
+        self.root, self.user, self.password = root, user, password
+        self.port = free_port(14300)
+        mail_owner = pwd.getpwnam("nobody")
+        for sub in ("run", "state", "home"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "users").write_text(f"{user}:{{PLAIN}}{password}::::::\n")
+        os.chown(root / "home", mail_owner.pw_uid, mail_owner.pw_gid)
+        (root / "dovecot.conf").write_text(
+            f"""base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:~/Maildir
+first_valid_uid = {mail_owner.pw_uid}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/users
+}}
+userdb {{
+  driver = static
+  args = uid={mail_owner.pw_uid} gid={mail_owner.pw_gid} home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+"""
+        )
+        self.process = subprocess.Popen([self.BINARY, "-F", "-c", str(root / "dovecot.conf")])
+        if not wait_for_port(self.port, timeout=30):
+            self.stop()
+            log = root / "dovecot.log"
+            raise RuntimeError(f"dovecot did not start: {log.read_text() if log.exists() else 'no log'}")
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PIPELINE_IMAP_HOST": "127.0.0.1",
+            "PIPELINE_IMAP_PORT": str(self.port),
+            "PIPELINE_IMAP_USER": self.user,
+            "PIPELINE_IMAP_PASSWORD": self.password,
+            "PIPELINE_IMAP_TLS": "0",
+        }
+
+    def deliver(self, raw: bytes, folder: str = "INBOX") -> None:
+        import imaplib
+
+        with imaplib.IMAP4("127.0.0.1", self.port) as conn:
+            conn.login(self.user, self.password)
+            status, _ = conn.append(f'"{folder}"', None, None, raw)
+            assert status == "OK", status
+
+    def folder(self, name: str) -> list[bytes]:
+        import imaplib
+
+        with imaplib.IMAP4("127.0.0.1", self.port) as conn:
+            conn.login(self.user, self.password)
+            status, _ = conn.select(f'"{name}"', readonly=True)
+            if status != "OK":
+                return []
+            uids = conn.uid("SEARCH", None, "ALL")[1][0].split()
+            return [next(p[1] for p in conn.uid("FETCH", u, "(BODY.PEEK[])")[1] if isinstance(p, tuple)) for u in uids]
+
+    def kick(self) -> None:
+        """Drop every connection of the account, as a server restart or a network cut would."""
+        import subprocess
+
+        subprocess.run(["/usr/bin/doveadm", "-c", str(self.root / "dovecot.conf"), "kick", self.user], check=False)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except Exception:
+            self.process.kill()

@@ -29,10 +29,17 @@ from pipeline.settings import load_settings, pipeline_home
     "or to .Invalid when it is not a readable report.",
 )
 @click.option(
+    "--imap",
+    "use_imap",
+    is_flag=True,
+    help="Collect the rua mailbox over IMAP (PIPELINE_IMAP_HOST, _PORT, _USER, _PASSWORD, _FOLDER; TLS by "
+    "default); each message is then moved to Archive, or to Invalid when it is not a readable report.",
+)
+@click.option(
     "--watch",
     "watch_s",
     type=click.FloatRange(min=0.1),
-    help="With --maildir: run as a service, collecting every this many seconds until SIGTERM.",
+    help="With --maildir or --imap: run as a service, collecting every this many seconds until SIGTERM.",
 )
 @click.option("--status", "show_status", is_flag=True, help="What the collector service did last (its status file).")
 @click.option("--max-file-mb", default=25.0, show_default=True, help="Largest report file accepted.")
@@ -44,7 +51,17 @@ from pipeline.settings import load_settings, pipeline_home
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def collect(
-    paths, customer_id, flush_only, spool_dir, maildir, watch_s, show_status, max_file_mb, max_records, as_json
+    paths,
+    customer_id,
+    flush_only,
+    spool_dir,
+    maildir,
+    use_imap,
+    watch_s,
+    show_status,
+    max_file_mb,
+    max_records,
+    as_json,
 ) -> None:
     """Collect DMARC aggregate reports (XML, .xml.gz, .zip, .eml, or a Maildir) into raw telemetry in S3.
 
@@ -63,8 +80,8 @@ def collect(
             raise click.ClickException(f"no collector status at {status_path()}: the service has not run here")
         click.echo(json.dumps(status, indent=2) if as_json else "\n".join(f"{k:18} {v}" for k, v in status.items()))
         return
-    if watch_s and not maildir:
-        raise click.UsageError("--watch needs --maildir (a folder of files would be read again every time)")
+    if watch_s and not (maildir or use_imap):
+        raise click.UsageError("--watch needs --maildir or --imap (a folder of files would be read again every time)")
     settings = load_settings()
     spool = Spool(spool_dir or pipeline_home() / "spool")
     progress = sys.stderr.isatty() and not as_json
@@ -72,6 +89,26 @@ def collect(
         summary = collector.CollectSummary()
         s3 = collector.client(settings, "s3", collector.COLLECTOR_CLIENT)
         collector.flush(spool, collector.Uploader(s3, settings.raw_bucket), summary, progress)
+    elif use_imap:
+        from pipeline.collector.imap import ImapMailbox, collect_imap
+
+        if not customer_id or paths or maildir:
+            raise click.UsageError("give --customer ID with --imap (and no files, no --maildir)")
+        limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024), max_records=max_records)
+        if watch_s:
+            from pipeline.collector.service import watch_imap
+
+            status = watch_imap(ImapMailbox.from_config(), customer_id, settings, spool, watch_s, limits)
+            if as_json:
+                click.echo(json.dumps(status.__dict__, indent=2))
+            sys.exit(0)
+        mailbox = collect_imap(ImapMailbox.from_config(), customer_id, settings, spool, limits, progress)
+        if as_json:
+            click.echo(json.dumps(mailbox.to_dict(), indent=2))
+        else:
+            _print_collect_summary(mailbox.collect, spool)
+            click.echo(f"messages archived {len(mailbox.archived)}  moved to Invalid {len(mailbox.invalid)}")
+        sys.exit(mailbox.exit_code)
     elif maildir:
         from pipeline.collector.inputs import Rejected
         from pipeline.collector.maildir import collect_maildir

@@ -65,6 +65,59 @@ def _move(message: Path, root: Path, folder: str) -> Path:
     return destination
 
 
+def collect_messages(
+    messages: list[tuple[str, bytes]],
+    move,
+    where: str,
+    customer_id: str,
+    settings: Settings,
+    spool: Spool,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: bool = False,
+    s3=None,
+) -> MaildirSummary:
+    """Collect ``messages`` ((name, raw e-mail) pairs from a mailbox ``where``), then call
+    ``move(name, ARCHIVE or INVALID)`` for each: only after every accepted report is uploaded or
+    in the spool. An exception before that moves nothing; one during the moves leaves the rest
+    in the inbox, read again next time (their reports already in S3: no second object)."""
+    with tempfile.TemporaryDirectory(prefix="pipeline-mailbox-") as folder:
+        staged: dict[str, str] = {}
+        for n, (name, raw) in enumerate(messages):
+            copy = Path(folder) / f"{n:06d}.eml"  # the reader takes a file; the name says it is an e-mail
+            copy.write_bytes(raw)
+            staged[str(copy)] = name
+
+        def named(text: str) -> str:  # the message's own name in what is reported, not the copy's
+            for copy, name in staged.items():
+                text = text.replace(copy, name)
+            return text
+
+        summary = collect([Path(copy) for copy in staged], customer_id, settings, spool, limits, progress, s3)
+    # Every accepted report is uploaded or in the spool now: its message can leave the inbox.
+    result = MaildirSummary(summary)
+    reasons = {r["input"]: r["reason"] for r in summary.rejected}
+    for copy, name in staged.items():
+        if copy in reasons:
+            reason = named(reasons[copy])
+            move(name, INVALID)
+            result.invalid.append({"message": name.rsplit("/", 1)[-1], "reason": reason})
+            log.warning("collector mailbox=%s message=%s moved=%s reason=%s", where, name, INVALID, reason)
+        else:
+            move(name, ARCHIVE)
+            result.archived.append(name.rsplit("/", 1)[-1])
+    summary.rejected = [{"input": named(r["input"]), "reason": named(r["reason"])} for r in summary.rejected]
+    summary.duplicates = [named(d) for d in summary.duplicates]
+    log.info(
+        "collector mailbox=%s messages=%d archived=%d invalid=%d pending=%d",
+        where,
+        len(messages),
+        len(result.archived),
+        len(result.invalid),
+        summary.pending_in_spool,
+    )
+    return result
+
+
 def collect_maildir(
     root: Path,
     customer_id: str,
@@ -75,40 +128,9 @@ def collect_maildir(
     s3=None,
 ) -> MaildirSummary:
     """Collect every message of the Maildir ``root``'s inbox, then archive or invalidate it."""
-    messages = _messages(root)
-    with tempfile.TemporaryDirectory(prefix="pipeline-maildir-") as folder:
-        staged: dict[str, Path] = {}
-        for n, message in enumerate(messages):
-            copy = Path(folder) / f"{n:06d}.eml"  # the reader takes a file; the name says it is an e-mail
-            copy.write_bytes(message.read_bytes())
-            staged[str(copy)] = message
+    messages = [(str(path), path.read_bytes()) for path in _messages(root)]
 
-        def named(text: str) -> str:  # the message's own path in what is reported, not the copy's
-            for copy, message in staged.items():
-                text = text.replace(copy, str(message))
-            return text
+    def move(name: str, folder: str) -> None:
+        _move(Path(name), root, folder)
 
-        summary = collect([Path(copy) for copy in staged], customer_id, settings, spool, limits, progress, s3)
-    # Every accepted report is uploaded or in the spool now: its message can leave the inbox.
-    result = MaildirSummary(summary)
-    reasons = {r["input"]: r["reason"] for r in summary.rejected}
-    for copy, message in staged.items():
-        if copy in reasons:
-            reason = named(reasons[copy])
-            _move(message, root, INVALID)
-            result.invalid.append({"message": message.name, "reason": reason})
-            log.warning("collector maildir message=%s moved=%s reason=%s", message, INVALID, reason)
-        else:
-            _move(message, root, ARCHIVE)
-            result.archived.append(message.name)
-    summary.rejected = [{"input": named(r["input"]), "reason": named(r["reason"])} for r in summary.rejected]
-    summary.duplicates = [named(d) for d in summary.duplicates]
-    log.info(
-        "collector maildir folder=%s messages=%d archived=%d invalid=%d pending=%d",
-        root,
-        len(messages),
-        len(result.archived),
-        len(result.invalid),
-        summary.pending_in_spool,
-    )
-    return result
+    return collect_messages(messages, move, f"maildir:{root}", customer_id, settings, spool, limits, progress, s3)
