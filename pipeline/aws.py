@@ -32,14 +32,8 @@ def client(settings: Settings, service: str, config: Config | None = None) -> An
 
 
 def client_factory(settings: Settings) -> Callable[[str], Any]:
-    cache: dict[str, Any] = {}
-
-    def get(service: str) -> Any:
-        if service not in cache:
-            cache[service] = client(settings, service)
-        return cache[service]
-
-    return get
+    """``service -> client`` for one stack, from the process-wide cache below."""
+    return lambda service: cached_client(settings, service)
 
 
 _CLIENTS: dict[tuple, Any] = {}

@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 from tqdm import tqdm
 
+from pipeline import names
 from pipeline.aws import client
 from pipeline.bench import verdicts
 from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
@@ -393,7 +394,7 @@ def w4(settings: Settings, seen: int, new: int, progress: bool) -> dict:
             if existing:
                 keys = [f"customer=seen/dt=2026-01-01/old-{i:07d}.parquet" for i in range(existing)]
                 for start in tqdm(range(0, existing, 10_000), desc="seed partitions", disable=not progress):
-                    instance.add_dynamic_partitions("enriched_objects", keys[start : start + 10_000])
+                    instance.add_dynamic_partitions(names.ENRICHED_OBJECTS, keys[start : start + 10_000])
                 copy_sql = "COPY object_partitions (partition_key, bucket, object_key) FROM STDIN"
                 with psycopg.connect(bench.database_url) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
                     for key in keys:

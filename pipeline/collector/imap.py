@@ -15,7 +15,9 @@ import contextlib
 import imaplib
 import logging
 import ssl
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline import config
 from pipeline.collector.inputs import DEFAULT_LIMITS, Limits
@@ -82,15 +84,17 @@ def _ok(response: tuple, what: str) -> list:
     return data
 
 
-def fetch_all(conn: imaplib.IMAP4, mailbox: ImapMailbox) -> list[tuple[str, bytes]]:
-    """(uid, raw message) of every message in the folder, none marked read."""
+def fetch_all(conn: imaplib.IMAP4, mailbox: ImapMailbox, folder: Path) -> list[tuple[str, Path]]:
+    """Every message of the mailbox's folder, none marked read, each written to a file in
+    ``folder`` as it arrives: (name, file) pairs."""
     _ok(conn.select(_quote(mailbox.folder)), f"SELECT {mailbox.folder}")
     uids = _ok(conn.uid("SEARCH", None, "ALL"), "SEARCH")[0].split()
     messages = []
     for uid in uids:
         data = _ok(conn.uid("FETCH", uid, "(BODY.PEEK[])"), f"FETCH {uid!r}")
-        raw = next(part[1] for part in data if isinstance(part, tuple))
-        messages.append((f"{mailbox.where()}/{uid.decode()}", raw))
+        path = folder / f"{uid.decode()}.eml"  # the reader takes a file; the name says it is an e-mail
+        path.write_bytes(next(part[1] for part in data if isinstance(part, tuple)))
+        messages.append((f"{mailbox.where()}/{uid.decode()}", path))
     return messages
 
 
@@ -112,7 +116,6 @@ def collect_imap(
     try:
         for folder in (mailbox.archive, mailbox.invalid):
             conn.create(_quote(folder))  # NO when it exists already: fine
-        messages = fetch_all(conn, mailbox)
         can_move = "MOVE" in conn.capabilities
 
         def move(name: str, folder: str) -> None:
@@ -125,7 +128,13 @@ def collect_imap(
                 _ok(conn.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)"), f"STORE {uid}")
                 _ok(conn.uid("EXPUNGE", uid), f"EXPUNGE {uid}")
 
-        return collect_messages(messages, move, mailbox.where(), customer_id, settings, spool, limits, progress, s3)
+        with tempfile.TemporaryDirectory(prefix="pipeline-imap-") as staging:
+            messages = fetch_all(conn, mailbox, Path(staging))
+            return collect_messages(messages, move, mailbox.where(), customer_id, settings, spool, limits, progress, s3)
     finally:
-        with contextlib.suppress(OSError, imaplib.IMAP4.error):  # the connection may be gone already
-            conn.logout()
+        _logout(conn)
+
+
+def _logout(conn: imaplib.IMAP4) -> None:
+    with contextlib.suppress(OSError, imaplib.IMAP4.error):  # the connection may be gone already
+        conn.logout()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def _move(message: Path, root: Path, folder: str) -> Path:
 
 
 def collect_messages(
-    messages: list[tuple[str, bytes]],
+    messages: list[tuple[str, Path]],
     move,
     where: str,
     customer_id: str,
@@ -76,29 +75,25 @@ def collect_messages(
     progress: bool = False,
     s3=None,
 ) -> MaildirSummary:
-    """Collect ``messages`` ((name, raw e-mail) pairs from a mailbox ``where``), then call
-    ``move(name, ARCHIVE or INVALID)`` for each: only after every accepted report is uploaded or
-    in the spool. An exception before that moves nothing; one during the moves leaves the rest
-    in the inbox, read again next time (their reports already in S3: no second object)."""
-    with tempfile.TemporaryDirectory(prefix="pipeline-mailbox-") as folder:
-        staged: dict[str, str] = {}
-        for n, (name, raw) in enumerate(messages):
-            copy = Path(folder) / f"{n:06d}.eml"  # the reader takes a file; the name says it is an e-mail
-            copy.write_bytes(raw)
-            staged[str(copy)] = name
+    """Collect ``messages`` ((name, file holding the raw e-mail) pairs from a mailbox ``where``),
+    then call ``move(name, ARCHIVE or INVALID)`` for each: only after every accepted report is
+    uploaded or in the spool. An exception before that moves nothing; one during the moves leaves
+    the rest in the inbox, read again next time (their reports already in S3: no second object)."""
+    names = {str(path): name for name, path in messages}
 
-        def named(text: str) -> str:  # the message's own name in what is reported, not the copy's
-            for copy, name in staged.items():
-                text = text.replace(copy, name)
-            return text
+    def named(text: str) -> str:  # the message's own name in what is reported, not its file's
+        for path, name in names.items():
+            if path != name:
+                text = text.replace(path, name)
+        return text
 
-        summary = collect([Path(copy) for copy in staged], customer_id, settings, spool, limits, progress, s3)
+    summary = collect([path for _, path in messages], customer_id, settings, spool, limits, progress, s3)
     # Every accepted report is uploaded or in the spool now: its message can leave the inbox.
     result = MaildirSummary(summary)
     reasons = {r["input"]: r["reason"] for r in summary.rejected}
-    for copy, name in staged.items():
-        if copy in reasons:
-            reason = named(reasons[copy])
+    for name, path in messages:
+        if str(path) in reasons:
+            reason = named(reasons[str(path)])
             move(name, INVALID)
             result.invalid.append({"message": name.rsplit("/", 1)[-1], "reason": reason})
             log.warning("collector mailbox=%s message=%s moved=%s reason=%s", where, name, INVALID, reason)
@@ -128,7 +123,7 @@ def collect_maildir(
     s3=None,
 ) -> MaildirSummary:
     """Collect every message of the Maildir ``root``'s inbox, then archive or invalidate it."""
-    messages = [(str(path), path.read_bytes()) for path in _messages(root)]
+    messages = [(str(path), path) for path in _messages(root)]  # each message is a file already
 
     def move(name: str, folder: str) -> None:
         _move(Path(name), root, folder)
