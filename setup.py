@@ -46,6 +46,7 @@ setup(
             "ruff>=0.6",
             "import-linter>=2.1",  # the import layers (.importlinter), checked by make test
             "cfn-lint>=1.0",
+            "aiosmtpd>=1.4",  # a real local SMTP server for the digest tests
             "hypothesis>=6.100",
             "playwright>=1.45",  # drives Debian's chromium (scripts/ensure-chromium.sh), no browser download
         ],

@@ -144,6 +144,12 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_CAPACITY_SENSOR_INTERVAL_S", "int", 30, "capacity", "Seconds between capacity_sensor ticks.", minimum=1),
     # -- web -------------------------------------------------------------------------------------------
     _k("PIPELINE_WEB_SECRET", "str", None, "web", "Key that signs the web application's sessions (default: random per start, which signs everyone out on restart)."),
+    _k("PIPELINE_WEB_SECURE_COOKIE", "bool", False, "web", "Mark the session cookie Secure (set it when the application is served over TLS, directly or behind a proxy)."),
+    _k("PIPELINE_SMTP_HOST", "str", None, "web", "`pipeline digest`: the SMTP server that sends the weekly digests (unset: digests are not sent)."),
+    _k("PIPELINE_SMTP_PORT", "int", 25, "web", "`pipeline digest`: the SMTP server's port.", minimum=1),
+    _k("PIPELINE_SMTP_FROM", "str", "dmarc-reports@localhost", "web", "`pipeline digest`: the digests' From address."),
+    _k("PIPELINE_SMTP_STARTTLS", "bool", False, "web", "`pipeline digest`: upgrade the SMTP connection with STARTTLS."),
+    _k("PIPELINE_WEBHOOK_TIMEOUT_S", "float", 10.0, "web", "Alerts: how long one webhook delivery may take before it is retried at the next evaluation.", minimum=0.1),
     # -- test support (pipeline chaos) -----------------------------------------------------------------
     _k("PIPELINE_CHAOS_LATE_S", "float", 3.0, "chaos", "`pipeline chaos`: the pause of a deliberately late importer.", minimum=0),
 )

@@ -378,3 +378,22 @@ service imap-login {{
             self.process.wait(timeout=20)
         except Exception:
             self.process.kill()
+
+
+# -- the web application ---------------------------------------------------------------------
+
+
+def csrf_of(html: str) -> str:
+    import re
+
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "the page has no CSRF token"
+    return match.group(1)
+
+
+def web_sign_in(client, token: str):
+    """Sign in as a browser does: fetch the form (and its CSRF token), then post it."""
+    form = client.get("/login")
+    response = client.post("/login", data={"token": token, "csrf": csrf_of(form.text)}, follow_redirects=False)
+    assert response.status_code == 303, response.text[:300]
+    return client

@@ -12,6 +12,7 @@ client alone (the queries' own cost, without queueing for the two cores).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import statistics
 import threading
 import time
@@ -108,7 +109,8 @@ def run(
         def client_run(index: int) -> None:
             name = names[index % len(names)]
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
-                http.post("/login", data={"token": tokens[name]})
+                csrf = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text).group(1)
+                http.post("/login", data={"token": tokens[name], "csrf": csrf})
                 headers = {"Authorization": f"Bearer {tokens[name]}"}
                 for _ in range(rounds):
                     for path in PAGES:

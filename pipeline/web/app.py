@@ -11,6 +11,8 @@ request only ever reads as its own tenant (row-level security); asking for anyth
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import secrets
 import threading
@@ -27,8 +29,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from pipeline import config
-from pipeline.web import charts, queries
-from pipeline.web.tenants import customer_for
+from pipeline.web import alerts, charts, dmarc, queries
+from pipeline.web.tenants import customer_for, generation, session_for
 
 log = logging.getLogger("pipeline.web")
 TEMPLATES = Environment(
@@ -37,19 +39,43 @@ TEMPLATES = Environment(
 
 
 def _customer(request: Request) -> str | None:
-    """The request's tenant (bearer token, else the session), looked up once per request."""
+    """The request's tenant (bearer token, else the session), looked up once per request. A
+    session stays signed in only while its token generation is the tenant's current one:
+    rotating or revoking the token ends every session signed in with the old one."""
     if "customer" not in request.state._state:
-        customer = request.session.get("customer")
+        customer = None
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             with request.app.state.warehouse.service() as conn:
                 customer = customer_for(conn, header[7:].strip())
+        elif request.session.get("customer"):
+            with request.app.state.warehouse.service() as conn:
+                current = generation(conn, request.session["customer"])
+            if current is not None and current == request.session.get("generation"):
+                customer = request.session["customer"]
+            else:
+                request.session.clear()
         request.state.customer = customer
     return request.state.customer
 
 
+def _csrf_token(request: Request) -> str:
+    if not request.session.get("csrf"):
+        request.session["csrf"] = secrets.token_urlsafe(24)
+    return request.session["csrf"]
+
+
+def _check_csrf(request: Request, form) -> None:
+    """Forms carry the session's CSRF token: a cross-site page cannot read it, so it cannot post."""
+    expected = request.session.get("csrf") or ""
+    if not expected or not hmac.compare_digest(str(form.get("csrf", "")), expected):
+        raise HTTPException(403, "the form expired")
+
+
 def _page(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
-    html = TEMPLATES.get_template(template).render(request=request, customer=_customer(request), **context)
+    html = TEMPLATES.get_template(template).render(
+        request=request, customer=_customer(request), csrf=_csrf_token(request), **context
+    )
     return HTMLResponse(html, status_code=status)
 
 
@@ -66,17 +92,23 @@ async def login(request: Request) -> Response:
     if request.method == "GET":
         return _page(request, "login.html")
     form = await request.form()
+    if not request.session.get("csrf") or not hmac.compare_digest(
+        str(form.get("csrf", "")), request.session.get("csrf", "")
+    ):
+        log.info("web sign-in without a valid form token from %s", request.client.host if request.client else "?")
+        return _page(request, "login.html", status=403, error="The sign-in form expired: please sign in again.")
     with request.app.state.warehouse.service() as conn:
-        customer = customer_for(conn, str(form.get("token", "")).strip())
-    if customer is None:
+        signed = session_for(conn, str(form.get("token", "")).strip())
+    if signed is None:
         log.info("web sign-in refused from %s", request.client.host if request.client else "?")
         return _page(request, "login.html", status=401, error="That token is not valid.")
     request.session.clear()
-    request.session["customer"] = customer
+    request.session["customer"], request.session["generation"] = signed
     return RedirectResponse("/", status_code=303)
 
 
-def logout(request: Request) -> Response:
+async def logout(request: Request) -> Response:
+    _check_csrf(request, await request.form())
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
@@ -155,6 +187,263 @@ def report_api(request: Request) -> Response:
     return JSONResponse(_report(request, _require(request, api=True)))
 
 
+# -- the DMARC product: services, readiness, details, alerts, export ----------------------------
+
+
+def _tenant(request: Request, api: bool, fn, *args):
+    customer = _require(request, api=api)
+    with request.app.state.warehouse.tenant(customer) as conn:
+        return customer, fn(conn, customer, *args)
+
+
+def services_page(request: Request) -> Response:
+    classification = request.query_params.get("classification", "")
+    _, rows = _tenant(request, False, dmarc.services, classification)
+    return _page(
+        request,
+        "services.html",
+        services=rows,
+        classification=classification,
+        classifications=queries.CLASSIFICATIONS,
+    )
+
+
+def services_api(request: Request) -> Response:
+    _, rows = _tenant(request, True, dmarc.services, request.query_params.get("classification", ""))
+    return JSONResponse({"services": rows})
+
+
+async def mark_service(request: Request) -> Response:
+    """The customer marks a service as theirs (or not): an event, applied by a projection refresh."""
+    from starlette.concurrency import run_in_threadpool
+
+    from pipeline.warehouse.projections import refresh
+
+    customer = _require(request, api=False)
+    form = await request.form()
+    _check_csrf(request, form)
+    url = request.app.state.settings.database_url
+    await run_in_threadpool(dmarc.mark_service, url, customer, str(form.get("service", "")), form.get("mine") == "1")
+    await run_in_threadpool(refresh, url)
+    return RedirectResponse("/services", status_code=303)
+
+
+RULE = {
+    "aligned": round(100 * dmarc.READY_ALIGNED_RATE),
+    "window": dmarc.READY_WINDOW_DAYS,
+    "quiet": dmarc.READY_QUIET_DAYS,
+    "min_days": dmarc.READY_MIN_DAYS,
+}
+
+
+def readiness_page(request: Request) -> Response:
+    _, rows = _tenant(request, False, dmarc.readiness)
+    return _page(request, "readiness.html", domains=rows, rule=RULE)
+
+
+def readiness_api(request: Request) -> Response:
+    _, rows = _tenant(request, True, dmarc.readiness)
+    return JSONResponse({"readiness": rows, "rule": RULE})
+
+
+def source_page(request: Request) -> Response:
+    _, detail = _tenant(request, False, dmarc.source_detail, request.path_params["ip"])
+    if detail is None:
+        raise HTTPException(404, "no such source")
+    return _page(request, "source.html", detail=detail)
+
+
+def source_api(request: Request) -> Response:
+    _, detail = _tenant(request, True, dmarc.source_detail, request.path_params["ip"])
+    if detail is None:
+        raise HTTPException(404, "no such source")
+    return JSONResponse(detail)
+
+
+def _alerts(conn, customer: str) -> dict:
+    return {"alerts": alerts.recent(conn, customer), "rules": alerts.rules_for(conn, customer)}
+
+
+def alerts_page(request: Request) -> Response:
+    _, data = _tenant(request, False, _alerts)
+    return _page(request, "alerts.html", **data)
+
+
+def alerts_api(request: Request) -> Response:
+    _, data = _tenant(request, True, _alerts)
+    return JSONResponse(data)
+
+
+def more_page(request: Request) -> Response:
+    _require(request, api=False)
+    return _page(request, "more.html")
+
+
+# The simple tables: (title, columns (key, label, kind), fetch(conn, customer, params), empty text).
+def _domains_table(conn, customer, params):
+    return queries.domains(conn, customer)
+
+
+def _sources_table(conn, customer, params):
+    return queries.source_rows(conn, customer, queries.SourceQuery.parse(params), limit=1_000_000)
+
+
+def _detail(part: str):
+    def fetch(conn, customer, params):
+        detail = dmarc.source_detail(conn, customer, params.get("ip", ""))
+        return detail[part] if detail else []
+
+    return fetch
+
+
+TABLES = {
+    "reports": (
+        "Reports",
+        [
+            ("report_id", "Report", "report"),
+            ("report_org", "Reporter", ""),
+            ("policy_domain", "Domain", ""),
+            ("policy_p", "Policy", ""),
+            ("report_begin", "Begins", ""),
+            ("report_end", "Ends", ""),
+            ("messages", "Messages", "num"),
+            ("dmarc_pass", "DMARC pass", "num"),
+            ("aligned_pass", "Aligned", "num"),
+        ],
+        lambda conn, customer, params: dmarc.report_list(conn, customer),
+        "No reports yet.",
+    ),
+    "reporters": (
+        "Reporting organisations",
+        [
+            ("report_org", "Organisation", ""),
+            ("reports", "Reports", "num"),
+            ("messages", "Messages", "num"),
+            ("pass_rate", "DMARC pass", "pct"),
+            ("last_report", "Last report", ""),
+        ],
+        lambda conn, customer, params: dmarc.reporters(conn, customer),
+        "No reports yet.",
+    ),
+    "countries": (
+        "Countries",
+        [
+            ("country", "Country", ""),
+            ("sources", "Sources", "num"),
+            ("messages", "Messages", "num"),
+            ("pass_rate", "DMARC pass", "pct"),
+        ],
+        lambda conn, customer, params: dmarc.countries(conn, customer),
+        "No sources yet.",
+    ),
+    "disagreements": (
+        "Verdict disagreements",
+        [
+            ("day", "Day", ""),
+            ("report_id", "Report", "report"),
+            ("source_ip", "Source", "source"),
+            ("message_count", "Messages", "num"),
+            ("dmarc_pass", "Receiver: DMARC pass", "bool"),
+            ("aligned_pass", "Recomputed: aligned", "bool"),
+            ("policy_dkim", "Receiver DKIM", ""),
+            ("policy_spf", "Receiver SPF", ""),
+            ("dkim_domain", "DKIM domain", ""),
+            ("dkim_result", "DKIM result", ""),
+            ("spf_domain", "SPF domain", ""),
+            ("spf_result", "SPF result", ""),
+            ("override_reasons", "Override", ""),
+        ],
+        lambda conn, customer, params: dmarc.disagreements(conn, customer, 1000),
+        "None: every receiver's verdict matches the alignment recomputed from its authentication results.",
+    ),
+}
+INTROS = {
+    "disagreements": "Figures count the receivers' verdict (policy_evaluated), which decided what happened to the "
+    "mail. These records are where it differs from the alignment recomputed from the reported DKIM and SPF results "
+    "(a forwarder's override, a receiver's local policy, or a result the report does not show).",
+}
+EXPORTS = {
+    **{name: fetch for name, (_, _, fetch, _) in TABLES.items()},
+    "domains": _domains_table,
+    "sources": _sources_table,
+    "services": lambda conn, customer, params: dmarc.services(conn, customer, params.get("classification", "")),
+    "readiness": lambda conn, customer, params: [
+        {**{k: v for k, v in d.items() if k != "blockers"}, "blockers": "; ".join(b["detail"] for b in d["blockers"])}
+        for d in dmarc.readiness(conn, customer)
+    ],
+    "alerts": lambda conn, customer, params: alerts.recent(conn, customer, 10_000),
+    "dkim": _detail("dkim"),
+    "spf": _detail("spf"),
+}
+
+
+def table_page(request: Request) -> Response:
+    view = request.url.path.strip("/")
+    title, columns, fetch, empty = TABLES[view]
+    _, rows = _tenant(request, False, fetch, request.query_params)
+    query = f"?{request.url.query}" if request.url.query else ""
+    return _page(
+        request,
+        "table.html",
+        title=title,
+        columns=columns,
+        rows=rows,
+        view=view,
+        empty=empty,
+        intro=INTROS.get(view),
+        query_string=query,
+    )
+
+
+def table_api(request: Request) -> Response:
+    view = request.url.path.rsplit("/", 1)[-1]
+    _, rows = _tenant(request, True, TABLES[view][2], request.query_params)
+    return JSONResponse({view: jsonable(rows)})
+
+
+def jsonable(rows: list[dict]) -> list[dict]:
+    import datetime as dt
+    from decimal import Decimal
+
+    def value(v):
+        if isinstance(v, dt.date | dt.datetime):
+            return v.isoformat()
+        if isinstance(v, Decimal):
+            return float(v)
+        return v
+
+    return [{k: value(v) for k, v in row.items()} for row in rows]
+
+
+def export_csv(request: Request) -> Response:
+    """``/api/export/<view>.csv``: every table as CSV, with the page's filters, as the tenant."""
+    import csv
+    import io
+
+    view = request.path_params["view"]
+    if view not in EXPORTS:
+        raise HTTPException(404, "no such view")
+    customer = _require(request, api=True)
+    with request.app.state.warehouse.tenant(customer) as conn:
+        rows = jsonable(EXPORTS[view](conn, customer, request.query_params))
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{customer}-{view}.csv"'},
+    )
+
+
+def ping_api(request: Request) -> Response:
+    """The cheapest authenticated route: what the benchmark measures as the server's floor."""
+    return JSONResponse({"customer": _require(request, api=True)})
+
+
 QUEUE_DEPTH_TTL_S = 5.0
 
 
@@ -213,7 +502,7 @@ def health_api(request: Request) -> Response:
 async def http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 303:
         return RedirectResponse("/login", status_code=303)
-    messages = {401: "Sign in first.", 403: "Not yours.", 404: "Not found."}
+    messages = {401: "Sign in first.", 403: "That form expired: reload the page and try again.", 404: "Not found."}
     message = messages.get(exc.status_code, "That did not work.")
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=exc.status_code)
@@ -227,13 +516,13 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return HTMLResponse("<h1>Something went wrong</h1><p>It is logged; try again later.</p>", status_code=500)
 
 
-def create_app(settings, secret: str | None = None) -> Starlette:
+def create_app(settings, secret: str | None = None, secure_cookie: bool | None = None) -> Starlette:
     from pipeline.aws import client
 
     routes = [
         Route("/", overview_page),
         Route("/login", login, methods=["GET", "POST"]),
-        Route("/logout", logout, methods=["POST", "GET"]),
+        Route("/logout", logout, methods=["POST"]),
         Route("/domains", domains_page),
         Route("/sources", sources_page),
         Route("/reports/{report_id:path}", report_page),
@@ -243,11 +532,32 @@ def create_app(settings, secret: str | None = None) -> Starlette:
         Route("/api/sources", sources_api),
         Route("/api/reports/{report_id:path}", report_api),
         Route("/api/health", health_api),
+        Route("/services", services_page),
+        Route("/services/mark", mark_service, methods=["POST"]),
+        Route("/readiness", readiness_page),
+        Route("/sources/{ip}", source_page),
+        Route("/alerts", alerts_page),
+        Route("/more", more_page),
+        *[Route(f"/{view}", table_page) for view in TABLES],
+        *[Route(f"/api/{view}", table_api) for view in TABLES],
+        Route("/api/services", services_api),
+        Route("/api/readiness", readiness_api),
+        Route("/api/sources/{ip}", source_api),
+        Route("/api/alerts", alerts_api),
+        Route("/api/export/{view}.csv", export_csv),
+        Route("/api/ping", ping_api),
     ]
     secret = secret or config.get("PIPELINE_WEB_SECRET") or secrets.token_urlsafe(32)
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SessionMiddleware, secret_key=secret, same_site="strict", https_only=False)],
+        middleware=[
+            Middleware(
+                SessionMiddleware,
+                secret_key=secret,
+                same_site="strict",
+                https_only=bool(config.get("PIPELINE_WEB_SECURE_COOKIE")) if secure_cookie is None else secure_cookie,
+            )
+        ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.settings = settings

@@ -10,21 +10,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+# Sort keys: never NULL (coalesced), so a (key, source_ip) row comparison pages them exactly.
 SORTABLE = {
     "messages": "messages",
-    "pass_rate": "pass_rate",
+    "pass_rate": "coalesce(pass_rate, -1)",
     "ip": "source_ip",
-    "asn": "asn",
-    "org": "as_org",
-    "service": "service_name",
-    "category": "sender_category",
-    "country": "country",
+    "asn": "coalesce(asn, -1)",
+    "org": "coalesce(as_org, '')",
+    "service": "coalesce(service_name, '')",
+    "category": "coalesce(sender_category, '')",
+    "classification": "coalesce(classification, '')",
+    "country": "coalesce(country, '')",
 }
+NUMERIC_SORTS = {"messages", "pass_rate", "asn"}
+CLASSIFICATIONS = ("authorized", "forwarder", "unauthorized", "suspicious")
 
 
 class Warehouse:
@@ -56,7 +61,9 @@ class Warehouse:
 def overview(conn, customer_id: str) -> dict:
     totals = conn.execute(
         """SELECT coalesce(sum(reports), 0) AS reports, coalesce(sum(messages), 0) AS messages,
-                  coalesce(sum(dmarc_pass), 0) AS dmarc_pass_messages, min(day) AS first_day, max(day) AS last_day,
+                  coalesce(sum(dmarc_pass), 0) AS dmarc_pass_messages, coalesce(sum(aligned_pass), 0) AS aligned,
+                  coalesce(sum(verdict_disagreements), 0) AS disagreements,
+                  min(day) AS first_day, max(day) AS last_day,
                   (SELECT count(*) FROM source_summary WHERE customer_id = %(c)s) AS sources
            FROM daily_domain_compliance WHERE customer_id = %(c)s""",
         {"c": customer_id},
@@ -75,6 +82,8 @@ def overview(conn, customer_id: str) -> dict:
         "messages": messages,
         "dmarc_pass_messages": int(totals["dmarc_pass_messages"]),
         "dmarc_pass_rate": round(int(totals["dmarc_pass_messages"]) / messages, 4) if messages else None,
+        "aligned_pass_messages": int(totals["aligned"]),
+        "verdict_disagreements": int(totals["disagreements"]),
         "sources": totals["sources"],
         "first_day": totals["first_day"].isoformat() if totals["first_day"] else None,
         "last_day": totals["last_day"].isoformat() if totals["last_day"] else None,
@@ -89,7 +98,8 @@ def domains(conn, customer_id: str) -> list[dict]:
                   sum(dmarc_pass) AS dmarc_pass, sum(dmarc_fail) AS dmarc_fail, sum(spf_pass) AS spf_pass,
                   sum(spf_fail) AS spf_fail, sum(dkim_pass) AS dkim_pass, sum(dkim_fail) AS dkim_fail,
                   sum(disposition_none) AS disposition_none, sum(disposition_quarantine) AS quarantine,
-                  sum(disposition_reject) AS reject
+                  sum(disposition_reject) AS reject, sum(aligned_pass) AS aligned_pass,
+                  sum(verdict_disagreements) AS verdict_disagreements, sum(forwarded) AS forwarded
            FROM daily_domain_compliance WHERE customer_id = %s
            GROUP BY policy_domain ORDER BY sum(messages) DESC, policy_domain""",
         (customer_id,),
@@ -108,8 +118,10 @@ class SourceQuery:
     descending: bool = True
     search: str = ""
     category: str = ""
+    classification: str = ""
     page: int = 1
     per_page: int = 25
+    after: tuple | None = None  # keyset cursor: (sort key, source_ip) of the previous page's last row
 
     @classmethod
     def parse(cls, params) -> SourceQuery:
@@ -120,21 +132,62 @@ class SourceQuery:
                 return default
 
         sort = params.get("sort", "messages")
+        sort = sort if sort in SORTABLE else "messages"
+        classification = params.get("classification") or ""
         return cls(
-            sort=sort if sort in SORTABLE else "messages",
+            sort=sort,
             descending=params.get("order", "desc") != "asc",
             search=(params.get("q") or "")[:100],
             category=(params.get("category") or "")[:50],
+            classification=classification if classification in CLASSIFICATIONS else "",
             page=number("page", 1, 1, 100_000),
             per_page=number("per_page", 25, 5, 200),
+            after=decode_cursor(params.get("after"), sort),
         )
 
+    def filters(self) -> dict:
+        """The query string of this view without paging (for sort links, export, the next page)."""
+        return {
+            "sort": self.sort,
+            "order": "desc" if self.descending else "asc",
+            "q": self.search,
+            "category": self.category,
+            "classification": self.classification,
+            "per_page": self.per_page,
+        }
 
-def sources(conn, customer_id: str, query: SourceQuery) -> dict:
+
+def encode_cursor(key, source_ip: str) -> str:
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps([key, source_ip]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str | None, sort: str) -> tuple | None:
+    """A cursor from the query string, or None (then paging falls back to the page number)."""
+    import base64
+    import binascii
+    import json
+
+    if not raw or len(raw) > 400:
+        return None
+    try:
+        key, source_ip = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, binascii.Error, TypeError):
+        return None
+    if not isinstance(source_ip, str):
+        return None
+    if sort in NUMERIC_SORTS:
+        return (key, source_ip) if isinstance(key, int | float) and not isinstance(key, bool) else None
+    return (key, source_ip) if isinstance(key, str) else None
+
+
+def _source_where(customer_id: str, query: SourceQuery):
     from psycopg import sql
 
     where = [sql.SQL("customer_id = %(c)s")]
-    params: dict = {"c": customer_id, "limit": query.per_page, "offset": (query.page - 1) * query.per_page}
+    params: dict = {"c": customer_id}
     if query.search:
         where.append(
             sql.SQL("(source_ip ILIKE %(q)s OR as_org ILIKE %(q)s OR service_name ILIKE %(q)s OR country ILIKE %(q)s)")
@@ -144,23 +197,70 @@ def sources(conn, customer_id: str, query: SourceQuery) -> dict:
     if query.category:
         where.append(sql.SQL("sender_category = %(category)s"))
         params["category"] = query.category
-    order = sql.SQL("{} {} NULLS LAST, source_ip").format(
-        sql.Identifier(SORTABLE[query.sort]), sql.SQL("DESC" if query.descending else "ASC")
-    )
-    condition = sql.SQL(" AND ").join(where)
-    total = conn.execute(sql.SQL("SELECT count(*) AS n FROM source_summary WHERE {}").format(condition), params)
-    total = total.fetchone()["n"]
+    if query.classification:
+        where.append(sql.SQL("classification = %(classification)s"))
+        params["classification"] = query.classification
+    return where, params
+
+
+SOURCE_COLUMNS = (
+    "source_ip, asn, as_org, country, service_name, service, sender_category, classification, trust_score, "
+    "messages, dmarc_pass, aligned_pass, verdict_disagreements, pass_rate, first_day, last_day"
+)
+
+
+def source_rows(conn, customer_id: str, query: SourceQuery, limit: int | None = None) -> list[dict]:
+    """One page of sources (``limit`` rows from the cursor, else from the page number)."""
+    from psycopg import sql
+
+    where, params = _source_where(customer_id, query)
+    key = sql.SQL(SORTABLE[query.sort])
+    direction = sql.SQL("DESC" if query.descending else "ASC")
+    params["limit"] = limit or query.per_page
+    offset = sql.SQL("")
+    if query.after is not None:
+        where.append(
+            sql.SQL("({key}, source_ip) {op} (%(after_key)s, %(after_ip)s)").format(
+                key=key, op=sql.SQL("<" if query.descending else ">")
+            )
+        )
+        params["after_key"], params["after_ip"] = query.after
+    elif limit is None:
+        offset = sql.SQL(" OFFSET %(offset)s")
+        params["offset"] = (query.page - 1) * query.per_page
     statement = sql.SQL(
-        """SELECT source_ip, asn, as_org, country, service_name, sender_category, trust_score, messages,
-                  dmarc_pass, pass_rate, first_day, last_day
-           FROM source_summary WHERE {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"""
-    ).format(where=condition, order=order)
+        "SELECT {columns}, {key} AS sort_key FROM source_summary WHERE {where} "
+        "ORDER BY {key} {direction}, source_ip {direction} LIMIT %(limit)s{offset}"
+    ).format(
+        columns=sql.SQL(SOURCE_COLUMNS),
+        key=key,
+        where=sql.SQL(" AND ").join(where),
+        direction=direction,
+        offset=offset,
+    )
     rows = conn.execute(statement, params).fetchall()
-    items = []
     for row in rows:
         row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
+        row["aligned_pass"], row["verdict_disagreements"] = int(row["aligned_pass"]), int(row["verdict_disagreements"])
         row["first_day"], row["last_day"] = row["first_day"].isoformat(), row["last_day"].isoformat()
-        items.append(row)
+    return rows
+
+
+def sources(conn, customer_id: str, query: SourceQuery) -> dict:
+    from psycopg import sql
+
+    where, params = _source_where(customer_id, query)
+    total = conn.execute(
+        sql.SQL("SELECT count(*) AS n FROM source_summary WHERE {}").format(sql.SQL(" AND ").join(where)), params
+    ).fetchone()["n"]
+    rows = source_rows(conn, customer_id, query)
+    next_cursor = None
+    if len(rows) == query.per_page:
+        last = rows[-1]
+        key = last["sort_key"]
+        next_cursor = encode_cursor(float(key) if isinstance(key, Decimal) else key, last["source_ip"])
+    for row in rows:
+        del row["sort_key"]
     categories = [
         r["sender_category"]
         for r in conn.execute(
@@ -170,14 +270,24 @@ def sources(conn, customer_id: str, query: SourceQuery) -> dict:
         ).fetchall()
     ]
     pages = max(1, -(-total // query.per_page))
-    return {"items": items, "total": total, "page": query.page, "pages": pages, "categories": categories}
+    return {
+        "items": rows,
+        "total": total,
+        "page": query.page,
+        "pages": pages,
+        "next": next_cursor if query.page < pages else None,
+        "categories": categories,
+        "classifications": list(CLASSIFICATIONS),
+    }
 
 
 def report(conn, customer_id: str, report_id: str) -> dict | None:
     rows = conn.execute(
         """SELECT report_org, report_id, report_email, report_begin, report_end, policy_domain, policy_p,
                   source_ip, message_count, disposition, policy_dkim, policy_spf, header_from, dkim_domain,
-                  dkim_result, spf_domain, spf_result, country, as_org, service_name, sender_category, dmarc_pass
+                  dkim_result, spf_domain, spf_result, country, as_org, service_name, sender_category,
+                  receiver_pass(policy_dkim, policy_spf) AS dmarc_pass, dmarc_pass AS aligned_pass, override_reasons,
+                  dkim_selector, spf_scope
            FROM telemetry_events WHERE customer_id = %s AND report_id = %s ORDER BY record_index""",
         (customer_id, report_id[:300]),
     ).fetchall()
@@ -212,6 +322,10 @@ def report(conn, customer_id: str, report_id: str) -> dict | None:
                     "service_name",
                     "sender_category",
                     "dmarc_pass",
+                    "aligned_pass",
+                    "override_reasons",
+                    "dkim_selector",
+                    "spf_scope",
                 )
             }
             for r in rows

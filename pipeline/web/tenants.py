@@ -24,10 +24,59 @@ def issue_token(database_url: str, customer_id: str) -> str:
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "INSERT INTO tenants (customer_id, token_hash) VALUES (%s, %s) "
-            "ON CONFLICT (customer_id) DO UPDATE SET token_hash = EXCLUDED.token_hash, created_at = clock_timestamp()",
+            "ON CONFLICT (customer_id) DO UPDATE SET token_hash = EXCLUDED.token_hash, created_at = clock_timestamp(), "
+            "generation = tenants.generation + 1, revoked_at = NULL",
             (customer_id, _hash(token)),
         )
     return token
+
+
+def revoke_token(database_url: str, customer_id: str) -> bool:
+    """Revoke the customer's token: it stops working and every session signed in with it ends."""
+    with psycopg.connect(database_url) as conn:
+        cur = conn.execute(
+            "UPDATE tenants SET revoked_at = clock_timestamp(), generation = generation + 1, "
+            "token_hash = 'revoked:' || md5(random()::text || clock_timestamp()::text) WHERE customer_id = %s",
+            (customer_id,),
+        )
+        return cur.rowcount == 1
+
+
+def generation(conn: psycopg.Connection, customer_id: str) -> int | None:
+    """The token generation a session must carry to stay signed in (None: revoked or unknown)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(
+            "SELECT generation FROM tenants WHERE customer_id = %s AND revoked_at IS NULL", (customer_id,)
+        ).fetchone()
+    return row[0] if row else None
+
+
+def configure_notifications(
+    database_url: str, customer_id: str, webhook_url: str | None = None, email: str | None = None
+) -> str | None:
+    """Set where a customer's alerts and digests go; returns a new webhook signing secret
+    (shown once) when a webhook is set."""
+    secret = None
+    with psycopg.connect(database_url) as conn:
+        if conn.execute("SELECT 1 FROM tenants WHERE customer_id = %s", (customer_id,)).fetchone() is None:
+            raise ValueError(
+                f"{customer_id!r} has no web access yet: run `pipeline web-token --customer {customer_id}`"
+            )
+        if webhook_url is not None:
+            if webhook_url and not webhook_url.startswith(("http://", "https://")):
+                raise ValueError(f"{webhook_url!r} is not an http(s) URL")
+            secret = secrets.token_urlsafe(32) if webhook_url else None
+            conn.execute(
+                "UPDATE tenants SET webhook_url = nullif(%s, ''), webhook_secret = %s WHERE customer_id = %s",
+                (webhook_url, secret, customer_id),
+            )
+        if email is not None:
+            if email and "@" not in email:
+                raise ValueError(f"{email!r} is not an e-mail address")
+            conn.execute(
+                "UPDATE tenants SET digest_email = nullif(%s, '') WHERE customer_id = %s", (email, customer_id)
+            )
+    return secret
 
 
 def customer_for(conn: psycopg.Connection, token: str | None) -> str | None:
@@ -36,7 +85,19 @@ def customer_for(conn: psycopg.Connection, token: str | None) -> str | None:
         return None
     digest = _hash(token)
     with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute("SELECT customer_id, token_hash FROM tenants WHERE token_hash = %s", (digest,)).fetchone()
+        row = cur.execute(
+            "SELECT customer_id, token_hash, generation FROM tenants WHERE token_hash = %s AND revoked_at IS NULL",
+            (digest,),
+        ).fetchone()
     if row and hmac.compare_digest(row[1], digest):
         return row[0]
     return None
+
+
+def session_for(conn: psycopg.Connection, token: str | None) -> tuple[str, int] | None:
+    """(customer, generation) for a token: what a session cookie carries after sign-in."""
+    customer = customer_for(conn, token)
+    if customer is None:
+        return None
+    current = generation(conn, customer)
+    return (customer, current) if current is not None else None

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from pipeline.web.app import create_app
 from pipeline.web.tenants import issue_token
-from pipeline_tests.support import customer_with_reports, new_customer
+from pipeline_tests.support import csrf_of, customer_with_reports, new_customer, web_sign_in
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,7 @@ def app(stack):
 
 
 def _signed_in(app, token) -> TestClient:
-    client = TestClient(app)
-    response = client.post("/login", data={"token": token}, follow_redirects=False)
-    assert response.status_code == 303
-    return client
+    return web_sign_in(TestClient(app), token)
 
 
 def _ids(tenants):
@@ -113,7 +110,8 @@ def test_one_customer_cannot_read_another(app, tenants):
     as_b = api.get("/api/overview", headers={"Authorization": f"Bearer {token_b}"}).json()
     assert as_b["customer"] == b and a not in json.dumps(as_b)
     assert TestClient(app).get("/", follow_redirects=False).headers["location"] == "/login"
-    bad_login = TestClient(app).post("/login", data={"token": token_a + "x"})
+    guest = TestClient(app)
+    bad_login = guest.post("/login", data={"token": token_a + "x", "csrf": csrf_of(guest.get("/login").text)})
     assert bad_login.status_code == 401 and token_a not in bad_login.text
 
 

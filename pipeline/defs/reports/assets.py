@@ -5,7 +5,7 @@ touched since the last time (``pipeline.warehouse.projections``); eager automati
 each import. ``pipeline projections rebuild`` recomputes everything.
 """
 
-from dagster import AssetKey, AssetSpec, AutomationCondition, MaterializeResult, multi_asset
+from dagster import AssetKey, AssetSpec, AutomationCondition, MaterializeResult, asset, multi_asset
 
 from pipeline import names
 from pipeline.defs.resources import WarehouseResource
@@ -48,4 +48,29 @@ def warehouse_projections(context, warehouse: WarehouseResource):
     )
     yield MaterializeResult(
         asset_key=SOURCES, metadata={"slices_refreshed": result.slices, "rows_written": result.source_rows}
+    )
+
+
+@asset(
+    key=AssetKey("customer_alerts"),
+    deps=[DOMAINS, SOURCES],
+    description="Alerts per customer (a new unauthorized source, the pass rate below a threshold, reports "
+    "stopped, a policy change), each fired once per occurrence when the projections refresh, and POSTed "
+    "signed to the customer's webhook.",
+    automation_condition=AutomationCondition.eager(),
+    group_name="warehouse",
+)
+def customer_alerts(context, warehouse: WarehouseResource) -> MaterializeResult:
+    from pipeline.web import alerts
+
+    url = warehouse.database_url()
+    fired = alerts.evaluate(url)
+    delivery = alerts.deliver(url)
+    context.log.info(f"alerts fired={len(fired)} delivered={delivery['delivered']} failed={delivery['failed']}")
+    return MaterializeResult(
+        metadata={
+            "alerts_fired": len(fired),
+            "webhooks_delivered": delivery["delivered"],
+            "webhooks_failed": delivery["failed"],
+        }
     )

@@ -1,0 +1,248 @@
+"""The answers DMARC users come for: who sends as me, is it authorized, what breaks at p=reject.
+
+Read as the tenant (row-level security), from the projections (``service_summary``,
+``daily_domain_services``, ``daily_reports``, ``source_summary``), which are rebuildable from
+``telemetry_events`` and ``customer_events``. The rules are documented in docs/DMARC.md.
+
+"DMARC pass" everywhere is the receiving system's verdict (policy_evaluated DKIM or SPF pass);
+"aligned" is the alignment recomputed from the authentication results.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+
+from pipeline.web.queries import CLASSIFICATIONS
+
+# Policy readiness (docs/DMARC.md): the staged rollout, and what "safe now" means.
+LADDER = [("none", 100), ("quarantine", 25), ("quarantine", 100), ("reject", 25), ("reject", 100)]
+READY_ALIGNED_RATE = 0.98  # every authorized service at least this aligned ...
+READY_WINDOW_DAYS = 30  # ... over the domain's last 30 days of reports
+READY_QUIET_DAYS = 14  # no authorized service first seen in the last 14 days
+READY_MIN_DAYS = 14  # and at least 14 days of reports to judge by
+
+
+def _rate(part, whole) -> float | None:
+    return round(int(part) / int(whole), 4) if whole else None
+
+
+def services(conn, customer_id: str, classification: str = "") -> list[dict]:
+    rows = conn.execute(
+        """SELECT service, known_service, classification, marked, messages, dmarc_pass, aligned_pass, forwarded,
+                  trust_score, sources, first_day, last_day
+           FROM service_summary WHERE customer_id = %(c)s AND (%(k)s = '' OR classification = %(k)s)
+           ORDER BY messages DESC, service""",
+        {"c": customer_id, "k": classification if classification in CLASSIFICATIONS else ""},
+    ).fetchall()
+    out = []
+    for row in rows:
+        out.append(
+            {
+                "name": row["service"],
+                "known_service": row["known_service"],
+                "classification": row["classification"],
+                "marked": row["marked"],
+                "messages": int(row["messages"]),
+                "dmarc_pass": int(row["dmarc_pass"]),
+                "pass_rate": _rate(row["dmarc_pass"], row["messages"]),
+                "aligned_pass": int(row["aligned_pass"]),
+                "aligned_rate": _rate(row["aligned_pass"], row["messages"]),
+                "forwarded": int(row["forwarded"]),
+                "trust_score": row["trust_score"],
+                "sources": int(row["sources"]),
+                "first_day": row["first_day"].isoformat(),
+                "last_day": row["last_day"].isoformat(),
+            }
+        )
+    return out
+
+
+def mark_service(database_url: str, customer_id: str, service: str, mine: bool) -> None:
+    """Record the customer's choice (an event); the classification follows at the next refresh."""
+    service = service.strip()[:200]
+    if not service:
+        raise ValueError("name the service to mark")
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO customer_events (customer_id, kind, subject) VALUES (%s, %s, %s)",
+            (customer_id, "service_marked" if mine else "service_unmarked", service),
+        )
+
+
+def _next_step(policy: str | None, pct: int | None) -> tuple[str, int] | None:
+    current = (policy or "none", 100 if pct is None else int(pct))
+    rank = {"none": 0, "quarantine": 1, "reject": 2}.get(current[0], 0)
+    for step in LADDER:
+        step_rank = {"none": 0, "quarantine": 1, "reject": 2}[step[0]]
+        if step_rank > rank or (step_rank == rank and step[1] > current[1]):
+            return step
+    return None
+
+
+def readiness(conn, customer_id: str) -> list[dict]:
+    """Per domain: current policy, the next step, whether it is safe now, and what blocks it."""
+    current = conn.execute(
+        """SELECT DISTINCT ON (policy_domain) policy_domain, policy_p, policy_pct
+           FROM daily_reports WHERE customer_id = %s AND policy_domain IS NOT NULL
+           ORDER BY policy_domain, report_end DESC NULLS LAST""",
+        (customer_id,),
+    ).fetchall()
+    per_domain = conn.execute(
+        """WITH span AS (
+               SELECT policy_domain, max(day) AS last_day FROM daily_domain_services
+               WHERE customer_id = %(c)s GROUP BY policy_domain),
+           per_service AS (
+               SELECT d.policy_domain, d.service, min(d.day) AS first_day,
+                      sum(d.messages) FILTER (WHERE d.day > s.last_day - %(window)s) AS messages,
+                      sum(d.aligned_pass) FILTER (WHERE d.day > s.last_day - %(window)s) AS aligned,
+                      count(DISTINCT d.day) FILTER (WHERE d.day > s.last_day - %(window)s) AS days
+               FROM daily_domain_services d JOIN span s USING (policy_domain)
+               WHERE d.customer_id = %(c)s GROUP BY d.policy_domain, d.service)
+           SELECT p.*, s.last_day, v.classification,
+                  (SELECT count(DISTINCT day) FROM daily_domain_services x WHERE x.customer_id = %(c)s
+                     AND x.policy_domain = p.policy_domain AND x.day > s.last_day - %(window)s) AS domain_days
+           FROM per_service p JOIN span s USING (policy_domain)
+           JOIN service_summary v ON v.customer_id = %(c)s AND v.service = p.service
+           ORDER BY p.policy_domain, p.messages DESC NULLS LAST, p.service""",
+        {"c": customer_id, "window": READY_WINDOW_DAYS},
+    ).fetchall()
+    policies = {r["policy_domain"]: (r["policy_p"], r["policy_pct"]) for r in current}
+    domains: dict[str, dict] = {}
+    for row in per_domain:
+        domain = row["policy_domain"]
+        if domain not in domains:
+            policy, pct = policies.get(domain, (None, None))
+            step = _next_step(policy, pct)
+            days = int(row["domain_days"] or 0)
+            blockers = []
+            if days < READY_MIN_DAYS:
+                blockers.append(
+                    {"reason": "too_few_days", "detail": f"{days} day(s) of reports, {READY_MIN_DAYS} needed"}
+                )
+            domains[domain] = {
+                "domain": domain,
+                "current_policy": policy or "none",
+                "current_pct": 100 if pct is None else int(pct),
+                "next_policy": step[0] if step else None,
+                "next_pct": step[1] if step else None,
+                "ready": False,
+                "blockers": blockers,
+                "last_day": row["last_day"].isoformat(),
+            }
+        if row["classification"] != "authorized" or not row["messages"]:
+            continue
+        entry = domains[domain]
+        messages, aligned = int(row["messages"]), int(row["aligned"] or 0)
+        if aligned < READY_ALIGNED_RATE * messages:
+            entry["blockers"].append(
+                {
+                    "reason": "not_aligned",
+                    "service": row["service"],
+                    "messages": messages,
+                    "unaligned_messages": messages - aligned,
+                    "aligned_rate": _rate(aligned, messages),
+                    "detail": f"{row['service']}: {100 * aligned / messages:.1f}% aligned over "
+                    f"{READY_WINDOW_DAYS} days, {100 * READY_ALIGNED_RATE:.0f}% needed",
+                }
+            )
+        if row["first_day"] > row["last_day"] - dt.timedelta(days=READY_QUIET_DAYS):
+            entry["blockers"].append(
+                {
+                    "reason": "new_service",
+                    "service": row["service"],
+                    "messages": messages,
+                    "detail": f"{row['service']} first seen {row['first_day']}, less than {READY_QUIET_DAYS} days ago",
+                }
+            )
+    for entry in domains.values():
+        entry["ready"] = entry["next_policy"] is not None and not entry["blockers"]
+    return list(domains.values())
+
+
+def disagreements(conn, customer_id: str, limit: int = 100) -> list[dict]:
+    """Records where the receiver's verdict and the recomputed alignment differ, newest first."""
+    rows = conn.execute(
+        """SELECT day, report_org, report_id, policy_domain, source_ip, message_count, policy_dkim, policy_spf,
+                  dkim_domain, dkim_result, spf_domain, spf_result, header_from, override_reasons,
+                  receiver_pass(policy_dkim, policy_spf) AS dmarc_pass, coalesce(dmarc_pass, false) AS aligned_pass
+           FROM telemetry_events
+           WHERE customer_id = %s
+             AND receiver_pass(policy_dkim, policy_spf) IS DISTINCT FROM coalesce(dmarc_pass, false)
+           ORDER BY day DESC, report_id, record_index LIMIT %s""",
+        (customer_id, limit),
+    ).fetchall()
+    for row in rows:
+        row["day"] = row["day"].isoformat() if row["day"] else None
+    return rows
+
+
+def source_detail(conn, customer_id: str, source_ip: str) -> dict | None:
+    """One source: its summary, and its DKIM (domain, selector, result) and SPF (domain, scope,
+    result) results with volumes."""
+    summary = conn.execute(
+        "SELECT * FROM source_summary WHERE customer_id = %s AND source_ip = %s", (customer_id, source_ip[:64])
+    ).fetchone()
+    if summary is None:
+        return None
+    dkim = conn.execute(
+        """SELECT coalesce(dkim_domain, '') AS domain, coalesce(dkim_selector, '') AS selector,
+                  coalesce(dkim_result, 'none') AS result, sum(message_count) AS messages
+           FROM telemetry_events WHERE customer_id = %s AND source_ip = %s
+           GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3""",
+        (customer_id, source_ip),
+    ).fetchall()
+    spf = conn.execute(
+        """SELECT coalesce(spf_domain, '') AS domain, coalesce(spf_scope, '') AS scope,
+                  coalesce(spf_result, 'none') AS result, sum(message_count) AS messages
+           FROM telemetry_events WHERE customer_id = %s AND source_ip = %s
+           GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3""",
+        (customer_id, source_ip),
+    ).fetchall()
+    for row in dkim + spf:
+        row["messages"] = int(row["messages"] or 0)
+    summary = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in summary.items() if k != "customer_id"}
+    return {"source": summary, "dkim": dkim, "spf": spf}
+
+
+def countries(conn, customer_id: str) -> list[dict]:
+    rows = conn.execute(
+        """SELECT coalesce(country, '') AS country, count(*) AS sources, sum(messages) AS messages,
+                  sum(dmarc_pass) AS dmarc_pass
+           FROM source_summary WHERE customer_id = %s GROUP BY 1 ORDER BY 3 DESC, 1""",
+        (customer_id,),
+    ).fetchall()
+    for row in rows:
+        row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
+        row["pass_rate"] = _rate(row["dmarc_pass"], row["messages"])
+    return rows
+
+
+def reporters(conn, customer_id: str) -> list[dict]:
+    rows = conn.execute(
+        """SELECT report_org, count(*) AS reports, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
+                  max(report_end) AS last_report
+           FROM daily_reports WHERE customer_id = %s GROUP BY 1 ORDER BY 3 DESC, 1""",
+        (customer_id,),
+    ).fetchall()
+    for row in rows:
+        row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
+        row["pass_rate"] = _rate(row["dmarc_pass"], row["messages"])
+        row["last_report"] = row["last_report"].isoformat() if row["last_report"] else None
+    return rows
+
+
+def report_list(conn, customer_id: str, limit: int = 200) -> list[dict]:
+    rows = conn.execute(
+        """SELECT report_id, report_org, policy_domain, policy_p, policy_pct, report_begin, report_end,
+                  messages, dmarc_pass, aligned_pass
+           FROM daily_reports WHERE customer_id = %s ORDER BY report_end DESC NULLS LAST, report_id LIMIT %s""",
+        (customer_id, limit),
+    ).fetchall()
+    for row in rows:
+        for key in ("report_begin", "report_end"):
+            row[key] = row[key].isoformat() if row[key] else None
+        row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
+        row["aligned_pass"] = int(row["aligned_pass"])
+    return rows
