@@ -20,13 +20,16 @@ from pipeline.telemetry import ENRICHED_FIELDS, SCHEMA_VERSION, arrow_schema
 ENRICHED_ARROW_SCHEMA = arrow_schema()
 
 _ORGS = ["google.com", "Yahoo", "Microsoft Corporation", "Mail.Ru", "comcast.net"]
+# (service, type, AS domain, ASN, country, first octet, P(SPF pass), P(DKIM pass)): the known
+# services mostly authenticate; the hosting networks mostly do not (spoofing, misconfiguration).
 _SERVICES = [
-    ("Google", "Email Provider", "google.com", 15169, "US"),
-    ("Microsoft", "Email Provider", "microsoft.com", 8075, "US"),
-    ("Amazon SES", "Email Provider", "amazon.com", 16509, "US"),
-    (None, None, "ovh.net", 16276, "FR"),
-    (None, None, "hetzner.com", 24940, "DE"),
+    ("Google", "Email Provider", "google.com", 15169, "US", 66, 0.8, 0.75),
+    ("Microsoft", "Email Provider", "microsoft.com", 8075, "US", 40, 0.8, 0.75),
+    ("Amazon SES", "Email Provider", "amazon.com", 16509, "US", 54, 0.8, 0.75),
+    (None, None, "ovh.net", 16276, "FR", 51, 0.15, 0.1),
+    (None, None, "hetzner.com", 24940, "DE", 88, 0.15, 0.1),
 ]
+DISAGREEMENT_RATE = 0.01  # records whose receiver verdict differs from the recomputed alignment
 _CATEGORIES = ["authorized", "forwarder", "misconfigured", "suspicious", "spoof", "unknown"]
 
 
@@ -44,9 +47,10 @@ def synthetic_enriched_table(
     org = _ORGS[seed % len(_ORGS)]
     columns: dict[str, list] = {name: [] for name in ENRICHED_FIELDS}
     for index in range(rows):
-        service, service_type, as_domain, asn, country = rng.choice(_SERVICES)
-        spf = rng.random() < 0.8
-        dkim = rng.random() < 0.75
+        service, service_type, as_domain, asn, country, octet, p_spf, p_dkim = rng.choice(_SERVICES)
+        spf = rng.random() < p_spf
+        dkim = rng.random() < p_dkim
+        receiver = (spf or dkim) != (rng.random() < DISAGREEMENT_RATE)
         values = {
             "schema_version": SCHEMA_VERSION,
             "customer_id": customer_id,
@@ -62,11 +66,11 @@ def synthetic_enriched_table(
             "policy_sp": "quarantine",
             "policy_pct": 100,
             "record_index": index,
-            "source_ip": f"198.51.{rng.randrange(256)}.{rng.randrange(256)}",
+            "source_ip": f"{octet}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
             "message_count": rng.randint(1, 500),
-            "disposition": "none" if (spf or dkim) else "quarantine",
-            "policy_dkim": "pass" if dkim else "fail",
-            "policy_spf": "pass" if spf else "fail",
+            "disposition": "none" if receiver else "quarantine",
+            "policy_dkim": "pass" if receiver and (dkim or not spf) else "fail",
+            "policy_spf": "pass" if spf and receiver else "fail",
             "override_reasons": None,
             "header_from": f"{customer_id}.example",
             "envelope_from": f"bounce.{customer_id}.example",

@@ -118,3 +118,29 @@ def test_another_customers_report_is_not_found_in_the_browser(browser, site):
     assert site["b"] not in page.content()
     response = page.goto(site["url"] + "/api/overview?customer=" + site["b"])
     assert response.status == 200 and site["b"] not in page.content()
+
+
+def test_services_marking_readiness_and_export_in_chromium(browser, site):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = _sign_in(browser, site, site["token_a"])
+    page.click("header >> text=Services")
+    row = page.locator("#services tr[data-service='Hetzner']")
+    assert row.count() == 1 and "marked yours" not in row.inner_text()
+    row.locator("button.mark").click()  # a form POST carrying the session's CSRF token
+    page.wait_for_url(site["url"] + "/services")
+    row = page.locator("#services tr[data-service='Hetzner']")
+    assert "marked yours" in row.inner_text() and "authorized" in row.inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "services.png"), full_page=True)
+
+    page.click("header >> text=Policy readiness")
+    assert page.locator("section.domain").count() >= 1
+    page.screenshot(path=str(SCREENSHOTS / "readiness.png"), full_page=True)
+
+    page.goto(site["url"] + "/sources?classification=authorized")
+    with page.expect_download() as download:
+        page.click("#export")
+    text = Path(download.value.path()).read_text()
+    assert text.startswith("source_ip,") and site["b"] not in text
+    page.click("#sign-out")
+    page.wait_for_url(site["url"] + "/login")
+    assert page.goto(site["url"] + "/services").url.endswith("/login")

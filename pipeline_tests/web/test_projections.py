@@ -10,10 +10,14 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from pipeline.warehouse.projections import PROJECTION_TABLES, rebuild, refresh
+from pipeline.web.dmarc import mark_service
 from pipeline_tests.support import delete_and_load, new_customer, put_and_load
 
+SERVICES = ["Google", "Microsoft", "Hetzner", "Amazon SES"]  # the synthetic data's services
 OPS = st.lists(
-    st.tuples(st.sampled_from(["put", "put", "delete"]), st.integers(0, 3), st.integers(1, 60), st.integers(0, 2)),
+    st.tuples(
+        st.sampled_from(["put", "put", "delete", "mark"]), st.integers(0, 3), st.integers(1, 60), st.integers(0, 2)
+    ),
     min_size=1,
     max_size=8,
 )
@@ -38,7 +42,7 @@ def _truth(database_url: str, customer: str) -> int:
         ).fetchone()[0]
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ops=OPS)
 def test_incremental_upkeep_equals_a_full_rebuild(stack, clients, ops):
     s3, customer = clients("s3"), new_customer()
@@ -46,6 +50,8 @@ def test_incremental_upkeep_equals_a_full_rebuild(stack, clients, ops):
     for step, (op, slot, rows, day) in enumerate(ops):
         if op == "put":  # a new object, or an overwrite of the slot's key (supersession)
             live[slot] = put_and_load(stack, s3, customer, f"o{slot}.parquet", rows, seed=step, day=f"2026-10-1{day}")
+        elif op == "mark":  # the customer marks a service as theirs, or withdraws it (an event)
+            mark_service(stack.database_url, customer, SERVICES[slot], mine=rows % 2 == 0)
         elif slot in live:  # a delete (tombstone)
             delete_and_load(stack, s3, live.pop(slot), step)
         refresh(stack.database_url)

@@ -1,0 +1,426 @@
+"""The customers' DMARC product over a crafted customer whose answers are known by construction:
+the receiver's verdict vs recomputed alignment, services and their classification (and the
+customer marking one as theirs), policy readiness, alerts to a real local webhook receiver, the
+weekly digest through a real local SMTP server, detail tables and CSV export under row-level
+security, keyset paging, and sessions that end."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import hmac
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psycopg
+import pyarrow as pa
+import pytest
+from starlette.testclient import TestClient
+
+from pipeline.enrich.synthetic import ENRICHED_ARROW_SCHEMA, parquet_bytes, synthetic_enriched_table
+from pipeline.importer.events import ObjectVersion
+from pipeline.importer.load import load_object
+from pipeline.local.ports import free_port
+from pipeline.warehouse.projections import rebuild, refresh
+from pipeline.web import alerts, digest
+from pipeline.web.app import create_app
+from pipeline.web.tenants import configure_notifications, issue_token, revoke_token
+from pipeline_tests.support import csrf_of, new_customer, web_sign_in
+
+START = dt.date(2026, 9, 1)
+DAYS = 20
+LAST = START + dt.timedelta(days=DAYS - 1)
+FORWARDED = json.dumps([{"type": "forwarded", "comment": None}])
+
+
+def _record(ip, service, org, messages, receiver_pass, aligned, trust, override=None):
+    return {
+        "source_ip": ip,
+        "service_name": service,
+        "as_org": org,
+        "message_count": messages,
+        "policy_dkim": "pass" if receiver_pass else "fail",
+        "policy_spf": "pass" if receiver_pass else "fail",
+        "dkim_aligned": aligned,
+        "spf_aligned": aligned,
+        "dmarc_pass": aligned,
+        "dkim_result": "pass" if aligned else "fail",
+        "spf_result": "pass" if aligned else "fail",
+        "trust_score": trust,
+        "override_reasons": override,
+        "disposition": "none" if receiver_pass or override else "quarantine",
+    }
+
+
+def _shop_day(n: int) -> list[dict]:
+    """shop.example on day n (0-based): p=quarantine, five kinds of sender."""
+    records = [
+        _record("203.0.113.1", "Google", "Google", 100, True, True, 0.9),
+        _record("203.0.113.2", "Amazon SES", "Amazon", 50, True, True, 0.8),
+        _record("203.0.113.2", "Amazon SES", "Amazon", 10, False, False, 0.8),  # SES 83% aligned: a blocker
+        _record("203.0.113.3", "Microsoft", "Microsoft", 20, False, False, 0.8),  # unauthorized
+        _record("203.0.113.4", None, "Hetzner", 15, False, False, 0.1),  # suspicious: unknown, low trust
+        _record("203.0.113.5", "Yahoo", "Yahoo", 12, False, False, 0.5, FORWARDED),  # forwarder
+    ]
+    if n == 0:  # the receiver failed it, the recomputed alignment passes it: a disagreement
+        records.append(_record("203.0.113.1", "Google", "Google", 7, False, True, 0.9))
+    if n >= 15:  # an authorized service first seen less than 14 days ago: a blocker
+        records.append(_record("203.0.113.6", "SendGrid", "SendGrid", 30, True, True, 0.9))
+    if n >= 16:  # a new unauthorized source above the alert threshold (4 x 60 messages)
+        records.append(_record("203.0.113.7", "Microsoft", "Microsoft", 60, False, False, 0.8))
+    return records
+
+
+def _objects() -> list[tuple[str, dt.date, str, int, list[dict]]]:
+    """(domain, day, policy, pct, records) of every report."""
+    out = []
+    for n in range(DAYS):
+        day = START + dt.timedelta(days=n)
+        out.append(("shop.example", day, "quarantine", 100, _shop_day(n)))
+        policy, pct = ("none", 100) if n < 18 else ("quarantine", 25)  # a policy change on day 18
+        out.append(
+            ("news.example", day, policy, pct, [_record("198.51.100.1", "Google", "Google", 100, True, True, 0.9)])
+        )
+        if n < 3:  # reports for tiny.example stopped after three days
+            out.append(
+                ("tiny.example", day, "reject", 100, [_record("198.51.100.2", "Google", "Google", 5, True, True, 0.9)])
+            )
+    return out
+
+
+def _load(settings, s3, customer: str) -> list[dict]:
+    """Import every crafted report with the real loader; return all records (the truth)."""
+    everything = []
+    for domain, day, policy, pct, records in _objects():
+        report_id = f"{customer}-{domain}-{day}"
+        base = synthetic_enriched_table(len(records), seed=1, customer_id=customer, day=day, report_id=report_id)
+        rows = base.to_pylist()
+        for row, record in zip(rows, records, strict=True):
+            row.update(record, policy_domain=domain, header_from=domain, policy_p=policy, policy_pct=pct)
+        everything += rows
+        key = f"{settings.enriched_prefix}customer={customer}/dt={day}/{domain}.parquet"
+        body = parquet_bytes(pa.Table.from_pylist(rows, schema=ENRICHED_ARROW_SCHEMA))
+        etag = s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            load_object(conn, s3, ObjectVersion(settings.enriched_bucket, key, etag, etag=etag))
+    refresh(settings.database_url)
+    return everything
+
+
+@pytest.fixture(scope="module")
+def shop(stack, clients):
+    customer, other = new_customer(), new_customer()
+    records = _load(stack, clients("s3"), customer)
+    _load(stack, clients("s3"), other)
+    app = create_app(stack, secret="dmarc-test")
+    yield {
+        "customer": customer,
+        "other": other,
+        "records": records,
+        "token": issue_token(stack.database_url, customer),
+        "other_token": issue_token(stack.database_url, other),
+        "app": app,
+    }
+    app.state.warehouse.close()
+
+
+def _client(shop, token=None):
+    return web_sign_in(TestClient(shop["app"]), token or shop["token"])
+
+
+def _run(*args) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=dict(os.environ), timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _cli(*args) -> dict:
+    return json.loads(_run(*args))
+
+
+def test_figures_are_the_receivers_verdict_with_the_recomputed_alignment_beside_it(shop):
+    records = shop["records"]
+    receiver = sum(r["message_count"] for r in records if r["policy_dkim"] == "pass" or r["policy_spf"] == "pass")
+    aligned = sum(r["message_count"] for r in records if r["dmarc_pass"])
+    disagree = [r for r in records if (r["policy_dkim"] == "pass") != r["dmarc_pass"]]
+    assert receiver != aligned and disagree  # the data makes the difference visible
+
+    report = _cli("report", "--customer", shop["customer"], "--json")
+    assert report["dmarc_pass_messages"] == receiver
+    assert report["aligned_pass_messages"] == aligned
+    assert report["verdict_disagreements"] == sum(r["message_count"] for r in disagree) == 7
+    assert report["dmarc_pass_rate"] == round(receiver / report["messages"], 4)
+
+    client = _client(shop)
+    listed = client.get("/api/disagreements").json()["disagreements"]
+    assert [(r["source_ip"], r["message_count"], r["dmarc_pass"], r["aligned_pass"]) for r in listed] == [
+        ("203.0.113.1", 7, False, True)
+    ]
+    overview = client.get("/").text
+    assert f'id="aligned-messages">{aligned}<' in overview and "7 messages disagree" in overview
+    report_page = client.get(f"/api/reports/{listed[0]['report_id']}").json()
+    assert {(r["dmarc_pass"], r["aligned_pass"]) for r in report_page["records"] if r["message_count"] == 7} == {
+        (False, True)
+    }
+
+
+def test_services_are_classified_and_a_customers_mark_is_an_event_that_a_rebuild_replays(stack, shop):
+    report = _cli("report", "--customer", shop["customer"], "--json")
+    status = {s["name"]: s["classification"] for s in report["services"]}
+    assert status == {
+        "Google": "authorized",
+        "Amazon SES": "authorized",
+        "SendGrid": "authorized",
+        "Microsoft": "unauthorized",
+        "Hetzner": "suspicious",
+        "Yahoo": "forwarder",
+    }
+    ses = next(s for s in report["services"] if s["name"] == "Amazon SES")
+    assert ses["messages"] == DAYS * 60 and ses["pass_rate"] == round(50 / 60, 4)
+
+    client = _client(shop)
+    page = client.get("/services")
+    response = client.post(
+        "/services/mark", data={"service": "Microsoft", "mine": "1", "csrf": csrf_of(page.text)}, follow_redirects=False
+    )
+    assert response.status_code == 303
+    services = {s["name"]: s for s in client.get("/api/services").json()["services"]}
+    assert services["Microsoft"]["classification"] == "authorized" and services["Microsoft"]["marked"]
+    sources = client.get("/api/sources", params={"q": "203.0.113.3"}).json()["items"]
+    assert sources[0]["classification"] == "authorized"  # the sources follow their service
+    assert client.post("/services/mark", data={"service": "Hetzner", "mine": "1"}).status_code == 403  # no CSRF
+
+    with psycopg.connect(stack.database_url) as conn:
+        kinds = conn.execute(
+            "SELECT kind, subject FROM customer_events WHERE customer_id = %s", (shop["customer"],)
+        ).fetchall()
+    assert kinds == [("service_marked", "Microsoft")]
+    before = client.get("/api/services").json()
+    rebuild(stack.database_url)
+    assert client.get("/api/services").json() == before  # the choice is replayed from its event
+
+    _run("mark", "--customer", shop["customer"], "Microsoft", "--not-mine")
+    services = {s["name"]: s for s in client.get("/api/services").json()["services"]}
+    assert services["Microsoft"]["classification"] == "unauthorized" and not services["Microsoft"]["marked"]
+
+
+def test_policy_readiness_names_the_next_step_and_its_blockers(shop):
+    readiness = {r["domain"]: r for r in _cli("report", "--customer", shop["customer"], "--json")["readiness"]}
+    shop_domain = readiness["shop.example"]
+    assert (shop_domain["current_policy"], shop_domain["next_policy"], shop_domain["next_pct"]) == (
+        "quarantine",
+        "reject",
+        25,
+    )
+    assert not shop_domain["ready"]
+    blockers = {(b["reason"], b.get("service")) for b in shop_domain["blockers"]}
+    assert blockers == {("not_aligned", "Amazon SES"), ("new_service", "SendGrid")}
+    ses = next(b for b in shop_domain["blockers"] if b["reason"] == "not_aligned")
+    assert ses["unaligned_messages"] == 10 * 20 and ses["messages"] == 60 * 20  # 30 days hold all 20 of them
+
+    news = readiness["news.example"]  # all aligned, 20 days, quarantine 25% since day 18
+    assert (news["current_policy"], news["current_pct"], news["next_policy"], news["next_pct"]) == (
+        "quarantine",
+        25,
+        "quarantine",
+        100,
+    )
+    assert news["ready"] and news["blockers"] == []
+    tiny = readiness["tiny.example"]  # at p=reject already
+    assert tiny["next_policy"] is None and not tiny["ready"]
+    page = _client(shop).get("/readiness").text
+    assert "Amazon SES: 83.3% aligned" in page and "safe now" in page
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list = []
+    fail_next = 0
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if type(self).fail_next:
+            type(self).fail_next -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        type(self).received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    _Receiver.received, _Receiver.fail_next = [], 0
+    server = ThreadingHTTPServer(("127.0.0.1", free_port(8900)), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def test_alerts_fire_once_per_occurrence_and_reach_a_real_webhook_signed(stack, shop, receiver):
+    customer = shop["customer"]
+    secret = configure_notifications(
+        stack.database_url, customer, webhook_url=f"http://127.0.0.1:{receiver.server_port}/hook"
+    )
+    today = LAST + dt.timedelta(days=2)
+    fired = [a for a in alerts.evaluate(stack.database_url, today=today) if a["customer_id"] == customer]
+    by_rule: dict[str, int] = {}
+    for alert in fired:
+        by_rule[alert["rule"]] = by_rule.get(alert["rule"], 0) + 1
+    assert by_rule == {
+        "new_unauthorized_source": 1,  # 203.0.113.7: 240 messages from day 16 on
+        "pass_rate_below": 7,  # shop.example, each of its last 7 days (about 70%)
+        "reports_stopped": 1,  # tiny.example, silent since its third day
+        "policy_changed": 1,  # news.example: none -> quarantine 25%
+    }
+    _Receiver.fail_next = 1  # the first delivery fails: retried at the next evaluation
+    first = alerts.deliver(stack.database_url)
+    assert first["failed"] >= 1
+    alerts.deliver(stack.database_url)
+    mine = [(h, b) for h, b in _Receiver.received if json.loads(b)["customer"] == customer]
+    assert sorted(json.loads(b)["alert_id"] for _, b in mine) == sorted(a["alert_id"] for a in fired)
+    for headers, body in mine:
+        expected = (
+            "sha256="
+            + hmac.new(
+                secret.encode(), headers["X-Pipeline-Timestamp"].encode() + b"." + body, hashlib.sha256
+            ).hexdigest()
+        )
+        assert hmac.compare_digest(headers["X-Pipeline-Signature"], expected)
+
+    again = alerts.evaluate(stack.database_url, today=today)  # projections refresh again: nothing new
+    assert [a for a in again if a["customer_id"] == customer] == []
+    rebuild(stack.database_url)
+    assert [a for a in alerts.evaluate(stack.database_url, today=today) if a["customer_id"] == customer] == []
+    alerts.deliver(stack.database_url)
+    assert len([b for _, b in _Receiver.received if json.loads(b)["customer"] == customer]) == len(fired)
+
+    client = _client(shop)
+    shown = client.get("/api/alerts").json()["alerts"]
+    assert len(shown) == len(fired) and all(a["delivered_at"] for a in shown)
+    assert "203.0.113.7" in client.get("/alerts").text
+    other = _client(shop, shop["other_token"]).get("/api/alerts").json()["alerts"]
+    assert customer not in json.dumps(other)
+
+
+def test_the_weekly_digest_goes_out_over_a_real_smtp_server(stack, shop, monkeypatch):
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    inbox = []
+
+    class Keep(Message):
+        def handle_message(self, message):
+            inbox.append(message)
+
+    port = free_port(8950)
+    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        monkeypatch.setenv("PIPELINE_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("PIPELINE_SMTP_PORT", str(port))
+        configure_notifications(stack.database_url, shop["customer"], email="postmaster@shop.example")
+        sent = digest.send_all(stack.database_url, shop["customer"])
+    finally:
+        controller.stop()
+    assert [s["to"] for s in sent] == ["postmaster@shop.example"] and len(inbox) == 1
+    message = inbox[0]
+    assert message["To"] == "postmaster@shop.example" and shop["customer"] in message["Subject"]
+    html = next(p for p in message.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    week = [r for r in shop["records"] if r["day"] > LAST - dt.timedelta(days=7)]
+    assert f'id="messages">{sum(r["message_count"] for r in week)}<' in html
+    assert "203.0.113.7" in html and "shop.example" in html and "Amazon SES" in html  # new source, readiness
+
+    monkeypatch.delenv("PIPELINE_SMTP_HOST")
+    with pytest.raises(digest.DigestError, match="PIPELINE_SMTP_HOST"):
+        digest.send_all(stack.database_url, shop["customer"])
+
+
+def test_detail_tables_and_csv_export_honour_filters_and_tenants(shop):
+    client = _client(shop)
+    detail = client.get("/api/sources/203.0.113.2").json()
+    assert {(r["result"], r["messages"]) for r in detail["dkim"]} == {("pass", 50 * DAYS), ("fail", 10 * DAYS)}
+    assert client.get("/sources/203.0.113.2").status_code == 200
+    for view in ("reports", "reporters", "countries", "disagreements"):
+        assert client.get(f"/{view}").status_code == 200, view
+
+    exported = client.get("/api/export/sources.csv", params={"classification": "suspicious"})
+    assert exported.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    api = client.get("/api/sources", params={"classification": "suspicious"}).json()["items"]
+    assert [r["source_ip"] for r in rows] == [s["source_ip"] for s in api] == ["203.0.113.4"]
+    for view in ("domains", "services", "readiness", "reports", "reporters", "countries", "alerts", "disagreements"):
+        response = client.get(f"/api/export/{view}.csv")
+        assert response.status_code == 200, view
+    dkim = list(csv.DictReader(io.StringIO(client.get("/api/export/dkim.csv", params={"ip": "203.0.113.2"}).text)))
+    assert sum(int(r["messages"]) for r in dkim) == 60 * DAYS
+
+    other = _client(shop, shop["other_token"])  # the same views, as the other tenant: none of these rows
+    theirs = other.get("/api/export/reports.csv").text
+    assert shop["customer"] not in theirs and shop["other"] in theirs
+    assert client.get("/api/export/nothing.csv").status_code == 404
+    assert TestClient(shop["app"]).get("/api/export/sources.csv").status_code == 401
+
+
+def test_sources_page_by_cursor_the_same_rows_as_one_long_page(shop):
+    client = _client(shop)
+    for sort, order in (("messages", "desc"), ("pass_rate", "asc"), ("org", "desc")):
+        whole = client.get("/api/sources", params={"sort": sort, "order": order, "per_page": 200}).json()["items"]
+        paged, after, page = [], None, 1
+        while True:
+            params = {"sort": sort, "order": order, "per_page": 5, "page": page}
+            if after:
+                params["after"] = after
+            data = client.get("/api/sources", params=params).json()
+            paged += data["items"]
+            after, page = data["next"], page + 1
+            if not after:
+                break
+        assert [s["source_ip"] for s in paged] == [s["source_ip"] for s in whole], (sort, order)
+    assert client.get("/api/sources", params={"after": "not-a-cursor!"}).status_code == 200
+
+
+def test_sessions_end_with_their_token_and_forms_need_their_csrf_token(stack, shop):
+    customer = new_customer()
+    app = shop["app"]
+    token = issue_token(stack.database_url, customer)
+    browser = web_sign_in(TestClient(app), token)
+    assert browser.get("/api/ping").json() == {"customer": customer}
+    issue_token(stack.database_url, customer)  # rotated: the old session ends
+    assert browser.get("/", follow_redirects=False).headers["location"] == "/login"
+
+    fresh = issue_token(stack.database_url, customer)
+    browser = web_sign_in(TestClient(app), fresh)
+    assert revoke_token(stack.database_url, customer)
+    assert browser.get("/", follow_redirects=False).status_code == 303  # revoked: signed out
+    assert TestClient(app).get("/api/ping", headers={"Authorization": f"Bearer {fresh}"}).status_code == 401
+
+    token = issue_token(stack.database_url, customer)
+    forged = TestClient(app).post("/login", data={"token": token}, follow_redirects=False)
+    assert forged.status_code == 403  # a cross-site form has no CSRF token
+    signed = web_sign_in(TestClient(app), token)
+    assert signed.get("/logout").status_code == 405  # signing out is a POST
+    assert signed.post("/logout", data={"csrf": "wrong"}).status_code == 403
+    signed.post("/logout", data={"csrf": csrf_of(signed.get("/").text)}, follow_redirects=False)
+    assert signed.get("/", follow_redirects=False).status_code == 303
+
+    secure = create_app(stack, secret="s", secure_cookie=True)
+    try:
+        response = TestClient(secure, base_url="https://testserver").get("/login")
+        assert "secure" in response.headers["set-cookie"].lower()
+    finally:
+        secure.state.warehouse.close()
+    plain = TestClient(app).get("/login")
+    assert "secure" not in plain.headers["set-cookie"].lower()
