@@ -6,7 +6,11 @@ over 30 days through the real importer, projections are rebuilt, the web applica
 by uvicorn in this process, and ``clients`` threads each sign in with their customer's token and
 request pages and API routes in turn. The SQL-alone figures run the same query functions with
 the same concurrency through the same pool, without HTTP, templates or JSON, and then from one
-client alone (the queries' own cost, without queueing for the two cores).
+client alone (the queries' own cost, without queueing for the two cores). The floor is the
+cheapest authenticated route (``/api/ping``: the session check, no customer data) requested by
+the same clients in the same rounds: ``page_p95_vs_floor`` is what a page costs beyond the
+server's own per-request cost under that load. Sources page 1 and page 500 (a cursor) are timed
+alike: keyset paging makes them cost the same.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import psycopg
 from tqdm import tqdm
 
 from pipeline.aws import client
+from pipeline.bench import verdicts
 from pipeline.bench.importer import scratch_warehouse
 from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
 from pipeline.importer.events import ObjectVersion
@@ -31,8 +36,11 @@ from pipeline.local.ports import free_port
 from pipeline.settings import Settings
 from pipeline.warehouse.projections import rebuild
 
-PAGES = ["/", "/domains", "/sources?page=2", "/sources?sort=pass_rate&order=asc", "/health"]
-APIS = ["/api/overview", "/api/domains", "/api/sources?page=3&per_page=50", "/api/sources?q=amazon"]
+PAGES = ["/", "/domains", "/services", "/readiness", "/sources?sort=pass_rate&order=asc", "/health"]
+APIS = ["/api/overview", "/api/domains", "/api/services", "/api/sources?page=3&per_page=50", "/api/sources?q=amazon"]
+FLOOR = "/api/ping"  # the cheapest authenticated route: session lookup, no query of the customer's data
+DEEP_PAGE = 500
+TARGETS = {"page_p95_vs_floor": ("<=", 3.0), "deep_page_vs_first": ("<=", 1.5)}
 
 
 def _percentiles(samples: list[float]) -> dict:
@@ -104,7 +112,13 @@ def run(
         server, thread = _serve(app, port)
         page_times: list[float] = []
         api_times: list[float] = []
+        floor_times: list[float] = []
+        first_times: list[float] = []
+        deep_times: list[float] = []
         lock = threading.Lock()
+        deep = {name: _deep_cursor(bench.database_url, name) for name in names}
+        with psycopg.connect(bench.database_url) as conn:
+            sources_per_customer = conn.execute("SELECT avg(sources) FROM customer_summary").fetchone()[0]
 
         def client_run(index: int) -> None:
             name = names[index % len(names)]
@@ -112,12 +126,18 @@ def run(
                 csrf = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text).group(1)
                 http.post("/login", data={"token": tokens[name], "csrf": csrf})
                 headers = {"Authorization": f"Bearer {tokens[name]}"}
+                timed = [
+                    *[(path, page_times) for path in PAGES],
+                    (FLOOR, floor_times),
+                    ("/sources", first_times),
+                    (f"/sources?page={DEEP_PAGE}&after={deep[name]}", deep_times),
+                ]
                 for _ in range(rounds):
-                    for path in PAGES:
+                    for path, into in timed:
                         t = time.perf_counter()
                         assert http.get(path).status_code == 200, path
                         with lock:
-                            page_times.append(time.perf_counter() - t)
+                            into.append(time.perf_counter() - t)
                     for path in APIS:
                         t = time.perf_counter()
                         assert http.get(path, headers=headers).status_code == 200, path
@@ -158,8 +178,10 @@ def run(
         app.state.warehouse.close()
 
     page, api = _percentiles(page_times), _percentiles(api_times)
+    floor, first, deep_page = _percentiles(floor_times), _percentiles(first_times), _percentiles(deep_times)
     sql_alone, sql_single = _percentiles(concurrent_sql), _percentiles(sql_times)
-    return {
+    requests = page["n"] + api["n"] + floor["n"] + first["n"] + deep_page["n"]
+    figures = {
         "events": (events // 20_000) * 20_000,
         "customers": customers,
         "clients": clients,
@@ -172,6 +194,28 @@ def run(
         "sql_p95_ms": sql_alone["p95_ms"],
         "sql_one_client_p50_ms": sql_single["p50_ms"],
         "sql_one_client_p95_ms": sql_single["p95_ms"],
-        "requests": page["n"] + api["n"],
-        "requests_per_s": round((page["n"] + api["n"]) / http_s, 1),
+        "floor_p50_ms": floor["p50_ms"],
+        "floor_p95_ms": floor["p95_ms"],
+        "page_p95_vs_floor": round(page["p95_ms"] / floor["p95_ms"], 2) if floor["p95_ms"] else None,
+        "sources_page1_p95_ms": first["p95_ms"],
+        f"sources_page{DEEP_PAGE}_p95_ms": deep_page["p95_ms"],
+        "deep_page_vs_first": round(deep_page["p95_ms"] / first["p95_ms"], 2) if first["p95_ms"] else None,
+        "sources_per_customer": int(sources_per_customer or 0),
+        "requests": requests,
+        "requests_per_s": round(requests / http_s, 1),
     }
+    figures["targets_met"] = verdicts(figures, TARGETS)
+    return figures
+
+
+def _deep_cursor(database_url: str, customer: str) -> str:
+    """The cursor that opens page DEEP_PAGE of the sources (25 a page, most messages first)."""
+    from pipeline.web.queries import encode_cursor
+
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT messages, source_ip FROM source_summary WHERE customer_id = %s "
+            "ORDER BY messages DESC, source_ip DESC OFFSET %s LIMIT 1",
+            (customer, (DEEP_PAGE - 1) * 25 - 1),
+        ).fetchone()
+    return encode_cursor(int(row[0]), row[1])

@@ -80,12 +80,12 @@ def bench_web(events: int, customers: int, clients: int, rounds: int, as_json: b
     """p50/p95 page and API latency under concurrent clients, beside the SQL alone."""
     from pipeline.bench import web as bench_web_module
 
-    figures = bench_web_module.run(load_settings(), events, customers, clients, rounds, progress=not as_json)
+    with stdout_to_stderr():
+        figures = bench_web_module.run(load_settings(), events, customers, clients, rounds, progress=not as_json)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
-    for name, value in figures.items():
-        click.echo(f"{name:24} {value}")
+    _print_figures(figures, bench_web_module.TARGETS)
 
 
 @bench.command("enrich")

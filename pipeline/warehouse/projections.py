@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 _LOCK = 0x5052_4F4A  # one refresher at a time ("PROJ")
 
@@ -125,6 +126,15 @@ LEFT JOIN known_forwarders f ON f.service_name = r.service
 LEFT JOIN service_marks m ON m.customer_id = r.customer_id AND m.service = r.service
 """
 
+_CUSTOMER_ROLLUP = f"""
+INSERT INTO customer_summary
+SELECT customer_id, count(*), coalesce(array_agg(DISTINCT sender_category ORDER BY sender_category)
+                                       FILTER (WHERE sender_category IS NOT NULL), '{{}}')
+FROM source_summary WHERE customer_id IN {_CHANGED} GROUP BY customer_id
+"""
+
+_ROLLUPS = (("source_summary", _ROLLUP), ("service_summary", _SERVICE_ROLLUP), ("customer_summary", _CUSTOMER_ROLLUP))
+
 
 @dataclass(frozen=True)
 class RefreshResult:
@@ -150,10 +160,13 @@ def _recompute(conn: psycopg.Connection) -> RefreshResult:
     source_rows = conn.execute(_SOURCE_INSERT).rowcount
     conn.execute(_REPORT_INSERT)
     conn.execute(_DOMAIN_SERVICES_INSERT)
-    conn.execute(f"DELETE FROM source_summary WHERE customer_id IN {_CHANGED}")
-    conn.execute(_ROLLUP)
-    conn.execute(f"DELETE FROM service_summary WHERE customer_id IN {_CHANGED}")
-    conn.execute(_SERVICE_ROLLUP)
+    for table, rollup in _ROLLUPS:  # the all-days rollups of the customers that changed
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE customer_id IN (SELECT DISTINCT customer_id FROM slices)").format(
+                sql.Identifier(table)
+            )
+        )
+        conn.execute(rollup)
     return RefreshResult(slices, domain_rows, source_rows)
 
 
@@ -178,7 +191,7 @@ def rebuild(database_url: str) -> RefreshResult:
     with psycopg.connect(database_url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         conn.execute("DELETE FROM projection_dirty")
-        conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
         conn.execute(
             "CREATE TEMP TABLE slices ON COMMIT DROP AS "
             "SELECT DISTINCT customer_id, day FROM telemetry_events WHERE day IS NOT NULL"
@@ -198,4 +211,5 @@ PROJECTION_TABLES = (
     "source_summary",
     "daily_domain_services",
     "service_summary",
+    "customer_summary",
 )

@@ -29,6 +29,7 @@ SORTABLE = {
     "country": "coalesce(country, '')",
 }
 NUMERIC_SORTS = {"messages", "pass_rate", "asn"}
+COUNT_CAP = 10_000  # a filtered source count stops here ("10,000+"); unfiltered counts are kept exact
 CLASSIFICATIONS = ("authorized", "forwarder", "unauthorized", "suspicious")
 
 
@@ -53,8 +54,11 @@ class Warehouse:
     def tenant(self, customer_id: str) -> Iterator[psycopg.Connection]:
         with self.pool.connection() as conn, conn.transaction():
             conn.row_factory = dict_row
-            conn.execute("SET LOCAL ROLE pipeline_web")
-            conn.execute("SELECT set_config('pipeline.customer', %s, true)", (customer_id,))
+            # SET LOCAL ROLE and the tenant in one round trip
+            conn.execute(
+                "SELECT set_config('role', 'pipeline_web', true), set_config('pipeline.customer', %s, true)",
+                (customer_id,),
+            )
             yield conn
 
 
@@ -64,7 +68,7 @@ def overview(conn, customer_id: str) -> dict:
                   coalesce(sum(dmarc_pass), 0) AS dmarc_pass_messages, coalesce(sum(aligned_pass), 0) AS aligned,
                   coalesce(sum(verdict_disagreements), 0) AS disagreements,
                   min(day) AS first_day, max(day) AS last_day,
-                  (SELECT count(*) FROM source_summary WHERE customer_id = %(c)s) AS sources
+                  (SELECT sources FROM customer_summary WHERE customer_id = %(c)s) AS sources
            FROM daily_domain_compliance WHERE customer_id = %(c)s""",
         {"c": customer_id},
     ).fetchone()
@@ -84,7 +88,7 @@ def overview(conn, customer_id: str) -> dict:
         "dmarc_pass_rate": round(int(totals["dmarc_pass_messages"]) / messages, 4) if messages else None,
         "aligned_pass_messages": int(totals["aligned"]),
         "verdict_disagreements": int(totals["disagreements"]),
-        "sources": totals["sources"],
+        "sources": int(totals["sources"] or 0),
         "first_day": totals["first_day"].isoformat() if totals["first_day"] else None,
         "last_day": totals["last_day"].isoformat() if totals["last_day"] else None,
         "trend": [{k: (v.isoformat() if k == "day" else int(v)) for k, v in row.items()} for row in trend],
@@ -250,9 +254,18 @@ def sources(conn, customer_id: str, query: SourceQuery) -> dict:
     from psycopg import sql
 
     where, params = _source_where(customer_id, query)
-    total = conn.execute(
-        sql.SQL("SELECT count(*) AS n FROM source_summary WHERE {}").format(sql.SQL(" AND ").join(where)), params
-    ).fetchone()["n"]
+    summary = conn.execute(
+        "SELECT sources, categories FROM customer_summary WHERE customer_id = %s", (customer_id,)
+    ).fetchone() or {"sources": 0, "categories": []}
+    if len(where) == 1:  # unfiltered: the count is kept by the projections, not counted per request
+        total = int(summary["sources"])
+    else:  # filtered: counted, up to COUNT_CAP (a filter matching most of 200,000 sources stops early)
+        total = conn.execute(
+            sql.SQL("SELECT count(*) AS n FROM (SELECT 1 FROM source_summary WHERE {} LIMIT %(cap)s) matched").format(
+                sql.SQL(" AND ").join(where)
+            ),
+            {**params, "cap": COUNT_CAP + 1},
+        ).fetchone()["n"]
     rows = source_rows(conn, customer_id, query)
     next_cursor = None
     if len(rows) == query.per_page:
@@ -261,21 +274,15 @@ def sources(conn, customer_id: str, query: SourceQuery) -> dict:
         next_cursor = encode_cursor(float(key) if isinstance(key, Decimal) else key, last["source_ip"])
     for row in rows:
         del row["sort_key"]
-    categories = [
-        r["sender_category"]
-        for r in conn.execute(
-            "SELECT DISTINCT sender_category FROM source_summary WHERE customer_id = %s "
-            "AND sender_category IS NOT NULL ORDER BY 1",
-            (customer_id,),
-        ).fetchall()
-    ]
-    pages = max(1, -(-total // query.per_page))
+    categories = list(summary["categories"])
+    pages = max(1, -(-min(total, COUNT_CAP) // query.per_page))
     return {
         "items": rows,
-        "total": total,
+        "total": min(total, COUNT_CAP),
+        "total_capped": total > COUNT_CAP,
         "page": query.page,
         "pages": pages,
-        "next": next_cursor if query.page < pages else None,
+        "next": next_cursor if query.page < pages or total > COUNT_CAP else None,
         "categories": categories,
         "classifications": list(CLASSIFICATIONS),
     }

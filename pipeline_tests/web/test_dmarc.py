@@ -424,3 +424,16 @@ def test_sessions_end_with_their_token_and_forms_need_their_csrf_token(stack, sh
         secure.state.warehouse.close()
     plain = TestClient(app).get("/login")
     assert "secure" not in plain.headers["set-cookie"].lower()
+
+
+def test_a_filtered_count_stops_at_its_cap_and_paging_goes_on(shop, monkeypatch):
+    from pipeline.web import queries
+
+    client = _client(shop)
+    exact = client.get("/api/sources", params={"q": "203.0.113.", "per_page": 5}).json()
+    assert exact["total"] == 7 and not exact["total_capped"]
+    monkeypatch.setattr(queries, "COUNT_CAP", 3)
+    capped = client.get("/api/sources", params={"q": "203.0.113.", "per_page": 5}).json()
+    assert capped["total"] == 3 and capped["total_capped"] and capped["next"]
+    rest = client.get("/api/sources", params={"q": "203.0.113.", "per_page": 5, "after": capped["next"]}).json()
+    assert len(capped["items"]) + len(rest["items"]) == 7

@@ -27,10 +27,11 @@ def _mine(database_url: str, customer: str) -> tuple[list, ...]:
     """Every projection's rows of this customer, ordered."""
     with psycopg.connect(database_url) as conn:
         return tuple(
-            conn.execute(
-                sql.SQL("SELECT * FROM {} WHERE customer_id = %s ORDER BY 1, 2, 3, 4").format(sql.Identifier(table)),
-                (customer,),
-            ).fetchall()
+            sorted(
+                conn.execute(
+                    sql.SQL("SELECT * FROM {} WHERE customer_id = %s").format(sql.Identifier(table)), (customer,)
+                ).fetchall()
+            )
             for table in PROJECTION_TABLES
         )
 

@@ -91,6 +91,13 @@ CREATE TABLE service_summary (
     PRIMARY KEY (customer_id, service)
 );
 
+-- Per customer: what every page header needs without counting 200,000 sources per request.
+CREATE TABLE customer_summary (
+    customer_id text   PRIMARY KEY,
+    sources     bigint NOT NULL,
+    categories  text[] NOT NULL
+);
+
 -- 3. Customer choices are events too: append-only, the projections read them (a service marked
 --    as the customer's own changes its classification at the next refresh, and a rebuild
 --    replays them). Recording one dirties the customer's newest slice so the rollup reruns.
@@ -154,17 +161,22 @@ ALTER TABLE tenants
     ADD COLUMN digest_email text;
 
 -- Row-level security for the new read models, as in 0007.
-GRANT SELECT ON daily_domain_services, service_summary, alerts, known_forwarders TO pipeline_web;
+GRANT SELECT ON daily_domain_services, service_summary, customer_summary, alerts, known_forwarders TO pipeline_web;
 GRANT SELECT ON customer_events TO pipeline_web;
 GRANT SELECT ON service_marks TO pipeline_web;
 ALTER TABLE daily_domain_services ENABLE ROW LEVEL SECURITY;
 ALTER TABLE service_summary ENABLE ROW LEVEL SECURITY;
+ALTER TABLE customer_summary ENABLE ROW LEVEL SECURITY;
 ALTER TABLE alerts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE customer_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_rows ON daily_domain_services FOR SELECT TO pipeline_web
     USING (customer_id = current_setting('pipeline.customer', true));
 CREATE POLICY tenant_rows ON service_summary FOR SELECT TO pipeline_web
     USING (customer_id = current_setting('pipeline.customer', true));
+CREATE POLICY tenant_rows ON customer_summary FOR SELECT TO pipeline_web
+    USING (customer_id = current_setting('pipeline.customer', true));
+CREATE POLICY pipeline_service ON customer_summary TO PUBLIC
+    USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
 CREATE POLICY tenant_rows ON alerts FOR SELECT TO pipeline_web
     USING (customer_id = current_setting('pipeline.customer', true));
 CREATE POLICY tenant_rows ON customer_events FOR SELECT TO pipeline_web
