@@ -40,6 +40,39 @@ def test_demo_with_real_reports(stack, empty_queues):
     assert (verified["reports_loaded"], verified["messages_loaded"]) == (12, 136)
     assert verified["ok"] and verified["rows_loaded"] == 13
 
+    # The receivers' verdict, per parsedmarc (an independent reader): policy_evaluated DKIM or SPF pass.
+    receivers = 0
+    for path in sorted(SAMPLES.iterdir()):
+        parsed = _parsedmarc(path)
+        for record in parsed["report"]["records"] if parsed else []:
+            evaluated = record["policy_evaluated"]
+            if "pass" in (str(evaluated.get("dkim")).lower(), str(evaluated.get("spf")).lower()):
+                receivers += record["count"]
+    report = json.loads(run("report", "--customer", "samples", "--json").stdout)
+    assert report["messages"] == 136 and report["dmarc_pass_messages"] == receivers
+    assert report["aligned_pass_messages"] - report["dmarc_pass_messages"] == report["verdict_disagreements"] > 0
+    assert {s["classification"] for s in report["services"]} <= {
+        "authorized",
+        "forwarder",
+        "unauthorized",
+        "suspicious",
+    }
+    assert {r["domain"] for r in report["readiness"]} == {d["domain"] for d in report["domains"]}
+
+
+def _parsedmarc(path):
+    import warnings
+
+    import parsedmarc
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = parsedmarc.parse_report_file(path.read_bytes(), offline=True, always_use_local_files=True)
+    except Exception:
+        return None
+    return parsed if parsed.get("report_type") == "aggregate" else None
+
 
 def test_demo_from_a_maildir(stack, empty_queues, tmp_path):
     from pipeline_tests.support import report_maildir

@@ -188,15 +188,20 @@ def refresh(database_url: str) -> RefreshResult:
 
 def rebuild(database_url: str) -> RefreshResult:
     """Recompute every slice from the events (after a migration, or to check upkeep)."""
-    with psycopg.connect(database_url) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-        conn.execute("DELETE FROM projection_dirty")
-        conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
-        conn.execute(
-            "CREATE TEMP TABLE slices ON COMMIT DROP AS "
-            "SELECT DISTINCT customer_id, day FROM telemetry_events WHERE day IS NOT NULL"
-        )
-        return _recompute(conn)
+    with psycopg.connect(database_url) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            conn.execute("DELETE FROM projection_dirty")
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
+            conn.execute(
+                "CREATE TEMP TABLE slices ON COMMIT DROP AS "
+                "SELECT DISTINCT customer_id, day FROM telemetry_events WHERE day IS NOT NULL"
+            )
+            result = _recompute(conn)
+        # Every row is new: give the planner their statistics now rather than at autovacuum's leisure
+        # (without them it scans a customer's 200,000 sources where an index walk reads 25).
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
+        return result
 
 
 def dirty_slices(database_url: str) -> int:

@@ -202,7 +202,8 @@ def source_detail(conn, customer_id: str, source_ip: str) -> dict | None:
     ).fetchall()
     for row in dkim + spf:
         row["messages"] = int(row["messages"] or 0)
-    summary = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in summary.items() if k != "customer_id"}
+    hidden = ("customer_id", "search")
+    summary = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in summary.items() if k not in hidden}
     return {"source": summary, "dkim": dkim, "spf": spf}
 
 

@@ -29,7 +29,7 @@ SORTABLE = {
     "country": "coalesce(country, '')",
 }
 NUMERIC_SORTS = {"messages", "pass_rate", "asn"}
-COUNT_CAP = 10_000  # a filtered source count stops here ("10,000+"); unfiltered counts are kept exact
+COUNT_CAP = 1_000  # a filtered source count stops here ("1000+"); unfiltered counts are kept exact
 CLASSIFICATIONS = ("authorized", "forwarder", "unauthorized", "suspicious")
 
 
@@ -193,10 +193,8 @@ def _source_where(customer_id: str, query: SourceQuery):
     where = [sql.SQL("customer_id = %(c)s")]
     params: dict = {"c": customer_id}
     if query.search:
-        where.append(
-            sql.SQL("(source_ip ILIKE %(q)s OR as_org ILIKE %(q)s OR service_name ILIKE %(q)s OR country ILIKE %(q)s)")
-        )
-        escaped = query.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(sql.SQL("search LIKE %(q)s"))  # IP, organisation, service, country (lowercased)
+        escaped = query.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         params["q"] = "%" + escaped + "%"
     if query.category:
         where.append(sql.SQL("sender_category = %(category)s"))

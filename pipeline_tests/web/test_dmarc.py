@@ -315,7 +315,9 @@ def test_alerts_fire_once_per_occurrence_and_reach_a_real_webhook_signed(stack, 
     assert customer not in json.dumps(other)
 
 
-def test_the_weekly_digest_goes_out_over_a_real_smtp_server(stack, shop, monkeypatch):
+@pytest.fixture
+def smtp_inbox(monkeypatch):
+    """A real SMTP server (aiosmtpd) on a free port; PIPELINE_SMTP_* point at it."""
     from aiosmtpd.controller import Controller
     from aiosmtpd.handlers import Message
 
@@ -328,17 +330,23 @@ def test_the_weekly_digest_goes_out_over_a_real_smtp_server(stack, shop, monkeyp
     port = free_port(8950)
     controller = Controller(Keep(), hostname="127.0.0.1", port=port)
     controller.start()
-    try:
-        monkeypatch.setenv("PIPELINE_SMTP_HOST", "127.0.0.1")
-        monkeypatch.setenv("PIPELINE_SMTP_PORT", str(port))
-        configure_notifications(stack.database_url, shop["customer"], email="postmaster@shop.example")
-        sent = digest.send_all(stack.database_url, shop["customer"])
-    finally:
-        controller.stop()
-    assert [s["to"] for s in sent] == ["postmaster@shop.example"] and len(inbox) == 1
-    message = inbox[0]
+    monkeypatch.setenv("PIPELINE_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("PIPELINE_SMTP_PORT", str(port))
+    yield inbox
+    controller.stop()
+
+
+def _html(message) -> str:
+    return next(p for p in message.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+
+
+def test_the_weekly_digest_goes_out_over_a_real_smtp_server(stack, shop, smtp_inbox, monkeypatch):
+    configure_notifications(stack.database_url, shop["customer"], email="postmaster@shop.example")
+    sent = digest.send_all(stack.database_url, shop["customer"])
+    assert [s["to"] for s in sent] == ["postmaster@shop.example"] and len(smtp_inbox) == 1
+    message = smtp_inbox[0]
     assert message["To"] == "postmaster@shop.example" and shop["customer"] in message["Subject"]
-    html = next(p for p in message.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    html = _html(message)
     week = [r for r in shop["records"] if r["day"] > LAST - dt.timedelta(days=7)]
     assert f'id="messages">{sum(r["message_count"] for r in week)}<' in html
     assert "203.0.113.7" in html and "shop.example" in html and "Amazon SES" in html  # new source, readiness
@@ -346,6 +354,18 @@ def test_the_weekly_digest_goes_out_over_a_real_smtp_server(stack, shop, monkeyp
     monkeypatch.delenv("PIPELINE_SMTP_HOST")
     with pytest.raises(digest.DigestError, match="PIPELINE_SMTP_HOST"):
         digest.send_all(stack.database_url, shop["customer"])
+
+
+def test_the_weekly_digest_job_sends_through_dagster(stack, shop, smtp_inbox):
+    from pipeline.defs.reports.digest import weekly_digest, weekly_digest_schedule
+    from pipeline.defs.resources import resource_defs
+
+    configure_notifications(stack.database_url, shop["customer"], email="dmarc@shop.example")
+    assert weekly_digest_schedule.cron_schedule == "0 7 * * 1"
+    result = weekly_digest.execute_in_process(resources=resource_defs())
+    assert result.success
+    mine = [m for m in smtp_inbox if m["To"] == "dmarc@shop.example"]
+    assert len(mine) == 1 and shop["customer"] in _html(mine[0])
 
 
 def test_detail_tables_and_csv_export_honour_filters_and_tenants(shop):

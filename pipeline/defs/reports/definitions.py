@@ -1,5 +1,8 @@
 from dagster import Definitions
 
 from pipeline.defs.reports.assets import customer_alerts, warehouse_projections
+from pipeline.defs.reports.digest import weekly_digest, weekly_digest_schedule
 
-defs = Definitions(assets=[warehouse_projections, customer_alerts])
+defs = Definitions(
+    assets=[warehouse_projections, customer_alerts], jobs=[weekly_digest], schedules=[weekly_digest_schedule]
+)

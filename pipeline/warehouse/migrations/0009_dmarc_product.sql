@@ -31,9 +31,11 @@ ALTER TABLE daily_reports
 --    else its network's organisation. Services the customer marked as theirs are customer events
 --    (below); the classification of a source or a service is one SQL function, used by both.
 CREATE TABLE known_forwarders (service_name text PRIMARY KEY);
+-- Names as parsedmarc's service map spells them: forwarding services and the security gateways
+-- that relay mail on (both break SPF, and often DKIM, on the way).
 INSERT INTO known_forwarders (service_name) VALUES
-    ('Google Groups'), ('Mailman'), ('Groups.io'), ('Pobox'), ('Forward Email'), ('ImprovMX'),
-    ('SimpleLogin'), ('Fastmail'), ('Proofpoint'), ('Mimecast'), ('Barracuda'), ('Cisco IronPort');
+    ('Pobox'), ('ForwardEmail.net'), ('ForwardMX'), ('ImprovMX'), ('Joker.com'), ('Fastmail'),
+    ('Proofpoint'), ('Proofpoint Essentials'), ('Proofpoint Cloudmark'), ('Mimecast'), ('Barracuda');
 
 -- The documented rule (docs/DMARC.md): marked by the customer or mostly aligned -> authorized;
 -- mostly forwarded (override reasons) or a known forwarder -> forwarder; an unknown network or a
@@ -56,6 +58,10 @@ ALTER TABLE source_summary
     ADD COLUMN forwarded             bigint NOT NULL DEFAULT 0,
     ADD COLUMN service               text,
     ADD COLUMN classification        text;
+-- The sources filter matches one lowercased column instead of four ILIKEs per row.
+ALTER TABLE source_summary ADD COLUMN search text GENERATED ALWAYS AS (
+    lower(source_ip || ' ' || coalesce(as_org, '') || ' ' || coalesce(service_name, '') || ' ' || coalesce(country, ''))
+) STORED;
 CREATE INDEX source_summary_by_classification ON source_summary (customer_id, classification, messages DESC, source_ip);
 
 -- Per customer, day, policy domain and service: what readiness and the services page add up.
