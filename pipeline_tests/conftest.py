@@ -18,6 +18,10 @@ from pipeline.local import stack as local_stack
 from pipeline.settings import Settings
 from pipeline_tests.support import SAMPLES, receive_all, traversable_tmpdir
 
+# The hourly alerts schedule starts stopped in the tests' Dagster daemons: a run it launched at
+# a quarter past would join the runs that the scaling tests count. (Its default is tested.)
+os.environ.setdefault("PIPELINE_ALERTS_SCHEDULE", "0")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _samples_present():

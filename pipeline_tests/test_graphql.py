@@ -63,7 +63,7 @@ def webserver(stack, restored_environ):
             str(port),
         ],
         env=dict(os.environ),
-        cwd=REPO_ROOT,
+        cwd=os.environ["DAGSTER_HOME"],  # not the checkout: a developer's .env there would point elsewhere
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -457,3 +457,20 @@ def test_a_filtered_count_stops_at_its_cap_and_paging_goes_on(shop, monkeypatch)
     assert capped["total"] == 3 and capped["total_capped"] and capped["next"]
     rest = client.get("/api/sources", params={"q": "203.0.113.", "per_page": 5, "after": capped["next"]}).json()
     assert len(capped["items"]) + len(rest["items"]) == 7
+
+
+def test_alert_rules_are_also_evaluated_hourly_through_dagster(stack, shop):
+    from dagster import DefaultScheduleStatus
+
+    from pipeline.defs.reports.digest import alerts_job, alerts_schedule
+    from pipeline.defs.resources import resource_defs
+
+    assert alerts_schedule(None).default_status == DefaultScheduleStatus.STOPPED  # PIPELINE_ALERTS_SCHEDULE=0 here
+    assert alerts_schedule(True).default_status == DefaultScheduleStatus.RUNNING  # the shipped default
+    assert alerts_schedule(True).cron_schedule == "15 * * * *"
+    from pipeline.definitions import defs
+
+    result = defs.get_job_def(alerts_job.name).execute_in_process(resources=resource_defs())
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("customer_alerts")
+    assert "alerts_fired" in materialization.metadata

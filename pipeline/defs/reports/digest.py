@@ -1,10 +1,36 @@
-"""The weekly digest as a Dagster job and schedule (Mondays 07:00 UTC; off until an operator
-turns it on, since it needs PIPELINE_SMTP_HOST)."""
+"""Schedules of the customers' side: the weekly digest (Mondays 07:00 UTC; off until an operator
+turns it on, since it needs PIPELINE_SMTP_HOST), and an hourly evaluation of the alert rules
+(a rule like "reports stopped" must fire precisely when nothing is imported to trigger one)."""
 
-from dagster import DefaultScheduleStatus, OpExecutionContext, ScheduleDefinition, job, op
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    OpExecutionContext,
+    ScheduleDefinition,
+    define_asset_job,
+    job,
+    op,
+)
 
 from pipeline import config
 from pipeline.defs.resources import WarehouseResource
+
+alerts_job = define_asset_job(
+    "customer_alerts_job",
+    selection=AssetSelection.keys("customer_alerts"),
+    description="Evaluate every customer's alert rules and deliver webhooks.",
+)
+
+
+def alerts_schedule(enabled: bool | None = None) -> ScheduleDefinition:
+    enabled = bool(config.get("PIPELINE_ALERTS_SCHEDULE")) if enabled is None else enabled
+    return ScheduleDefinition(
+        name="customer_alerts_hourly",
+        job=alerts_job,
+        cron_schedule="15 * * * *",
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING if enabled else DefaultScheduleStatus.STOPPED,
+    )
 
 
 @op(description="Send each customer with a digest address its weekly DMARC digest over SMTP.")
