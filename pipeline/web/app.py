@@ -17,6 +17,7 @@ import logging
 import secrets
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipeline import config
@@ -265,8 +266,71 @@ def _alerts(conn, customer: str) -> dict:
 
 
 def alerts_page(request: Request) -> Response:
-    _, data = _tenant(request, False, _alerts)
-    return _page(request, "alerts.html", **data)
+    customer, data = _tenant(request, False, _alerts)
+    with request.app.state.warehouse.service() as conn:  # tenants is not readable as pipeline_web
+        notify = conn.execute(
+            "SELECT webhook_url, digest_email FROM tenants WHERE customer_id = %s", (customer,)
+        ).fetchone()
+    once = request.session.pop("webhook_secret_once", None)
+    message = request.session.pop("flash", None)
+    return _page(request, "alerts.html", notify=notify, secret_once=once, flash=message, **data)
+
+
+async def alerts_rule(request: Request) -> Response:
+    """The customer sets one of their alert rules (a customer event)."""
+    from starlette.concurrency import run_in_threadpool
+
+    customer = _require(request, api=False)
+    form = await request.form()
+    _check_csrf(request, form)
+    try:
+        threshold = float(str(form.get("threshold", "")).strip() or "nan")
+        if not threshold >= 0:
+            raise ValueError
+    except ValueError:
+        request.session["flash"] = "The threshold must be a number, 0 or more."
+        return RedirectResponse("/alerts", status_code=303)
+    rule = str(form.get("rule", ""))
+    try:
+        await run_in_threadpool(
+            alerts.set_rule,
+            request.app.state.settings.database_url,
+            customer,
+            rule,
+            threshold,
+            form.get("enabled") == "1",
+        )
+    except ValueError:
+        request.session["flash"] = "No such rule."
+        return RedirectResponse("/alerts", status_code=303)
+    request.session["flash"] = f"Rule {rule} saved."
+    return RedirectResponse("/alerts", status_code=303)
+
+
+async def alerts_notify(request: Request) -> Response:
+    """The customer sets their webhook and digest address; a new webhook's secret is shown once."""
+    from starlette.concurrency import run_in_threadpool
+
+    from pipeline.web.tenants import configure_notifications
+
+    customer = _require(request, api=False)
+    form = await request.form()
+    _check_csrf(request, form)
+    try:
+        secret = await run_in_threadpool(
+            configure_notifications,
+            request.app.state.settings.database_url,
+            customer,
+            str(form.get("webhook", "")).strip()[:500],
+            str(form.get("email", "")).strip()[:300],
+        )
+    except ValueError:
+        request.session["flash"] = "That is not an http(s) URL or an e-mail address."
+        return RedirectResponse("/alerts", status_code=303)
+    if secret:
+        request.session["webhook_secret_once"] = secret
+    request.session["flash"] = "Notifications saved."
+    return RedirectResponse("/alerts", status_code=303)
 
 
 def alerts_api(request: Request) -> Response:
@@ -282,10 +346,6 @@ def more_page(request: Request) -> Response:
 # The simple tables: (title, columns (key, label, kind), fetch(conn, customer, params), empty text).
 def _domains_table(conn, customer, params):
     return queries.domains(conn, customer)
-
-
-def _sources_table(conn, customer, params):
-    return queries.source_rows(conn, customer, queries.SourceQuery.parse(params), limit=1_000_000)
 
 
 def _detail(part: str):
@@ -365,7 +425,7 @@ INTROS = {
 EXPORTS = {
     **{name: fetch for name, (_, _, fetch, _) in TABLES.items()},
     "domains": _domains_table,
-    "sources": _sources_table,
+    "sources": None,  # streamed: _stream_sources
     "services": lambda conn, customer, params: dmarc.services(conn, customer, params.get("classification", "")),
     "readiness": lambda conn, customer, params: [
         {**{k: v for k, v in d.items() if k != "blockers"}, "blockers": "; ".join(b["detail"] for b in d["blockers"])}
@@ -424,6 +484,13 @@ def export_csv(request: Request) -> Response:
     if view not in EXPORTS:
         raise HTTPException(404, "no such view")
     customer = _require(request, api=True)
+    headers = {"Content-Disposition": f'attachment; filename="{customer}-{view}.csv"'}
+    if view == "sources":  # up to 200,000 rows: streamed a batch at a time, never held whole
+        return StreamingResponse(
+            _stream_sources(request.app.state.warehouse, customer, queries.SourceQuery.parse(request.query_params)),
+            media_type="text/csv; charset=utf-8",
+            headers=headers,
+        )
     with request.app.state.warehouse.tenant(customer) as conn:
         rows = jsonable(EXPORTS[view](conn, customer, request.query_params))
     out = io.StringIO()
@@ -432,11 +499,33 @@ def export_csv(request: Request) -> Response:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
-    return Response(
-        out.getvalue(),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{customer}-{view}.csv"'},
-    )
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+def _stream_sources(warehouse, customer: str, query, batch: int = 5_000):
+    """CSV of every source matching the query, in its order, read by keyset cursor."""
+    import csv
+    import dataclasses
+    import io
+
+    with warehouse.tenant(customer) as conn:
+        header = True
+        while True:
+            rows = queries.source_rows(conn, customer, query, limit=batch)
+            if not rows:
+                return
+            last = rows[-1]
+            key = float(last["sort_key"]) if isinstance(last["sort_key"], Decimal) else last["sort_key"]
+            query = dataclasses.replace(query, after=(key, last["source_ip"]))
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=[k for k in rows[0] if k != "sort_key"], extrasaction="ignore")
+            if header:
+                writer.writeheader()
+                header = False
+            writer.writerows(rows)
+            yield out.getvalue()
+            if len(rows) < batch:
+                return
 
 
 def ping_api(request: Request) -> Response:
@@ -537,6 +626,8 @@ def create_app(settings, secret: str | None = None, secure_cookie: bool | None =
         Route("/readiness", readiness_page),
         Route("/sources/{ip}", source_page),
         Route("/alerts", alerts_page),
+        Route("/alerts/rules", alerts_rule, methods=["POST"]),
+        Route("/alerts/notify", alerts_notify, methods=["POST"]),
         Route("/more", more_page),
         *[Route(f"/{view}", table_page) for view in TABLES],
         *[Route(f"/api/{view}", table_api) for view in TABLES],

@@ -55,14 +55,15 @@ def configure_notifications(
     database_url: str, customer_id: str, webhook_url: str | None = None, email: str | None = None
 ) -> str | None:
     """Set where a customer's alerts and digests go; returns a new webhook signing secret
-    (shown once) when a webhook is set."""
+    (shown once) when a new webhook URL is set (the same URL again keeps its secret)."""
     secret = None
     with psycopg.connect(database_url) as conn:
-        if conn.execute("SELECT 1 FROM tenants WHERE customer_id = %s", (customer_id,)).fetchone() is None:
+        row = conn.execute("SELECT webhook_url FROM tenants WHERE customer_id = %s", (customer_id,)).fetchone()
+        if row is None:
             raise ValueError(
                 f"{customer_id!r} has no web access yet: run `pipeline web-token --customer {customer_id}`"
             )
-        if webhook_url is not None:
+        if webhook_url is not None and (webhook_url or None) != row[0]:  # the same URL keeps its secret
             if webhook_url and not webhook_url.startswith(("http://", "https://")):
                 raise ValueError(f"{webhook_url!r} is not an http(s) URL")
             secret = secrets.token_urlsafe(32) if webhook_url else None

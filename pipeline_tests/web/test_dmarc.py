@@ -381,6 +381,16 @@ def test_detail_tables_and_csv_export_honour_filters_and_tenants(shop):
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     api = client.get("/api/sources", params={"classification": "suspicious"}).json()["items"]
     assert [r["source_ip"] for r in rows] == [s["source_ip"] for s in api] == ["203.0.113.4"]
+    from pipeline.web.app import _stream_sources
+    from pipeline.web.queries import SourceQuery
+
+    for sort, descending in (("messages", True), ("pass_rate", False), ("org", True)):  # batches of 2, by cursor
+        query = SourceQuery(sort=sort, descending=descending)
+        streamed = "".join(_stream_sources(shop["app"].state.warehouse, shop["customer"], query, batch=2))
+        listed = client.get("/api/sources", params={"sort": sort, "order": "desc" if descending else "asc"}).json()
+        assert [r["source_ip"] for r in csv.DictReader(io.StringIO(streamed))] == [
+            s["source_ip"] for s in listed["items"]
+        ]
     for view in ("domains", "services", "readiness", "reports", "reporters", "countries", "alerts", "disagreements"):
         response = client.get(f"/api/export/{view}.csv")
         assert response.status_code == 200, view
@@ -470,7 +480,41 @@ def test_alert_rules_are_also_evaluated_hourly_through_dagster(stack, shop):
     assert alerts_schedule(True).cron_schedule == "15 * * * *"
     from pipeline.definitions import defs
 
-    result = defs.get_job_def(alerts_job.name).execute_in_process(resources=resource_defs())
+    result = defs.resolve_job_def(alerts_job.name).execute_in_process(resources=resource_defs())
     assert result.success
     [materialization] = result.asset_materializations_for_node("customer_alerts")
     assert "alerts_fired" in materialization.metadata
+
+
+def test_a_customer_sets_rules_and_notifications_in_the_app(stack, shop, receiver):
+    customer = new_customer()
+    token = issue_token(stack.database_url, customer)
+    client = web_sign_in(TestClient(shop["app"]), token)
+    page = client.get("/alerts")
+    csrf = csrf_of(page.text)
+    form = {"csrf": csrf, "rule": "pass_rate_below", "threshold": "0.5", "enabled": "1"}
+    saved = client.post("/alerts/rules", data=form)
+    assert saved.status_code == 200 and "Rule pass_rate_below saved." in saved.text
+    client.post("/alerts/rules", data={"csrf": csrf, "rule": "reports_stopped", "threshold": "3"})  # unticked: off
+    rules = client.get("/api/alerts").json()["rules"]
+    assert rules["pass_rate_below"] == {**rules["pass_rate_below"], "threshold": 0.5, "enabled": True}
+    assert rules["reports_stopped"]["enabled"] is False
+    assert "must be a number" in client.post("/alerts/rules", data={"csrf": csrf, "rule": "x", "threshold": "-1"}).text
+    assert client.post("/alerts/rules", data={"rule": "pass_rate_below", "threshold": "1"}).status_code == 403
+
+    url = f"http://127.0.0.1:{receiver.server_port}/mine"
+    shown = client.post("/alerts/notify", data={"csrf": csrf, "webhook": url, "email": "a@b.example"})
+    secret = shown.text.split('id="webhook-secret">')[1].split("<")[0]
+    assert len(secret) > 30 and secret not in client.get("/alerts").text  # shown once
+    again = client.post("/alerts/notify", data={"csrf": csrf, "webhook": url, "email": "c@b.example"})
+    assert 'id="webhook-secret"' not in again.text  # the same URL keeps its secret
+    with psycopg.connect(stack.database_url) as conn:
+        stored = conn.execute(
+            "SELECT webhook_url, webhook_secret, digest_email FROM tenants WHERE customer_id = %s", (customer,)
+        ).fetchone()
+    assert stored == (url, secret, "c@b.example")
+    with psycopg.connect(stack.database_url) as conn:
+        events = conn.execute(
+            "SELECT subject, payload FROM customer_events WHERE customer_id = %s ORDER BY event_id", (customer,)
+        ).fetchall()
+    assert [e[0] for e in events] == ["pass_rate_below", "reports_stopped"]  # choices are events
