@@ -397,3 +397,18 @@ def web_sign_in(client, token: str):
     response = client.post("/login", data={"token": token, "csrf": csrf_of(form.text)}, follow_redirects=False)
     assert response.status_code == 303, response.text[:300]
     return client
+
+
+def parsedmarc_aggregate(path: Path) -> dict | None:
+    """parsedmarc's reading of an aggregate report file (an independent oracle), or None."""
+    import warnings
+
+    import parsedmarc
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = parsedmarc.parse_report_file(path.read_bytes(), offline=True, always_use_local_files=True)
+    except Exception:
+        return None
+    return parsed if parsed.get("report_type") == "aggregate" else None

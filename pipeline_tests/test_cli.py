@@ -32,7 +32,7 @@ def test_demo_runs_the_whole_flow(stack, empty_queues):
 
 
 def test_demo_with_real_reports(stack, empty_queues):
-    from pipeline_tests.support import SAMPLES
+    from pipeline_tests.support import SAMPLES, parsedmarc_aggregate
 
     result = run("demo", "--reports", str(SAMPLES), "--customer", "samples", timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -43,7 +43,7 @@ def test_demo_with_real_reports(stack, empty_queues):
     # The receivers' verdict, per parsedmarc (an independent reader): policy_evaluated DKIM or SPF pass.
     receivers = 0
     for path in sorted(SAMPLES.iterdir()):
-        parsed = _parsedmarc(path)
+        parsed = parsedmarc_aggregate(path)
         for record in parsed["report"]["records"] if parsed else []:
             evaluated = record["policy_evaluated"]
             if "pass" in (str(evaluated.get("dkim")).lower(), str(evaluated.get("spf")).lower()):
@@ -58,20 +58,6 @@ def test_demo_with_real_reports(stack, empty_queues):
         "suspicious",
     }
     assert {r["domain"] for r in report["readiness"]} == {d["domain"] for d in report["domains"]}
-
-
-def _parsedmarc(path):
-    import warnings
-
-    import parsedmarc
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parsed = parsedmarc.parse_report_file(path.read_bytes(), offline=True, always_use_local_files=True)
-    except Exception:
-        return None
-    return parsed if parsed.get("report_type") == "aggregate" else None
 
 
 def test_demo_from_a_maildir(stack, empty_queues, tmp_path):

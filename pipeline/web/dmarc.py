@@ -28,6 +28,16 @@ def _rate(part, whole) -> float | None:
     return round(int(part) / int(whole), 4) if whole else None
 
 
+def _volumes(rows: list[dict], *dates: str) -> list[dict]:
+    """Sums as integers, the pass rate beside them, dates as ISO strings."""
+    for row in rows:
+        row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
+        row["pass_rate"] = _rate(row["dmarc_pass"], row["messages"])
+        for key in dates:
+            row[key] = row[key].isoformat() if row[key] else None
+    return rows
+
+
 def services(conn, customer_id: str, classification: str = "") -> list[dict]:
     rows = conn.execute(
         """SELECT service, known_service, classification, marked, messages, dmarc_pass, aligned_pass, forwarded,
@@ -214,10 +224,7 @@ def countries(conn, customer_id: str) -> list[dict]:
            FROM source_summary WHERE customer_id = %s GROUP BY 1 ORDER BY 3 DESC, 1""",
         (customer_id,),
     ).fetchall()
-    for row in rows:
-        row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
-        row["pass_rate"] = _rate(row["dmarc_pass"], row["messages"])
-    return rows
+    return _volumes(rows)
 
 
 def reporters(conn, customer_id: str) -> list[dict]:
@@ -227,11 +234,7 @@ def reporters(conn, customer_id: str) -> list[dict]:
            FROM daily_reports WHERE customer_id = %s GROUP BY 1 ORDER BY 3 DESC, 1""",
         (customer_id,),
     ).fetchall()
-    for row in rows:
-        row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
-        row["pass_rate"] = _rate(row["dmarc_pass"], row["messages"])
-        row["last_report"] = row["last_report"].isoformat() if row["last_report"] else None
-    return rows
+    return _volumes(rows, "last_report")
 
 
 def report_list(conn, customer_id: str, limit: int = 200) -> list[dict]:
@@ -242,8 +245,5 @@ def report_list(conn, customer_id: str, limit: int = 200) -> list[dict]:
         (customer_id, limit),
     ).fetchall()
     for row in rows:
-        for key in ("report_begin", "report_end"):
-            row[key] = row[key].isoformat() if row[key] else None
-        row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
         row["aligned_pass"] = int(row["aligned_pass"])
-    return rows
+    return _volumes(rows, "report_begin", "report_end")

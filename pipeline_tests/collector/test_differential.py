@@ -5,15 +5,13 @@ each listed here with its reason."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-import parsedmarc
 import pytest
 
 from pipeline.collector.generate import mail_shapes
 from pipeline.collector.inputs import Rejected, read_report
-from pipeline_tests.support import SAMPLES
+from pipeline_tests.support import SAMPLES, parsedmarc_aggregate
 
 # File -> why the collector refuses what parsedmarc reads. Empty today: every refusal of the
 # safety checks (size, ratio, DTD) is tested on hostile files in test_collect.py.
@@ -32,13 +30,8 @@ def corpus(folder: Path) -> list[Path]:
 
 def parsedmarc_reads(path: Path):
     """(report id, records, messages), or None where parsedmarc finds no aggregate report."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parsed = parsedmarc.parse_report_file(path.read_bytes(), offline=True, always_use_local_files=True)
-    except Exception:
-        return None
-    if parsed.get("report_type") != "aggregate":
+    parsed = parsedmarc_aggregate(path)
+    if parsed is None:
         return None
     report = parsed["report"]
     records = report.get("records") or []

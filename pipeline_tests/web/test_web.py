@@ -10,6 +10,7 @@ import sys
 
 import psycopg
 import pytest
+from psycopg import sql
 from starlette.testclient import TestClient
 
 from pipeline.web.app import create_app
@@ -123,7 +124,12 @@ def test_row_level_security_holds_even_for_sql_without_a_customer_filter(stack, 
         seen = {r[0] for r in conn.execute("SELECT DISTINCT customer_id FROM telemetry_events").fetchall()}
         seen |= {r[0] for r in conn.execute("SELECT DISTINCT customer_id FROM daily_source_summary").fetchall()}
         seen |= {r[0] for r in conn.execute("SELECT DISTINCT customer_id FROM daily_domain_compliance").fetchall()}
+        for table in ("daily_domain_services", "service_summary", "customer_summary", "daily_reports"):
+            seen |= {r[0] for r in conn.execute(sql.SQL("SELECT customer_id FROM {}").format(sql.Identifier(table)))}
         assert seen == {a}
+        for table in ("customer_events", "alerts", "service_marks"):  # others' choices and alerts: not one row
+            rows = conn.execute(sql.SQL("SELECT customer_id FROM {}").format(sql.Identifier(table))).fetchall()
+            assert {r[0] for r in rows} <= {a}
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM tenants")
     with psycopg.connect(stack.database_url) as conn, conn.transaction():

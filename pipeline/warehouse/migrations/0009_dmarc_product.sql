@@ -166,35 +166,23 @@ ALTER TABLE tenants
     ADD COLUMN webhook_secret text,
     ADD COLUMN digest_email text;
 
--- Row-level security for the new read models, as in 0007.
-GRANT SELECT ON daily_domain_services, service_summary, customer_summary, alerts, known_forwarders TO pipeline_web;
-GRANT SELECT ON customer_events TO pipeline_web;
-GRANT SELECT ON service_marks TO pipeline_web;
-ALTER TABLE daily_domain_services ENABLE ROW LEVEL SECURITY;
-ALTER TABLE service_summary ENABLE ROW LEVEL SECURITY;
-ALTER TABLE customer_summary ENABLE ROW LEVEL SECURITY;
-ALTER TABLE alerts ENABLE ROW LEVEL SECURITY;
-ALTER TABLE customer_events ENABLE ROW LEVEL SECURITY;
-CREATE POLICY tenant_rows ON daily_domain_services FOR SELECT TO pipeline_web
-    USING (customer_id = current_setting('pipeline.customer', true));
-CREATE POLICY tenant_rows ON service_summary FOR SELECT TO pipeline_web
-    USING (customer_id = current_setting('pipeline.customer', true));
-CREATE POLICY tenant_rows ON customer_summary FOR SELECT TO pipeline_web
-    USING (customer_id = current_setting('pipeline.customer', true));
-CREATE POLICY pipeline_service ON customer_summary TO PUBLIC
-    USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
-CREATE POLICY tenant_rows ON alerts FOR SELECT TO pipeline_web
-    USING (customer_id = current_setting('pipeline.customer', true));
-CREATE POLICY tenant_rows ON customer_events FOR SELECT TO pipeline_web
-    USING (customer_id = current_setting('pipeline.customer', true));
-CREATE POLICY pipeline_service ON daily_domain_services TO PUBLIC
-    USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
-CREATE POLICY pipeline_service ON service_summary TO PUBLIC
-    USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
-CREATE POLICY pipeline_service ON alerts TO PUBLIC
-    USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
-CREATE POLICY pipeline_service ON customer_events TO PUBLIC
-    USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web');
+-- Row-level security for the new tables, as in 0007: pipeline_web sees its tenant's rows only,
+-- every other role all rows.
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['daily_domain_services', 'service_summary', 'customer_summary', 'alerts',
+                             'customer_events'] LOOP
+        EXECUTE format('GRANT SELECT ON %I TO pipeline_web', t);
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format($q$CREATE POLICY tenant_rows ON %I FOR SELECT TO pipeline_web
+                          USING (customer_id = current_setting('pipeline.customer', true))$q$, t);
+        EXECUTE format($q$CREATE POLICY pipeline_service ON %I TO PUBLIC
+                          USING (current_user <> 'pipeline_web') WITH CHECK (current_user <> 'pipeline_web')$q$, t);
+    END LOOP;
+END $$;
+GRANT SELECT ON known_forwarders, service_marks TO pipeline_web;
+-- The view reads customer_events with the caller's rights, so its row-level security applies.
 ALTER VIEW service_marks SET (security_invoker = true);
 
 -- Every projection changed meaning or shape: recompute all of them at the next refresh.
