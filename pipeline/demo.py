@@ -126,6 +126,9 @@ def run_demo(
 
 def headlines(settings: Settings, customers: list[str]) -> list[str]:
     """The customers' headline figures as the web application shows them, and how to open it."""
+    from collections import Counter
+
+    from pipeline.web.dmarc import readiness, services
     from pipeline.web.queries import Warehouse, overview
     from pipeline.web.tenants import issue_token
 
@@ -137,10 +140,23 @@ def headlines(settings: Settings, customers: list[str]) -> list[str]:
         for cid in customers:
             with warehouse.tenant(cid) as conn:
                 o = overview(conn, cid)
+                kinds = Counter(s["classification"] for s in services(conn, cid))
+                ready = readiness(conn, cid)
             rate = f"{100 * o['dmarc_pass_rate']:.1f}%" if o["dmarc_pass_rate"] is not None else "-"
             lines.append(
                 f"  {cid}: {o['reports']} reports, {o['messages']} messages, DMARC pass {rate}, "
                 f"{len(o['domains'])} domain(s), {o['sources']} sending sources"
+            )
+            steps = ", ".join(
+                f"{r['domain']} p={r['current_policy']} -> p={r['next_policy']} {'ready' if r['ready'] else 'not yet'}"
+                if r["next_policy"]
+                else f"{r['domain']} at p={r['current_policy']}"
+                for r in ready[:3]
+            )
+            lines.append(
+                f"    services: {', '.join(f'{n} {k}' for k, n in sorted(kinds.items())) or 'none'}; "
+                f"{o['verdict_disagreements']} messages where receivers and alignment disagree; "
+                f"readiness: {steps or '-'}"
             )
     finally:
         warehouse.close()
