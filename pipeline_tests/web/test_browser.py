@@ -137,6 +137,16 @@ def test_services_marking_readiness_and_export_in_chromium(browser, site):
     page.screenshot(path=str(SCREENSHOTS / "readiness.png"), full_page=True)
 
     page.goto(site["url"] + "/sources?classification=authorized")
+    ip = page.locator("#sources tr td:first-child a").first.inner_text()
+    page.click(f"#sources a:text-is('{ip}')")  # one source: its DKIM and SPF results
+    assert page.locator("h1").inner_text() == ip
+    assert page.locator("#dkim tr").count() >= 2 and page.locator("#spf tr").count() >= 2
+    page.screenshot(path=str(SCREENSHOTS / "source.png"), full_page=True)
+    for view in ("reports", "reporters", "countries", "disagreements"):
+        page.goto(site["url"] + "/more")
+        page.click(f"main a[href='/{view}']")
+        assert page.locator(f"table#{view}").count() == 1 or page.locator("#empty").count() == 1, view
+    page.goto(site["url"] + "/sources?classification=authorized")
     with page.expect_download() as download:
         page.click("#export")
     text = Path(download.value.path()).read_text()
