@@ -20,7 +20,7 @@ the row waits out a backoff and is tried again, until ``max_attempts`` starts ma
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
@@ -502,7 +502,3 @@ def prune_settled(conn: psycopg.Connection, older_than_s: float) -> int:
         )
         .rowcount
     )
-
-
-def with_partition_key(row: InboxRow, key: str) -> InboxRow:
-    return replace(row, partition_key=key)

@@ -490,9 +490,3 @@ def tombstone(
         restore.identity,
     )
     return load_object(conn, s3, current, run_id, worker, max_bytes, inbox_id=inbox_id)
-
-
-def is_live(conn: psycopg.Connection, version: ObjectVersion) -> bool:
-    """Whether ``version`` is its key's live load (not merely loaded once: X, Y, X again)."""
-    live = live_load(conn, version.bucket, version.key)
-    return live is not None and version.same_object(live.object_version, live.etag)
