@@ -118,6 +118,11 @@ def _overview(request: Request, customer: str) -> dict:
     with request.app.state.warehouse.tenant(customer) as conn:
         data = queries.overview(conn, customer)
         data["recent_reports"] = queries.recent_reports(conn, customer)
+        data["service_classes"] = dmarc.service_classes(conn, customer)
+        data["readiness"] = [
+            {k: r[k] for k in ("domain", "current_policy", "next_policy", "next_pct", "ready")}
+            for r in dmarc.readiness(conn, customer)
+        ]
     return data
 
 

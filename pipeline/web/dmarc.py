@@ -69,6 +69,17 @@ def services(conn, customer_id: str, classification: str = "") -> list[dict]:
     return out
 
 
+def service_classes(conn, customer_id: str) -> dict[str, dict]:
+    """Per classification: how many services, and their messages (the overview's summary)."""
+    rows = conn.execute(
+        """SELECT classification, count(*) AS services, sum(messages) AS messages FROM service_summary
+           WHERE customer_id = %s GROUP BY classification""",
+        (customer_id,),
+    ).fetchall()
+    found = {r["classification"]: {"services": int(r["services"]), "messages": int(r["messages"])} for r in rows}
+    return {c: found.get(c, {"services": 0, "messages": 0}) for c in CLASSIFICATIONS}
+
+
 def mark_service(database_url: str, customer_id: str, service: str, mine: bool) -> None:
     """Record the customer's choice (an event); the classification follows at the next refresh."""
     service = service.strip()[:200]

@@ -518,3 +518,17 @@ def test_a_customer_sets_rules_and_notifications_in_the_app(stack, shop, receive
             "SELECT subject, payload FROM customer_events WHERE customer_id = %s ORDER BY event_id", (customer,)
         ).fetchall()
     assert [e[0] for e in events] == ["pass_rate_below", "reports_stopped"]  # choices are events
+
+
+def test_the_overview_summarises_who_sends_and_readiness(shop):
+    client = _client(shop)
+    data = client.get("/api/overview").json()
+    assert data["service_classes"]["authorized"]["services"] == 3  # Google, Amazon SES, SendGrid
+    assert data["service_classes"]["suspicious"] == {"services": 1, "messages": 15 * DAYS}
+    assert {r["domain"]: r["ready"] for r in data["readiness"]} == {
+        "shop.example": False,
+        "news.example": True,
+        "tiny.example": False,
+    }
+    page = client.get("/").text
+    assert 'href="/services?classification=suspicious"' in page and "safe now" in page and "(strictest)" in page
