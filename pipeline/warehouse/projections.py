@@ -67,7 +67,8 @@ FROM telemetry_events e JOIN slices s ON s.customer_id = e.customer_id AND s.day
 GROUP BY e.customer_id, e.day, coalesce(e.report_org, ''), coalesce(e.report_id, '')
 """
 
-_SERVICE = "coalesce(e.service_name, e.as_org, 'Unknown network')"
+UNKNOWN_NETWORK = "Unknown network"  # the service of a source with no known service and no AS organisation
+_SERVICE = f"coalesce(e.service_name, e.as_org, '{UNKNOWN_NETWORK}')"
 
 _DOMAIN_SERVICES_INSERT = f"""
 INSERT INTO daily_domain_services
@@ -96,7 +97,7 @@ FROM (
            round(sum(d.dmarc_pass)::numeric / nullif(sum(d.messages), 0), 4)::double precision AS pass_rate,
            min(d.day) AS first_day, max(d.day) AS last_day,
            sum(d.aligned_pass) AS aligned_pass, sum(d.verdict_disagreements) AS verdict_disagreements,
-           sum(d.forwarded) AS forwarded, coalesce(max(d.service_name), max(d.as_org), 'Unknown network') AS service
+           sum(d.forwarded) AS forwarded, coalesce(max(d.service_name), max(d.as_org), '{UNKNOWN_NETWORK}') AS service
     FROM daily_source_summary d WHERE d.customer_id IN {_CHANGED}
     GROUP BY d.customer_id, d.source_ip
 ) r

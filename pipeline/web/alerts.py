@@ -83,9 +83,10 @@ def rules_for(conn, customer_id: str) -> dict[str, dict]:
            WHERE customer_id = %s AND kind = 'alert_rule_set' ORDER BY subject, event_id DESC""",
         (customer_id,),
     ).fetchall():
-        subject, payload = (row["subject"], row["payload"]) if isinstance(row, dict) else row
-        if subject in rules:
-            rules[subject].update({k: payload[k] for k in ("enabled", "threshold") if k in payload})
+        if row["subject"] in rules:
+            rules[row["subject"]].update(
+                {k: row["payload"][k] for k in ("enabled", "threshold") if k in row["payload"]}
+            )
     return rules
 
 

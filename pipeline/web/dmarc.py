@@ -207,25 +207,30 @@ def source_detail(conn, customer_id: str, source_ip: str) -> dict | None:
     ).fetchone()
     if summary is None:
         return None
-    dkim = conn.execute(
-        """SELECT coalesce(dkim_domain, '') AS domain, coalesce(dkim_selector, '') AS selector,
-                  coalesce(dkim_result, 'none') AS result, sum(message_count) AS messages
-           FROM telemetry_events WHERE customer_id = %s AND source_ip = %s
-           GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3""",
-        (customer_id, source_ip),
-    ).fetchall()
-    spf = conn.execute(
-        """SELECT coalesce(spf_domain, '') AS domain, coalesce(spf_scope, '') AS scope,
-                  coalesce(spf_result, 'none') AS result, sum(message_count) AS messages
-           FROM telemetry_events WHERE customer_id = %s AND source_ip = %s
-           GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3""",
-        (customer_id, source_ip),
-    ).fetchall()
-    for row in dkim + spf:
-        row["messages"] = int(row["messages"] or 0)
+    dkim = _results(conn, customer_id, source_ip, "dkim", "selector")
+    spf = _results(conn, customer_id, source_ip, "spf", "scope")
     hidden = ("customer_id", "search")
     summary = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in summary.items() if k not in hidden}
     return {"source": summary, "dkim": dkim, "spf": spf}
+
+
+def _results(conn, customer_id: str, source_ip: str, method: str, detail: str) -> list[dict]:
+    """One source's ``method`` (dkim | spf) results: (domain, selector | scope, result) and volume."""
+    from psycopg import sql
+
+    column = lambda name: sql.Identifier(f"{method}_{name}")  # noqa: E731
+    rows = conn.execute(
+        sql.SQL(
+            """SELECT coalesce({domain}, '') AS domain, coalesce({detail}, '') AS {label},
+                      coalesce({result}, 'none') AS result, sum(message_count) AS messages
+               FROM telemetry_events WHERE customer_id = %s AND source_ip = %s
+               GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3"""
+        ).format(domain=column("domain"), detail=column(detail), label=sql.Identifier(detail), result=column("result")),
+        (customer_id, source_ip),
+    ).fetchall()
+    for row in rows:
+        row["messages"] = int(row["messages"] or 0)
+    return rows
 
 
 def countries(conn, customer_id: str) -> list[dict]:

@@ -149,17 +149,6 @@ class SourceQuery:
             after=decode_cursor(params.get("after"), sort),
         )
 
-    def filters(self) -> dict:
-        """The query string of this view without paging (for sort links, export, the next page)."""
-        return {
-            "sort": self.sort,
-            "order": "desc" if self.descending else "asc",
-            "q": self.search,
-            "category": self.category,
-            "classification": self.classification,
-            "per_page": self.per_page,
-        }
-
 
 def encode_cursor(key, source_ip: str) -> str:
     import base64

@@ -80,8 +80,9 @@ def configure_notifications(
     return secret
 
 
-def customer_for(conn: psycopg.Connection, token: str | None) -> str | None:
-    """The customer a token belongs to, or None. Constant-time comparison of the stored hash."""
+def session_for(conn: psycopg.Connection, token: str | None) -> tuple[str, int] | None:
+    """(customer, token generation) for a live token, or None: what a session cookie carries
+    after sign-in. Constant-time comparison of the stored hash."""
     if not token or len(token) > 200:
         return None
     digest = _hash(token)
@@ -91,14 +92,11 @@ def customer_for(conn: psycopg.Connection, token: str | None) -> str | None:
             (digest,),
         ).fetchone()
     if row and hmac.compare_digest(row[1], digest):
-        return row[0]
+        return row[0], row[2]
     return None
 
 
-def session_for(conn: psycopg.Connection, token: str | None) -> tuple[str, int] | None:
-    """(customer, generation) for a token: what a session cookie carries after sign-in."""
-    customer = customer_for(conn, token)
-    if customer is None:
-        return None
-    current = generation(conn, customer)
-    return (customer, current) if current is not None else None
+def customer_for(conn: psycopg.Connection, token: str | None) -> str | None:
+    """The customer a live token belongs to, or None."""
+    signed = session_for(conn, token)
+    return signed[0] if signed else None
