@@ -296,8 +296,14 @@ def collect(
             summary.rejected.append({"input": str(path), "reason": reason})
             log.warning("collector rejected input=%s reason=%s", path, reason)
             continue
-        rank = (len(report.problems), hashlib.sha256(report.body()).hexdigest())
-        key = report.key(settings.raw_prefix)
+        try:  # a report's own values become its key and body: one that cannot is that report's fault
+            rank = (len(report.problems), hashlib.sha256(report.body()).hexdigest())
+            key = report.key(settings.raw_prefix)
+        except Exception as exc:
+            reason = f"{path}: its records cannot be written as raw telemetry ({type(exc).__name__}: {exc})"
+            summary.rejected.append({"input": str(path), "reason": reason})
+            log.warning("collector rejected input=%s reason=%s", path, reason)
+            continue
         if key in chosen:
             keep, drop = (report, path), chosen[key][:2]
             if rank > chosen[key][2]:

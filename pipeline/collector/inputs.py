@@ -12,14 +12,16 @@ import email.policy
 import gzip
 import io
 import logging
+import lzma
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.collector.normalize import NormalizedReport, normalize
+from pipeline.collector.normalize import NormalizedReport, ReportRefused, normalize
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class Limits:
     # parsedmarc holds a whole report in memory, about 7 MB per 1,000 records here (a 50,000-record
     # report peaks near 420 MB): larger reports are refused, counted while the bytes stream by
     max_records: int = 50_000
+    # Report e-mails are a few parts deep (a forwarded report: three levels) and a few parts wide.
+    max_mime_depth: int = 8
+    max_mime_parts: int = 100
+    max_archive_members: int = 16
 
 
 MB_PER_1000_RECORDS = 7
@@ -63,15 +69,32 @@ def discover(paths: Iterable[Path]) -> Iterator[Path]:
 # attacks ("billion laughs") and external entities (XXE) get in, so it is refused before any XML
 # parser sees the document, whatever the parser's own defences.
 _DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+# A record start tag as bytes: any namespace prefix, any whitespace before the attributes. Only a
+# back-up of the parser's count below, for a document the parser gives up on.
+_RECORD_TAG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?record[\s/>]")
+_TAIL = 64  # bytes kept between chunks: longer than a DTD keyword or a prefixed record tag
 
 
-class _DtdScanner:
-    """Reads a report's bytes as they stream by: refuses a DTD, counts the records."""
+class _XmlScanner:
+    """Reads a report's bytes as they stream by: refuses a DTD, counts the records.
 
-    _RECORD = (b"<record>", b"<record ")
+    Records are counted as an XML parser sees them (lxml's pull parser, recovering from errors
+    as parsedmarc does, no entities, no network), so ``<record\t>``, ``<dmarc:record>`` and every
+    other spelling count; the parser's memory is one record, cleared as it ends. Where the parser
+    stops early (a document too broken to recover), the byte count of record start tags stands in.
+    """
 
     def __init__(self, name: str):
-        self.name, self.tail, self.records = name, b"", 0
+        from lxml import etree
+
+        self.name, self.tail, self.by_bytes, self.by_parser = name, b"", 0, 0
+        self.parser = etree.XMLPullParser(
+            events=("end",), tag="{*}record", recover=True, resolve_entities=False, no_network=True, load_dtd=False
+        )
+
+    @property
+    def records(self) -> int:
+        return max(self.by_bytes, self.by_parser)
 
     def feed(self, chunk: bytes) -> None:
         window = self.tail + chunk
@@ -80,11 +103,33 @@ class _DtdScanner:
                 f"{self.name}: the XML declares a DTD or entities (<!DOCTYPE/<!ENTITY>), which DMARC reports "
                 "never do and entity-expansion attacks do; not parsed"
             )
-        # the tail is shorter than a record tag, so no tag is counted twice
-        self.records += sum(window.count(tag) for tag in self._RECORD)
-        self.tail = window[-7:]
+        # a tag that ends inside the kept tail was counted with the chunk before
+        self.by_bytes += sum(1 for m in _RECORD_TAG.finditer(window) if m.end() > len(self.tail))
+        self.tail = window[-_TAIL:]
+        if self.parser is None:
+            return
+        try:
+            self.parser.feed(chunk)
+            self._drain()
+        except Exception:  # a parser that gives up leaves the byte count
+            self.parser = None
+
+    def _drain(self) -> None:
+        for _, element in self.parser.read_events():
+            self.by_parser += 1
+            element.clear(keep_tail=False)
+            parent = element.getparent()
+            while parent is not None and element.getprevious() is not None:
+                del parent[0]
 
     def check_records(self, limits: Limits) -> None:
+        if self.parser is not None:
+            try:
+                self.parser.close()
+                self._drain()
+            except Exception:
+                pass
+            self.parser = None
         if self.records > limits.max_records:
             raise Rejected(
                 f"{self.name}: {self.records} records, over the collector's limit of {limits.max_records} per "
@@ -95,7 +140,7 @@ class _DtdScanner:
 
 def _check_gzip(data: bytes, limits: Limits, name: str) -> None:
     total = 0
-    scanner = _DtdScanner(name)
+    scanner = _XmlScanner(name)
     with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
         while chunk := stream.read(1024 * 1024):
             scanner.feed(chunk)
@@ -115,6 +160,11 @@ def _check_zip(data: bytes, limits: Limits, name: str) -> None:
         members = archive.infolist()
         total = sum(m.file_size for m in members)
         packed = sum(m.compress_size for m in members) or 1
+    if len(members) > limits.max_archive_members:
+        raise Rejected(
+            f"{name}: zip holds {len(members)} members, over {limits.max_archive_members}: a report archive "
+            "holds one report; ask the sender for one report per attachment"
+        )
     if total > limits.max_uncompressed_bytes:
         raise Rejected(f"{name}: zip expands to {total} bytes, over {limits.max_uncompressed_bytes}")
     if total / packed > limits.max_compression_ratio:
@@ -124,11 +174,26 @@ def _check_zip(data: bytes, limits: Limits, name: str) -> None:
         )
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         for member in archive.infolist():
-            scanner = _DtdScanner(f"{name} ({member.filename})")
+            if member.flag_bits & 0x1:
+                raise Rejected(
+                    f"{name}: zip member {member.filename!r} is encrypted (password protected): a DMARC report "
+                    "never is; ask the sender for an unencrypted copy"
+                )
+            if member.compress_type not in _ZIP_METHODS:
+                raise Rejected(
+                    f"{name}: zip member {member.filename!r} uses compression method {member.compress_type}, which "
+                    "no report archive uses (stored, deflate, bzip2, lzma); ask the sender for a new copy"
+                )
+            scanner = _XmlScanner(f"{name} ({member.filename})")
             with archive.open(member) as stream:  # reads at most the declared size
                 while chunk := stream.read(1024 * 1024):
                     scanner.feed(chunk)
             scanner.check_records(limits)
+
+
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+# What a damaged archive raises from the standard library's readers: the report is damaged, not the collector.
+_DAMAGED = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, ValueError, NotImplementedError)
 
 
 def check_payload(data: bytes, limits: Limits, name: str) -> None:
@@ -144,17 +209,41 @@ def check_payload(data: bytes, limits: Limits, name: str) -> None:
         elif data[:4] == b"PK\x03\x04":
             _check_zip(data, limits, name)
         else:
-            scanner = _DtdScanner(name)
+            scanner = _XmlScanner(name)
             scanner.feed(data)
             scanner.check_records(limits)
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except Rejected:
+        raise
+    except _DAMAGED as exc:
         raise Rejected(f"{name}: damaged archive ({exc}); ask the sender for a new copy") from None
 
 
+# A MIME container's header, as bytes: counted before the message is parsed, so that a message
+# of thousands of nested parts is refused without building its tree.
+_CONTAINER = re.compile(rb"(?im)^content-type:\s*(?:multipart|message)/")
+
+
 def _check_email(data: bytes, limits: Limits, name: str) -> None:
+    containers = len(_CONTAINER.findall(data))
+    if containers > limits.max_mime_parts:
+        raise Rejected(
+            f"{name}: an e-mail of {containers} nested MIME containers, over {limits.max_mime_parts}: "
+            "no report e-mail is built so; not parsed"
+        )
     message = email.message_from_bytes(data, policy=email.policy.default)
-    for part in message.walk():
+    parts, stack = 0, [(message, 0)]
+    while stack:  # iterative: the depth of a hostile message never reaches Python's stack
+        part, depth = stack.pop()
+        parts += 1
+        if depth > limits.max_mime_depth or parts > limits.max_mime_parts:
+            what = f"nested {depth} levels deep" if depth > limits.max_mime_depth else f"of over {parts - 1} parts"
+            raise Rejected(
+                f"{name}: an e-mail {what}, over the collector's limits ({limits.max_mime_depth} levels, "
+                f"{limits.max_mime_parts} parts): no report e-mail is built so; not parsed"
+            )
         if part.is_multipart():
+            children = part.get_payload()
+            stack.extend((child, depth + 1) for child in reversed(children if isinstance(children, list) else []))
             continue
         payload = part.get_payload(decode=True) or b""
         check_payload(payload, limits, f"{name} (attachment {part.get_filename() or part.get_content_type()})")
@@ -171,7 +260,27 @@ def _encoding_problems(data: bytes) -> list[str]:
 
 
 def read_report(path: Path, customer_id: str, limits: Limits = DEFAULT_LIMITS) -> NormalizedReport:
-    """Check, parse (offline) and normalize one report file; Rejected with a reason otherwise."""
+    """Check, parse (offline) and normalize one report file; Rejected with a reason otherwise.
+
+    Every input ends here as a report or a ``Rejected``: a file is attacker-controlled, so an
+    exception of any other kind from the checks, the parser or the normalization (a library's
+    ``RuntimeError``, a ``RecursionError`` of a deep document, ...) is the file's fault, named,
+    logged with its type, and never the end of the collection or the mailbox.
+    """
+    try:
+        return _read(path, customer_id, limits)
+    except Rejected:
+        raise
+    except Exception as exc:  # see above: the input is refused, the collector goes on
+        log.warning("collector unreadable input=%s error=%s: %s", path, type(exc).__name__, exc)
+        detail = str(exc).strip()[:200] or type(exc).__name__
+        raise Rejected(
+            f"{path}: unreadable report ({type(exc).__name__}: {detail}); it was set aside, "
+            "ask the sender for a new copy"
+        ) from None
+
+
+def _read(path: Path, customer_id: str, limits: Limits) -> NormalizedReport:
     import parsedmarc
 
     name = str(path)
@@ -194,5 +303,7 @@ def read_report(path: Path, customer_id: str, limits: Limits = DEFAULT_LIMITS) -
         raise Rejected(f"{name}: a {parsed.get('report_type')} report, not an aggregate report; not collected")
     try:
         return normalize(parsed["report"], customer_id, _encoding_problems(data))
+    except ReportRefused as exc:
+        raise Rejected(f"{name}: {exc}") from None
     except (KeyError, ValueError, TypeError) as exc:
         raise Rejected(f"{name}: aggregate report without the required fields ({exc})") from None

@@ -85,11 +85,52 @@ def _pick(results: list[dict]) -> dict:
     return results[0] if results else {}
 
 
-def normalize(report: dict, customer_id: str, problems: list[str] | None = None) -> NormalizedReport:
+class ReportRefused(ValueError):
+    """The report parses but cannot be collected (its dates are forged or impossible)."""
+
+
+# A report's period (RFC 7489 section 7.2: usually a day). Anyone can mail a report, so a period
+# that begins in the future, ends before it begins, or spans more than this, is refused: the alert
+# windows and digests must not follow a forged date.
+MAX_SPAN_DAYS = 7
+FUTURE_SKEW = dt.timedelta(days=1)
+
+
+def check_period(begin: dt.datetime, end: dt.datetime | None, now: dt.datetime | None = None) -> None:
+    now = now or dt.datetime.now(dt.UTC)
+    if begin > now + FUTURE_SKEW:
+        raise ReportRefused(
+            f"the report's period begins {begin:%Y-%m-%d %H:%M} UTC, after tomorrow: a forged or mis-dated "
+            "report (check the reporter's clock); not collected"
+        )
+    if end is not None and end < begin:
+        raise ReportRefused(
+            f"the report's period ends ({end:%Y-%m-%d %H:%M}) before it begins ({begin:%Y-%m-%d %H:%M}); not collected"
+        )
+    if end is not None and end - begin > dt.timedelta(days=MAX_SPAN_DAYS):
+        raise ReportRefused(
+            f"the report's period spans {(end - begin).days} days ({begin:%Y-%m-%d} to {end:%Y-%m-%d}), over "
+            f"{MAX_SPAN_DAYS}: aggregate reports cover a day; not collected"
+        )
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates: no PostgreSQL text holds them
+
+
+def clean_text(value):
+    """A string as the warehouse can hold it: NUL and lone surrogates become U+FFFD."""
+    if isinstance(value, str) and _UNSTORABLE.search(value):
+        return _UNSTORABLE.sub("\ufffd", value)
+    return value
+
+
+def normalize(
+    report: dict, customer_id: str, problems: list[str] | None = None, now: dt.datetime | None = None
+) -> NormalizedReport:
     meta = report["report_metadata"]
     policy = report.get("policy_published") or {}
-    org = (meta.get("org_name") or "").strip()
-    report_id = str(meta.get("report_id") or "").strip()
+    org = clean_text(str(meta.get("org_name") or "").strip())
+    report_id = clean_text(str(meta.get("report_id") or "").strip())
     if not org or not report_id:
         raise ValueError("the report has no reporting org or no report id, so it has no identity")
     begin = _utc(meta.get("begin_date"))
@@ -153,9 +194,10 @@ def normalize(report: dict, customer_id: str, problems: list[str] | None = None)
             "spf_auth": json.dumps(spf),
         }
         assert record.keys() == RAW_FIELDS.keys()
-        records.append(record)
+        records.append({name: clean_text(value) for name, value in record.items()})
     if begin is None:
         raise ValueError("the report has no date range")
+    check_period(begin, end, now)
     return NormalizedReport(customer_id, org, report_id, begin, records, problems)
 
 
