@@ -109,6 +109,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_SPARK_BIND_ADDRESS", "str", "127.0.0.1", "enrich", "Address the driver listens on (`0.0.0.0` on a cluster)."),
     _k("PIPELINE_SPARK_DRIVER_MEMORY", "str", "2g", "enrich", "spark.driver.memory."),
     _k("PIPELINE_SPARK_EXECUTOR_MEMORY", "str", "1g", "enrich", "spark.executor.memory."),
+    _k("PIPELINE_RAW_MAX_BYTES", "int", 512 * 1024 * 1024, "enrich", "Most bytes a raw object may decompress to; a larger one (or one that is not gzip) is quarantined whole, not read.", minimum=1024),
     _k("PIPELINE_SPARK_SHIP_CODE", "bool", False, "enrich", "Ship the `pipeline` package to executors (when their image does not have it)."),
     # -- import: intake, planning, runs, database timeouts ---------------------------------------------
     _k("PIPELINE_INTAKE_VISIBILITY_S", "int", 120, "import", "Visibility of a message between its receive and intake's commit + delete.", minimum=1),

@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import re
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from pipeline import config
 from pipeline.collector.catalog import RAW_KEY
 from pipeline.collector.normalize import CUSTOMER_ID
 from pipeline.enrich.model import MODEL_VERSION
@@ -58,6 +60,9 @@ class GroupResult:
     rows_read: int = 0
     enriched_rows: int = 0
     rescued_rows: int = 0
+    quarantined_objects: int = 0  # raw objects refused whole (not gzip, over the bound)
+    quarantined_records: int = 0  # what the collector said those objects held (object metadata)
+    foreign_rows: int = 0  # rows naming another tenant, or another day, than their object key
     null_event_ids: int = 0
     with_asn: int = 0
     categories: dict[str, int] = field(default_factory=dict)
@@ -140,11 +145,38 @@ def _fits(record, schema: pa.Schema) -> bool:
     return True
 
 
-def read_raw(body: bytes, key: str) -> tuple[pa.Table, list[str]]:
+class RawObjectRefused(ValueError):
+    """A raw object that is not gzip NDJSON within the bound: quarantined whole, with the reason."""
+
+
+def gunzip_bounded(body: bytes, limit: int, key: str) -> bytes:
+    """A gzip body (one member or several) decompressed to at most ``limit`` bytes: a raw object
+    is written by a collector, and a collector's host is not this pipeline's to trust."""
+    out, size, rest = [], 0, body
+    while rest:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = inflater.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise RawObjectRefused(f"raw object {key} is not gzip ({exc}): quarantined whole") from None
+        size += len(chunk)
+        if size > limit or inflater.unconsumed_tail:
+            raise RawObjectRefused(
+                f"raw object {key} expands past {limit} bytes (PIPELINE_RAW_MAX_BYTES): quarantined whole"
+            )
+        if not inflater.eof:
+            raise RawObjectRefused(f"raw object {key} is a truncated gzip stream: quarantined whole")
+        out.append(chunk)
+        rest = inflater.unused_data.lstrip(b"\x00")
+    return b"".join(out)
+
+
+def read_raw(body: bytes, key: str, limit: int | None = None) -> tuple[pa.Table, list[str]]:
     """A raw object's records as an Arrow table (parsed in C++), and the lines that are not raw
-    records. Only an object with such lines is read again line by line, to keep the rest."""
+    records. Only an object with such lines is read again line by line, to keep the rest.
+    ``RawObjectRefused`` when the body is no gzip within ``limit`` bytes."""
     schema = _schema()
-    data = gzip.decompress(body)
+    data = gunzip_bounded(body, limit or config.get("PIPELINE_RAW_MAX_BYTES"), key)
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     reading = pajson.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1))  # tasks are the parallelism
     try:
@@ -222,6 +254,33 @@ def enrich_group(settings: Settings, run_id: str, group: Group, s3=None) -> Grou
     return enrich_groups(settings, run_id, [group], s3)[0]
 
 
+def _foreign_rows(frame: pd.DataFrame, groups: list[Group], owners: np.ndarray) -> np.ndarray:
+    """Rows whose customer or day is not the one their raw object's key names, rescued with the
+    reason (in place); returns their mask. The key is what the collector's credentials were
+    scoped to (raw/customer=<id>/), so it is the tenant: a record's own ``customer_id`` is a
+    claim by whoever wrote the object, and a row of tenant b in a's object never becomes b's."""
+    if not len(frame):
+        return np.zeros(0, dtype=bool)
+    tenants = np.array([g.customer for g in groups], dtype=object)[owners]
+    days = np.array([g.day for g in groups], dtype=object)[owners]
+    untouched = frame[RESCUE].isna().to_numpy()
+    other_tenant = untouched & (frame["customer_id"].astype(object).to_numpy() != tenants)
+    begins = pd.to_datetime(frame["report_begin"], utc=True).dt.floor("D").to_numpy()
+    expected = pd.to_datetime(pd.Series(days), utc=True).to_numpy()
+    other_day = untouched & ~other_tenant & (begins != expected)
+    for row in np.flatnonzero(other_tenant):
+        frame.iat[row, frame.columns.get_loc(RESCUE)] = (
+            f"customer_id {frame['customer_id'].iat[row]!r} is not the tenant its object key names "
+            f"(customer={tenants[row]}): a collector writes only its own customer's reports; quarantined"
+        )
+    for row in np.flatnonzero(other_day):
+        frame.iat[row, frame.columns.get_loc(RESCUE)] = (
+            f"report_begin {frame['report_begin'].iat[row]} is not on the day its object key names "
+            f"(dt={days[row]}); quarantined"
+        )
+    return other_tenant | other_day
+
+
 def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool) -> list[GroupResult]:
     results = [GroupResult(g.customer, g.day, raw_objects=len(g.keys)) for g in groups]
     quarantine: list[list[dict]] = [[] for _ in groups]
@@ -234,8 +293,16 @@ def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool
     tables, owner = [], []
     jobs = [(index, key) for index, group in enumerate(groups) for key in group.keys]
     for index, key, body, metadata in pool.map(get, jobs):
-        results[index].raw_records += int(metadata.get("records", 0))
-        table, corrupt = read_raw(body, unquote(key))
+        records = int(metadata.get("records", 0)) if str(metadata.get("records", "0")).isdigit() else 0
+        results[index].raw_records += records
+        try:
+            table, corrupt = read_raw(body, unquote(key))
+        except RawObjectRefused as exc:
+            log.warning("%s", exc)
+            results[index].quarantined_objects += 1
+            results[index].quarantined_records += records
+            quarantine[index].append({"reason": str(exc), "object": unquote(key)})
+            continue
         tables.append(table)
         owner.append(np.full(table.num_rows, index, dtype=np.int32))
         results[index].rows_read += table.num_rows
@@ -245,6 +312,7 @@ def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool
     raw = pa.concat_tables(tables) if tables else _schema().empty_table()
     owners = np.concatenate(owner) if owner else np.zeros(0, dtype=np.int32)
     frame = enrich_frame(raw.to_pandas())
+    foreign = _foreign_rows(frame, groups, owners)
     rescued = frame[RESCUE].notna().to_numpy()
     for row, reason, values in zip(
         np.flatnonzero(rescued),
@@ -255,6 +323,8 @@ def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool
         quarantine[owners[row]].append(
             {"reason": reason, "record": {k: _plain(v) for k, v in zip(RAW_FIELDS, values, strict=True)}}
         )
+    for index in owners[foreign]:
+        results[index].foreign_rows += 1
     good_rows = ~rescued
     good = pa.Table.from_pandas(frame.loc[good_rows].drop(columns=[RESCUE]), preserve_index=False)
     good_owner = owners[good_rows]
@@ -267,7 +337,7 @@ def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool
     for index, (group, result) in enumerate(zip(groups, results, strict=True)):
         lo, hi = int(bounds[index]), int(bounds[index + 1])
         result.enriched_rows = hi - lo
-        result.rescued_rows = len(quarantine[index])
+        result.rescued_rows = len(quarantine[index]) - result.quarantined_objects
         if hi > lo:
             result.null_event_ids = event_ids.slice(lo, hi - lo).null_count
             result.with_asn = (hi - lo) - asn.slice(lo, hi - lo).null_count

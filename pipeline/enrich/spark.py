@@ -81,6 +81,9 @@ class DayResult:
     rows_read: int = 0
     enriched_rows: int = 0
     rescued_rows: int = 0
+    quarantined_objects: int = 0
+    quarantined_records: int = 0
+    foreign_rows: int = 0
     null_event_ids: int = 0
     ip_coverage: float = 1.0
     customers: list[str] = field(default_factory=list)
@@ -91,7 +94,7 @@ class DayResult:
 
     @property
     def rows_match(self) -> bool:
-        return self.enriched_rows + self.rescued_rows == self.raw_records
+        return self.enriched_rows + self.rescued_rows + self.quarantined_records == self.raw_records
 
 
 def _ship_code(spark) -> None:
@@ -160,6 +163,9 @@ def summarize(
         day.rows_read += result.rows_read
         day.enriched_rows += result.enriched_rows
         day.rescued_rows += result.rescued_rows
+        day.quarantined_objects += result.quarantined_objects
+        day.quarantined_records += result.quarantined_records
+        day.foreign_rows += result.foreign_rows
         day.null_event_ids += result.null_event_ids
         with_asn[result.day] += result.with_asn
         categories[result.day].update(result.categories)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import tempfile
 import time
 from concurrent.futures import Future
@@ -63,6 +64,34 @@ class ObjectRejected(ValueError):
 
     Retrying will not help; the message names the object and what to do.
     """
+
+
+# The tenant of an enriched object is the one its key names: enrichment writes a customer's rows
+# under enriched/customer=<id>/dt=<day>/ only, and the importer checks every row against it again.
+_KEY_TENANT = re.compile(r"(?:^|/)customer=(?P<customer>[a-z0-9][a-z0-9_-]{0,62})/dt=\d{4}-\d{2}-\d{2}/")
+
+
+def key_tenant(key: str) -> str | None:
+    match = _KEY_TENANT.search(key)
+    return match["customer"] if match else None
+
+
+def check_tenant(table: pa.Table, tenant: str | None, where: str) -> None:
+    """Every row's ``customer_id`` is the tenant of the object's key; ObjectRejected otherwise."""
+    if tenant is None:
+        raise ObjectRejected(
+            f"{where} is not under customer=<id>/dt=<day>/, so it names no tenant: enrichment writes no such "
+            "key; delete it. This version is recorded as failed."
+        )
+    column = table.column("customer_id")
+    matches = pc.fill_null(pc.equal(column, pa.scalar(tenant, column.type)), False)
+    if not pc.all(matches).as_py():
+        others = sorted({str(v) for v in pc.filter(column, pc.invert(matches)).unique().to_pylist()})[:5]
+        raise ObjectRejected(
+            f"{where} holds rows of customer_id {others}, not of {tenant!r} that its key names: rows are loaded "
+            "only into the tenant of their key. Nothing of this version was loaded; it is recorded as failed "
+            "(re-run enrichment for its partition, which quarantines such rows)."
+        )
 
 
 class S3AccessDenied(PermissionError):
@@ -418,9 +447,11 @@ def load_object(
         )
         ledger_id = cur.fetchone()[0]
         superseded = _supersede(cur, version, "superseded", run_id, worker, keep=ledger_id)
+        tenant = key_tenant(version.key)
         with cur.copy(COPY_SQL) as copy:
             copy.set_types(["int8", *COPY_TYPES])
             for table in fetched.batches():  # a batch of rows in memory at a time, whatever the object's size
+                check_tenant(table, tenant, fetched.where)  # a foreign row rolls the whole version back
                 for row in _rows(table, ledger_id):
                     copy.write_row(row)
         _remember_sequencer(cur, version)

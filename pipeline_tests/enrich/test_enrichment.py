@@ -186,4 +186,4 @@ def test_asset_check_fails_when_rows_go_missing(stack, clients, spark):
         for e in run.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     }
-    assert checks == {"enriched_rows_match_raw": False, "no_null_event_id": True}
+    assert checks == {"enriched_rows_match_raw": False, "no_null_event_id": True, "rows_match_their_object_key": True}

@@ -22,6 +22,7 @@ from pipeline.enrich.spark import enrich_days
 
 ROWS_MATCH = "enriched_rows_match_raw"
 NO_NULL_EVENT_ID = "no_null_event_id"
+ROWS_MATCH_KEY = "rows_match_their_object_key"
 
 
 @asset(
@@ -41,6 +42,14 @@ NO_NULL_EVENT_ID = "no_null_event_id"
         ),
         AssetCheckSpec(
             NO_NULL_EVENT_ID, asset=names.ENRICHED_TELEMETRY, description="Every enriched row has an event_id."
+        ),
+        AssetCheckSpec(
+            ROWS_MATCH_KEY,
+            asset=names.ENRICHED_TELEMETRY,
+            description=(
+                "Every raw row names the tenant and day of its object key, and every raw object is gzip within "
+                "PIPELINE_RAW_MAX_BYTES; the others are quarantined (a warning: someone wrote them)."
+            ),
         ),
     ],
     description=(
@@ -66,6 +75,8 @@ def enriched_telemetry(context: AssetExecutionContext, pyspark: PySparkResource,
                     "raw_records": result.raw_records,
                     "enriched_rows": result.enriched_rows,
                     "rescued_rows": result.rescued_rows,
+                    "foreign_rows": result.foreign_rows,
+                    "quarantined_objects": result.quarantined_objects,
                     "ip_coverage": result.ip_coverage,
                     "objects_written": len(result.written),
                     "objects_unchanged": len(result.unchanged),
@@ -96,3 +107,15 @@ def enriched_telemetry(context: AssetExecutionContext, pyspark: PySparkResource,
     )
     nulls = sum(r.null_event_ids for r in results)
     yield AssetCheckResult(check_name=NO_NULL_EVENT_ID, passed=nulls == 0, metadata={"null_event_ids": nulls})
+    foreign = {r.day: r.foreign_rows for r in results if r.foreign_rows}
+    refused = {r.day: r.quarantined_objects for r in results if r.quarantined_objects}
+    yield AssetCheckResult(
+        check_name=ROWS_MATCH_KEY,
+        passed=not foreign and not refused,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "foreign_rows_by_day": MetadataValue.json(foreign),
+            "quarantined_objects_by_day": MetadataValue.json(refused),
+            "quarantine": "s3://<enriched bucket>/quarantine/customer=<id>/dt=<day>/",
+        },
+    )

@@ -1,0 +1,181 @@
+"""One customer's collector cannot write another customer's data (issue #21, high 2).
+
+A collector is scoped to ``raw/customer=<tag>/``. Whatever its objects' records claim, the tenant
+is the one the key names: at enrichment (foreign rows are quarantined with their reason) and
+again at import (an enriched object with a foreign row is refused whole). Event ids are unique
+per tenant, and raw objects are decompressed within a bound."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import random
+import uuid
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from pipeline.collector.collect import collect
+from pipeline.collector.inputs import read_report
+from pipeline.collector.spool import Spool
+from pipeline.enrich.spark import enrich_days_in_process
+from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
+from pipeline.importer.events import ObjectVersion
+from pipeline.importer.load import ObjectRejected, load_object
+from pipeline_tests.security import hostile
+from pipeline_tests.support import new_customer
+
+
+def unique_day() -> dt.date:
+    """A day of 2005-2010 (before DMARC): no other test enriches it."""
+    return dt.date(2005, 1, 1) + dt.timedelta(days=random.SystemRandom().randrange(6 * 365))
+
+
+def report_file(tmp_path, day: dt.date, report_id: str, records: int = 3):
+    begin = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp())
+    path = tmp_path / f"{report_id}.xml"
+    path.write_bytes(hostile.report_xml(records=records, begin=begin, report_id=report_id, org_name="Receiver"))
+    return path
+
+
+def enriched(s3, settings, customer: str) -> list[str]:
+    listed = s3.list_objects_v2(
+        Bucket=settings.enriched_bucket, Prefix=f"{settings.enriched_prefix}customer={customer}/"
+    )
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def load_all(settings, s3, keys: list[str]) -> list:
+    outcomes = []
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        for key in keys:
+            etag = s3.head_object(Bucket=settings.enriched_bucket, Key=key)["ETag"].strip('"')
+            try:
+                outcomes.append(load_object(conn, s3, ObjectVersion(settings.enriched_bucket, key, etag, etag=etag)))
+            except ObjectRejected as exc:
+                outcomes.append(exc)
+    return outcomes
+
+
+def rows_of(settings, customer: str) -> int:
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute("SELECT count(*) FROM telemetry_events WHERE customer_id = %s", (customer,)).fetchone()[0]
+
+
+def test_a_raw_object_claiming_another_tenant_never_reaches_it(stack, clients, tmp_path, empty_queues):
+    s3 = clients("s3")
+    a, b = new_customer(), new_customer()
+    day = unique_day()
+    victims_report = report_file(tmp_path, day, f"real-{b}", records=3)
+    # a's collector (compromised, or a's own user) writes b's report, claimed as b's, under a's prefix
+    forged = read_report(victims_report, b)
+    forged_key = forged.key(stack.raw_prefix).replace(f"customer={b}/", f"customer={a}/")
+    assert forged_key.startswith(f"{stack.raw_prefix}customer={a}/")
+    s3.put_object(Bucket=stack.raw_bucket, Key=forged_key, Body=forged.body(), Metadata={"records": "3"})
+    # ... beside a's own genuine report, and b's real one collected by b's collector
+    collect([report_file(tmp_path, day, f"own-{a}", records=2)], a, stack, Spool(tmp_path / "spool-a"))
+    collect([victims_report], b, stack, Spool(tmp_path / "spool-b"))
+
+    [result] = enrich_days_in_process(stack, s3, [day.isoformat()], f"tenancy-{uuid.uuid4().hex[:8]}")
+    assert result.foreign_rows == 3 and result.rows_match
+    quarantined = s3.get_object(
+        Bucket=stack.enriched_bucket, Key=f"quarantine/customer={a}/dt={day}/rescued-sender-v1.jsonl.gz"
+    )["Body"].read()
+    assert gzip.decompress(quarantined).decode().count("is not the tenant its object key names (customer=") == 3
+
+    outcomes = load_all(stack, s3, enriched(s3, stack, a) + enriched(s3, stack, b))
+    assert [o.outcome for o in outcomes] == ["loaded", "loaded"]  # b's real load is not blocked
+    assert rows_of(stack, a) == 2  # only a's own records
+    assert rows_of(stack, b) == 3  # exactly b's real report, once
+    with psycopg.connect(stack.database_url) as conn:
+        ledger = dict(
+            conn.execute(
+                "SELECT e.customer_id, l.object_key FROM telemetry_events e JOIN load_ledger l USING (ledger_id) "
+                "WHERE e.customer_id = ANY(%s) GROUP BY 1, 2",
+                ([a, b],),
+            ).fetchall()
+        )
+    assert ledger[b].startswith(f"{stack.enriched_prefix}customer={b}/")  # b's rows came from b's key only
+
+
+def test_an_enriched_object_with_a_foreign_row_is_refused_whole(stack, clients):
+    s3 = clients("s3")
+    a, b = new_customer(), new_customer()
+    table = synthetic_enriched_table(10, seed=3, customer_id=a, report_id=f"mixed-{a}")
+    ids = table.column("customer_id").to_pylist()
+    ids[7] = b
+    table = table.set_column(table.schema.get_field_index("customer_id"), "customer_id", pa.array(ids, pa.string()))
+    key = f"{stack.enriched_prefix}customer={a}/dt=2026-11-01/mixed.parquet"
+    s3.put_object(Bucket=stack.enriched_bucket, Key=key, Body=parquet_bytes(table))
+    [outcome] = load_all(stack, s3, [key])
+    assert isinstance(outcome, ObjectRejected) and f"not of {a!r} that its key names" in str(outcome)
+    assert rows_of(stack, a) == 0 and rows_of(stack, b) == 0  # nothing of the version, not even a's rows
+
+
+def test_an_object_whose_key_names_no_tenant_is_refused(stack, clients):
+    s3 = clients("s3")
+    table = synthetic_enriched_table(4, seed=4, customer_id="acme", report_id=f"nokey-{uuid.uuid4().hex}")
+    key = f"{stack.enriched_prefix}loose/{uuid.uuid4().hex}.parquet"
+    s3.put_object(Bucket=stack.enriched_bucket, Key=key, Body=parquet_bytes(table))
+    [outcome] = load_all(stack, s3, [key])
+    assert isinstance(outcome, ObjectRejected) and "names no tenant" in str(outcome)
+
+
+def test_event_ids_never_collide_across_tenants(stack, clients):
+    """The same event ids in two tenants' objects: both load (the key is per tenant)."""
+    s3 = clients("s3")
+    a, b = new_customer(), new_customer()
+    shared_ids = [uuid.uuid4().hex for _ in range(5)]
+    keys = []
+    for customer in (a, b):
+        table = synthetic_enriched_table(5, seed=5, customer_id=customer, report_id=f"same-{customer}")
+        table = table.set_column(
+            table.schema.get_field_index("event_id"), "event_id", pa.array(shared_ids, pa.string())
+        )
+        key = f"{stack.enriched_prefix}customer={customer}/dt=2026-11-01/same-ids.parquet"
+        s3.put_object(Bucket=stack.enriched_bucket, Key=key, Body=parquet_bytes(table))
+        keys.append(key)
+    outcomes = load_all(stack, s3, keys)
+    assert [o.outcome for o in outcomes] == ["loaded", "loaded"]
+    assert rows_of(stack, a) == rows_of(stack, b) == 5
+
+
+def test_raw_objects_are_decompressed_within_a_bound(stack, clients, tmp_path, monkeypatch, empty_queues):
+    s3 = clients("s3")
+    a = new_customer()
+    day = unique_day()
+    collect([report_file(tmp_path, day, f"own-{a}", records=2)], a, stack, Spool(tmp_path / "spool"))
+    prefix = f"{stack.raw_prefix}customer={a}/dt={day}/"
+    bomb = gzip.compress(b"\n" * (4 * 1024 * 1024), compresslevel=9)  # 4 MB of nothing from 4 KB
+    s3.put_object(Bucket=stack.raw_bucket, Key=prefix + "bomb_0.jsonl.gz", Body=bomb, Metadata={"records": "1"})
+    s3.put_object(Bucket=stack.raw_bucket, Key=prefix + "plain_0.jsonl.gz", Body=b'{"not": "gzip"}\n')
+    monkeypatch.setenv("PIPELINE_RAW_MAX_BYTES", str(1024 * 1024))
+
+    [result] = enrich_days_in_process(stack, s3, [day.isoformat()], f"bound-{uuid.uuid4().hex[:8]}")
+    assert result.quarantined_objects == 2 and result.enriched_rows == 2 and result.rows_match
+    quarantined = gzip.decompress(
+        s3.get_object(Bucket=stack.enriched_bucket, Key=f"quarantine/customer={a}/dt={day}/rescued-sender-v1.jsonl.gz")[
+            "Body"
+        ].read()
+    ).decode()
+    assert "expands past 1048576 bytes" in quarantined and "is not gzip" in quarantined
+
+
+@pytest.mark.parametrize("claimed", ["", None])
+def test_rows_without_a_tenant_are_quarantined_not_adopted(stack, clients, tmp_path, claimed, empty_queues):
+    s3 = clients("s3")
+    a = new_customer()
+    day = unique_day()
+    report = read_report(report_file(tmp_path, day, f"anon-{a}", records=2), a)
+    lines = b"".join(
+        gzip.decompress(report.body()).replace(
+            f'"customer_id": "{a}"'.encode(), f'"customer_id": {"null" if claimed is None else chr(34) * 2}'.encode()
+        )
+        for _ in [0]
+    )
+    s3.put_object(
+        Bucket=stack.raw_bucket, Key=report.key(stack.raw_prefix), Body=gzip.compress(lines), Metadata={"records": "2"}
+    )
+    [result] = enrich_days_in_process(stack, s3, [day.isoformat()], f"anon-{uuid.uuid4().hex[:8]}")
+    assert result.enriched_rows == 0 and result.rescued_rows == 2 and result.rows_match
