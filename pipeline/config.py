@@ -151,7 +151,9 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_SMTP_FROM", "str", "dmarc-reports@localhost", "web", "`pipeline digest`: the digests' From address."),
     _k("PIPELINE_SMTP_STARTTLS", "bool", False, "web", "`pipeline digest`: upgrade the SMTP connection with STARTTLS."),
     _k("PIPELINE_ALERTS_SCHEDULE", "bool", True, "web", "Evaluate alert rules every hour as well as after each refresh, so reports that stop arriving are noticed when nothing is imported (0: the schedule starts stopped)."),
-    _k("PIPELINE_WEBHOOK_TIMEOUT_S", "float", 10.0, "web", "Alerts: how long one webhook delivery may take before it is retried at the next evaluation.", minimum=0.1),
+    _k("PIPELINE_WEBHOOK_TIMEOUT_S", "float", 10.0, "web", "Alerts: the overall deadline of one webhook delivery (connect, TLS, send, status line); past it, retried at the next evaluation.", minimum=0.1),
+    _k("PIPELINE_WEBHOOK_ALLOW_HTTP", "bool", False, "web", "Alerts: accept plain http:// webhook URLs (default: https only)."),
+    _k("PIPELINE_WEBHOOK_ALLOW_PRIVATE", "bool", False, "web", "Alerts: accept webhooks on loopback, private and link-local addresses (default: public addresses only; never on a shared deployment)."),
     # -- test support (pipeline chaos) -----------------------------------------------------------------
     _k("PIPELINE_CHAOS_LATE_S", "float", 3.0, "chaos", "`pipeline chaos`: the pause of a deliberately late importer.", minimum=0),
 )

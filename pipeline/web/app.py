@@ -270,15 +270,14 @@ def _alerts(conn, customer: str) -> dict:
     return {"alerts": alerts.recent(conn, customer), "rules": alerts.rules_for(conn, customer)}
 
 
-def alerts_page(request: Request) -> Response:
+def alerts_page(request: Request, secret_once: str | None = None) -> Response:
     customer, data = _tenant(request, False, _alerts)
     with request.app.state.warehouse.service() as conn:  # tenants is not readable as pipeline_web
         notify = conn.execute(
             "SELECT webhook_url, digest_email FROM tenants WHERE customer_id = %s", (customer,)
         ).fetchone()
-    once = request.session.pop("webhook_secret_once", None)
     message = request.session.pop("flash", None)
-    return _page(request, "alerts.html", notify=notify, secret_once=once, flash=message, **data)
+    return _page(request, "alerts.html", notify=notify, secret_once=secret_once, flash=message, **data)
 
 
 async def alerts_rule(request: Request) -> Response:
@@ -329,12 +328,12 @@ async def alerts_notify(request: Request) -> Response:
             str(form.get("webhook", "")).strip()[:500],
             str(form.get("email", "")).strip()[:300],
         )
-    except ValueError:
-        request.session["flash"] = "That is not an http(s) URL or an e-mail address."
+    except ValueError as exc:  # about the customer's own input: the URL or address they typed
+        request.session["flash"] = f"Not saved: {exc}."
         return RedirectResponse("/alerts", status_code=303)
-    if secret:
-        request.session["webhook_secret_once"] = secret
     request.session["flash"] = "Notifications saved."
+    if secret:  # shown in this response only: never in the session cookie, which is signed, not encrypted
+        return await run_in_threadpool(alerts_page, request, secret)
     return RedirectResponse("/alerts", status_code=303)
 
 
@@ -480,6 +479,20 @@ def jsonable(rows: list[dict]) -> list[dict]:
     return [{k: value(v) for k, v in row.items()} for row in rows]
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A cell as a spreadsheet can open it safely: text that a spreadsheet would run as a formula
+    (=, +, -, @, a tab or a CR first: a report's org name of =HYPERLINK(...)) is prefixed with
+    an apostrophe, shown as text; numbers are left as they are."""
+    if isinstance(value, dict | list):
+        value = json.dumps(value)
+    if isinstance(value, str) and value.startswith(_FORMULA):
+        return "'" + value
+    return value
+
+
 def export_csv(request: Request) -> Response:
     """``/api/export/<view>.csv``: every table as CSV, with the page's filters, as the tenant."""
     import csv
@@ -503,7 +516,7 @@ def export_csv(request: Request) -> Response:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+            writer.writerow({k: csv_cell(v) for k, v in row.items()})
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
 
 
@@ -513,24 +526,26 @@ def _stream_sources(warehouse, customer: str, query, batch: int = 5_000):
     import dataclasses
     import io
 
-    with warehouse.tenant(customer) as conn:
-        header = True
-        while True:
+    header = True
+    while True:
+        # a pooled connection per batch, given back before the batch is sent: a slow download
+        # never holds one of the pool's connections for its whole length
+        with warehouse.tenant(customer) as conn:
             rows = queries.source_rows(conn, customer, query, limit=batch)
-            if not rows:
-                return
-            last = rows[-1]
-            key = float(last["sort_key"]) if isinstance(last["sort_key"], Decimal) else last["sort_key"]
-            query = dataclasses.replace(query, after=(key, last["source_ip"]))
-            out = io.StringIO()
-            writer = csv.DictWriter(out, fieldnames=[k for k in rows[0] if k != "sort_key"], extrasaction="ignore")
-            if header:
-                writer.writeheader()
-                header = False
-            writer.writerows(rows)
-            yield out.getvalue()
-            if len(rows) < batch:
-                return
+        if not rows:
+            return
+        last = rows[-1]
+        key = float(last["sort_key"]) if isinstance(last["sort_key"], Decimal) else last["sort_key"]
+        query = dataclasses.replace(query, after=(key, last["source_ip"]))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=[k for k in rows[0] if k != "sort_key"], extrasaction="ignore")
+        if header:
+            writer.writeheader()
+            header = False
+        writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
+        yield out.getvalue()
+        if len(rows) < batch:
+            return
 
 
 def ping_api(request: Request) -> Response:

@@ -15,6 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pipeline import config
 from pipeline.web import alerts, dmarc
 from pipeline.web.queries import Warehouse
+from pipeline.web.tenants import check_address
 
 log = logging.getLogger("pipeline.digest")
 TEMPLATES = Environment(
@@ -27,29 +28,28 @@ class DigestError(RuntimeError):
     pass
 
 
-def content(conn, customer_id: str) -> dict:
-    """What one customer's digest says, over the last week of their reports."""
+def content(conn, customer_id: str, today: dt.date | None = None) -> dict:
+    """What one customer's digest says, over the week that ends today (not the newest day a
+    report claims: a forged far-future day would otherwise be the digest's week)."""
+    last = today or dt.datetime.now(dt.UTC).date()
     days = conn.execute(
         """SELECT day, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass
-           FROM daily_domain_compliance WHERE customer_id = %s GROUP BY day ORDER BY day DESC LIMIT %s""",
-        (customer_id, 2 * WEEK),
+           FROM daily_domain_compliance WHERE customer_id = %s AND day > %s AND day <= %s
+           GROUP BY day ORDER BY day""",
+        (customer_id, last - dt.timedelta(days=2 * WEEK), last),
     ).fetchall()
-    days = sorted(days, key=lambda r: r["day"])
-    last = days[-1]["day"] if days else None
-    week = [d for d in days if last and d["day"] > last - dt.timedelta(days=WEEK)]
-    before = [d for d in days if last and d["day"] <= last - dt.timedelta(days=WEEK)]
+    week = [d for d in days if d["day"] > last - dt.timedelta(days=WEEK)]
+    before = [d for d in days if d["day"] <= last - dt.timedelta(days=WEEK)]
 
     def rate(rows):
         messages = sum(int(r["messages"]) for r in rows)
         return round(sum(int(r["dmarc_pass"]) for r in rows) / messages, 4) if messages else None
 
-    new_sources = []
-    if last:
-        new_sources = conn.execute(
-            """SELECT source_ip, service, classification, messages, first_day FROM source_summary
-               WHERE customer_id = %s AND first_day > %s ORDER BY messages DESC, source_ip LIMIT 10""",
-            (customer_id, last - dt.timedelta(days=WEEK)),
-        ).fetchall()
+    new_sources = conn.execute(
+        """SELECT source_ip, service, classification, messages, first_day FROM source_summary
+           WHERE customer_id = %s AND first_day > %s AND first_day <= %s ORDER BY messages DESC, source_ip LIMIT 10""",
+        (customer_id, last - dt.timedelta(days=WEEK), last),
+    ).fetchall()
     fired = [
         a
         for a in alerts.recent(conn, customer_id, 50)
@@ -57,7 +57,7 @@ def content(conn, customer_id: str) -> dict:
     ]
     return {
         "customer": customer_id,
-        "period": f"{week[0]['day']} to {last}" if week else None,
+        "period": f"{last - dt.timedelta(days=WEEK - 1)} to {last}" if week else None,
         "messages": sum(int(d["messages"]) for d in week),
         "pass_rate": rate(week),
         "pass_rate_before": rate(before),
@@ -91,14 +91,18 @@ def render(data: dict) -> tuple[str, str, str]:
     return subject, "\n".join(lines) + "\n", html
 
 
-def send(database_url: str, customer_id: str, to: str) -> dict:
+def send(database_url: str, customer_id: str, to: str, today: dt.date | None = None) -> dict:
     host = config.get("PIPELINE_SMTP_HOST")
     if not host:
         raise DigestError("No SMTP server is set: set PIPELINE_SMTP_HOST (and PIPELINE_SMTP_PORT) to send digests.")
+    try:
+        check_address(to)
+    except ValueError as exc:
+        raise DigestError(f"{customer_id}: the digest address {exc}; set it again in the app") from None
     warehouse = Warehouse(database_url, pool_size=1)
     try:
         with warehouse.tenant(customer_id) as conn:
-            data = content(conn, customer_id)
+            data = content(conn, customer_id, today)
     finally:
         warehouse.close()
     subject, text, html = render(data)
@@ -120,7 +124,20 @@ def send(database_url: str, customer_id: str, to: str) -> dict:
     return {"customer": customer_id, "to": to, "subject": subject}
 
 
-def send_all(database_url: str, customer_id: str | None = None, to: str | None = None) -> list[dict]:
+def send_all(
+    database_url: str, customer_id: str | None = None, to: str | None = None, today: dt.date | None = None
+) -> list[dict]:
+    """Send each tenant's digest; one tenant's bad address or an SMTP refusal of its digest is
+    that tenant's failure (logged, listed in ``failed``), and every later tenant still gets its
+    own. With one ``customer_id`` its failure raises, as a command should."""
+    return send_each(database_url, customer_id, to, today)["sent"]
+
+
+def send_each(
+    database_url: str, customer_id: str | None = None, to: str | None = None, today: dt.date | None = None
+) -> dict:
+    if not config.get("PIPELINE_SMTP_HOST"):
+        raise DigestError("No SMTP server is set: set PIPELINE_SMTP_HOST (and PIPELINE_SMTP_PORT) to send digests.")
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT customer_id, digest_email FROM tenants WHERE revoked_at IS NULL "
@@ -129,11 +146,20 @@ def send_all(database_url: str, customer_id: str | None = None, to: str | None =
         ).fetchall()
     if customer_id and not rows:
         raise DigestError(f"{customer_id!r} has no web access: run `pipeline web-token --customer {customer_id}`")
-    sent = []
+    sent, failed = [], []
     for customer, email in rows:
         address = to or email
-        if address:
-            sent.append(send(database_url, customer, address))
-        elif customer_id:
-            raise DigestError(f"{customer} has no digest address: `pipeline notify --customer {customer} --email ADDR`")
-    return sent
+        if not address:
+            if customer_id:
+                raise DigestError(
+                    f"{customer} has no digest address: `pipeline notify --customer {customer} --email ADDR`"
+                )
+            continue
+        try:
+            sent.append(send(database_url, customer, address, today))
+        except DigestError as exc:
+            if customer_id:
+                raise
+            failed.append({"customer": customer, "error": str(exc)})
+            log.warning("digest failed customer=%s error=%s (the other customers' digests go on)", customer, exc)
+    return {"sent": sent, "failed": failed}

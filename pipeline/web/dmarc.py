@@ -106,21 +106,22 @@ def readiness(conn, customer_id: str) -> list[dict]:
     """Per domain: current policy, the next step, whether it is safe now, and what blocks it."""
     current = conn.execute(
         """SELECT DISTINCT ON (policy_domain) policy_domain, policy_p, policy_pct
-           FROM daily_reports WHERE customer_id = %s AND policy_domain IS NOT NULL
+           FROM daily_reports WHERE customer_id = %s AND policy_domain IS NOT NULL AND day <= CURRENT_DATE + 1
            ORDER BY policy_domain, report_end DESC NULLS LAST""",
         (customer_id,),
     ).fetchall()
     per_domain = conn.execute(
         """WITH span AS (
+               -- a day after tomorrow is no report's (the collector refuses them): never the reference
                SELECT policy_domain, max(day) AS last_day FROM daily_domain_services
-               WHERE customer_id = %(c)s GROUP BY policy_domain),
+               WHERE customer_id = %(c)s AND day <= CURRENT_DATE + 1 GROUP BY policy_domain),
            per_service AS (
                SELECT d.policy_domain, d.service, min(d.day) AS first_day,
                       sum(d.messages) FILTER (WHERE d.day > s.last_day - %(window)s) AS messages,
                       sum(d.aligned_pass) FILTER (WHERE d.day > s.last_day - %(window)s) AS aligned,
                       count(DISTINCT d.day) FILTER (WHERE d.day > s.last_day - %(window)s) AS days
                FROM daily_domain_services d JOIN span s USING (policy_domain)
-               WHERE d.customer_id = %(c)s GROUP BY d.policy_domain, d.service)
+               WHERE d.customer_id = %(c)s AND d.day <= s.last_day GROUP BY d.policy_domain, d.service)
            SELECT p.*, s.last_day, v.classification,
                   (SELECT count(DISTINCT day) FROM daily_domain_services x WHERE x.customer_id = %(c)s
                      AND x.policy_domain = p.policy_domain AND x.day > s.last_day - %(window)s) AS domain_days

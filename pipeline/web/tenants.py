@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 import psycopg
@@ -51,6 +52,19 @@ def generation(conn: psycopg.Connection, customer_id: str) -> int | None:
     return row[0] if row else None
 
 
+_LOCAL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}")
+_DOMAIN = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+
+
+def check_address(value: str) -> str:
+    """Exactly one plain e-mail address (local@domain): no list, no display name, no header
+    folding; ValueError otherwise. A digest goes to this address and no other."""
+    local, at, domain = (value or "").rpartition("@")
+    if not at or not _LOCAL.fullmatch(local) or not _DOMAIN.fullmatch(domain) or ".." in local:
+        raise ValueError(f"{value[:100]!r} is not one e-mail address (local@domain.tld; one address, no name or list)")
+    return value
+
+
 def configure_notifications(
     database_url: str, customer_id: str, webhook_url: str | None = None, email: str | None = None
 ) -> str | None:
@@ -64,16 +78,18 @@ def configure_notifications(
                 f"{customer_id!r} has no web access yet: run `pipeline web-token --customer {customer_id}`"
             )
         if webhook_url is not None and (webhook_url or None) != row[0]:  # the same URL keeps its secret
-            if webhook_url and not webhook_url.startswith(("http://", "https://")):
-                raise ValueError(f"{webhook_url!r} is not an http(s) URL")
+            if webhook_url:
+                from pipeline.web.webhooks import check
+
+                check(webhook_url)  # WebhookRefused (a ValueError) names what is wrong
             secret = secrets.token_urlsafe(32) if webhook_url else None
             conn.execute(
                 "UPDATE tenants SET webhook_url = nullif(%s, ''), webhook_secret = %s WHERE customer_id = %s",
                 (webhook_url, secret, customer_id),
             )
         if email is not None:
-            if email and "@" not in email:
-                raise ValueError(f"{email!r} is not an e-mail address")
+            if email:
+                check_address(email)
             conn.execute(
                 "UPDATE tenants SET digest_email = nullif(%s, '') WHERE customer_id = %s", (email, customer_id)
             )

@@ -5,6 +5,8 @@ turns it on, since it needs PIPELINE_SMTP_HOST), and an hourly evaluation of the
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
+    Failure,
+    MetadataValue,
     OpExecutionContext,
     ScheduleDefinition,
     define_asset_job,
@@ -40,8 +42,16 @@ def send_weekly_digests(context: OpExecutionContext, warehouse: WarehouseResourc
     if not config.get("PIPELINE_SMTP_HOST"):
         context.log.warning("weekly digest skipped: PIPELINE_SMTP_HOST is not set (no SMTP server to send through)")
         return
-    sent = digest.send_all(warehouse.database_url())
+    outcome = digest.send_each(warehouse.database_url())
+    sent, failed = outcome["sent"], outcome["failed"]
     context.log.info(f"weekly digest sent to {len(sent)} customer(s): {', '.join(s['customer'] for s in sent)}")
+    for failure in failed:  # one customer's bad address or refused digest never stops the others'
+        context.log.warning(f"weekly digest failed customer={failure['customer']}: {failure['error']}")
+    if failed and not sent:
+        raise Failure(
+            f"every digest failed ({len(failed)}): the SMTP server refused them all; check PIPELINE_SMTP_*",
+            metadata={"failed": MetadataValue.json(failed)},
+        )
 
 
 @job(description="The customers' weekly DMARC digest e-mail (docs/DMARC.md).")
