@@ -93,6 +93,7 @@ class ReportRefused(ValueError):
 # that begins in the future, ends before it begins, or spans more than this, is refused: the alert
 # windows and digests must not follow a forged date.
 MAX_SPAN_DAYS = 7
+MAX_IDENTITY_CHARS = 256  # a report's org name and id: real ones are under 100
 FUTURE_SKEW = dt.timedelta(days=1)
 
 
@@ -133,6 +134,11 @@ def normalize(
     report_id = clean_text(str(meta.get("report_id") or "").strip())
     if not org or not report_id:
         raise ValueError("the report has no reporting org or no report id, so it has no identity")
+    if len(org) > MAX_IDENTITY_CHARS or len(report_id) > MAX_IDENTITY_CHARS:
+        raise ReportRefused(
+            f"the report's org name ({len(org)} characters) or id ({len(report_id)}) is over {MAX_IDENTITY_CHARS} "
+            "characters: no receiver names a report so; not collected"
+        )
     begin = _utc(meta.get("begin_date"))
     end = _utc(meta.get("end_date"))
     problems = list(problems or []) + [str(e) for e in meta.get("errors") or []]

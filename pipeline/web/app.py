@@ -19,6 +19,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -31,12 +32,15 @@ from starlette.routing import Route
 
 from pipeline import config
 from pipeline.web import alerts, charts, dmarc, queries
-from pipeline.web.tenants import customer_for, generation, session_for
+from pipeline.web.tenants import customer_for, end_session, session_customer, session_for, start_session
 
 log = logging.getLogger("pipeline.web")
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
 )
+# A path segment from a report's own values (a report id, an address): every character that is
+# not unreserved is quoted, "/" and "." included, so "../../api/export" stays one segment.
+TEMPLATES.filters["segment"] = lambda value: quote(str(value), safe="")
 
 
 def _customer(request: Request) -> str | None:
@@ -49,12 +53,10 @@ def _customer(request: Request) -> str | None:
         if header.lower().startswith("bearer "):
             with request.app.state.warehouse.service() as conn:
                 customer = customer_for(conn, header[7:].strip())
-        elif request.session.get("customer"):
+        elif request.session.get("sid"):
             with request.app.state.warehouse.service() as conn:
-                current = generation(conn, request.session["customer"])
-            if current is not None and current == request.session.get("generation"):
-                customer = request.session["customer"]
-            else:
+                customer = session_customer(conn, request.session["sid"])
+            if customer is None:
                 request.session.clear()
         request.state.customer = customer
     return request.state.customer
@@ -71,6 +73,38 @@ def _check_csrf(request: Request, form) -> None:
     expected = request.session.get("csrf") or ""
     if not expected or not hmac.compare_digest(str(form.get("csrf", "")), expected):
         raise HTTPException(403, "the form expired")
+
+
+SECURITY_HEADERS = [
+    # no script runs on these pages (there is none); styles are the page's own
+    (
+        b"content-security-policy",
+        b"default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+        b"frame-ancestors 'none'; base-uri 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+class SecurityHeaders:
+    """Every response, pages, API, CSV and errors alike, carries the security headers."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], *SECURITY_HEADERS]
+            await send(message)
+
+        return await self.app(scope, receive, with_headers)
 
 
 def _page(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
@@ -104,12 +138,21 @@ async def login(request: Request) -> Response:
         log.info("web sign-in refused from %s", request.client.host if request.client else "?")
         return _page(request, "login.html", status=401, error="That token is not valid.")
     request.session.clear()
-    request.session["customer"], request.session["generation"] = signed
+    with request.app.state.warehouse.service() as conn:
+        request.session["sid"] = start_session(conn, *signed)
     return RedirectResponse("/", status_code=303)
 
 
 async def logout(request: Request) -> Response:
+    from starlette.concurrency import run_in_threadpool
+
     _check_csrf(request, await request.form())
+
+    def end() -> None:  # on the server: the cookie, copied or not, signs nobody in again
+        with request.app.state.warehouse.service() as conn:
+            end_session(conn, request.session.get("sid"))
+
+    await run_in_threadpool(end)
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
@@ -662,12 +705,13 @@ def create_app(settings, secret: str | None = None, secure_cookie: bool | None =
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(SecurityHeaders),
             Middleware(
                 SessionMiddleware,
                 secret_key=secret,
                 same_site="strict",
                 https_only=bool(config.get("PIPELINE_WEB_SECURE_COOKIE")) if secure_cookie is None else secure_cookie,
-            )
+            ),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )

@@ -34,10 +34,18 @@ CLASSIFICATIONS = ("authorized", "forwarder", "unauthorized", "suspicious")
 
 
 class Warehouse:
+    """The web application's connections: a pool, each connection with a statement timeout and
+    an idle-in-transaction timeout (PIPELINE_WEB_STATEMENT_TIMEOUT_S), so no request, however
+    its query or its client behaves, holds a connection or a snapshot for long."""
+
     def __init__(self, database_url: str, pool_size: int = 10):
+        from pipeline import config
+
         self.database_url = database_url
+        limit_ms = int(1000 * float(config.get("PIPELINE_WEB_STATEMENT_TIMEOUT_S")))
+        options = f"-c statement_timeout={limit_ms} -c idle_in_transaction_session_timeout={limit_ms}"
         self.pool = ConnectionPool(
-            database_url, min_size=1, max_size=pool_size, open=True, kwargs={"autocommit": False}
+            database_url, min_size=1, max_size=pool_size, open=True, kwargs={"autocommit": False, "options": options}
         )
 
     def close(self) -> None:

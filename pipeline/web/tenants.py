@@ -43,6 +43,44 @@ def revoke_token(database_url: str, customer_id: str) -> bool:
         return cur.rowcount == 1
 
 
+SESSION_DAYS = 14
+
+
+def start_session(conn: psycopg.Connection, customer_id: str, token_generation: int) -> str:
+    """A new server-side session; returns its id (for the cookie; only its hash is stored)."""
+    session_id = secrets.token_urlsafe(32)
+    conn.execute(
+        "INSERT INTO web_sessions (session_hash, customer_id, generation) VALUES (%s, %s, %s)",
+        (_hash(session_id), customer_id, token_generation),
+    )
+    conn.commit()
+    return session_id
+
+
+def session_customer(conn: psycopg.Connection, session_id: str | None) -> str | None:
+    """The customer of a live session: not ended (signed out), of the token's current
+    generation (not rotated or revoked), younger than SESSION_DAYS. One query per request."""
+    if not session_id or len(session_id) > 200:
+        return None
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(
+            """SELECT s.customer_id FROM web_sessions s JOIN tenants t USING (customer_id)
+               WHERE s.session_hash = %s AND s.ended_at IS NULL AND t.revoked_at IS NULL
+                 AND s.generation = t.generation AND s.created_at > clock_timestamp() - %s * interval '1 day'""",
+            (_hash(session_id), SESSION_DAYS),
+        ).fetchone()
+    return row[0] if row else None
+
+
+def end_session(conn: psycopg.Connection, session_id: str | None) -> None:
+    if session_id:
+        conn.execute(
+            "UPDATE web_sessions SET ended_at = clock_timestamp() WHERE session_hash = %s AND ended_at IS NULL",
+            (_hash(session_id),),
+        )
+        conn.commit()
+
+
 def generation(conn: psycopg.Connection, customer_id: str) -> int | None:
     """The token generation a session must carry to stay signed in (None: revoked or unknown)."""
     with conn.cursor(row_factory=tuple_row) as cur:

@@ -135,13 +135,13 @@ def report_xml(
     return text.encode("utf-8", errors="surrogateescape")
 
 
-def field_cases() -> dict[str, bytes]:
+def field_cases(begin: int = DEFAULT_BEGIN) -> dict[str, bytes]:
     """One report per (field, payload): every field parsedmarc keeps, every hostile value."""
     cases = {}
     for field in FIELDS:
         for name, payload in FIELD_PAYLOADS.items():
             values = {"report_id": f"hostile-{field}-{name}", field: payload}
-            cases[f"field-{field}-{name}.xml"] = report_xml(**values)
+            cases[f"field-{field}-{name}.xml"] = report_xml(begin=begin, **values)
     return cases
 
 
