@@ -22,9 +22,13 @@ RESCUE = "rescue_reason"
 OUTPUT_COLUMNS = [*ENRICHED_FIELDS, RESCUE]
 
 
-def event_id(customer_id: str, report_org: str, report_id: str, record_index: int) -> str:
-    """Deterministic identity of one record of one report of one customer."""
-    return hashlib.sha256(f"{customer_id}\n{report_org}\n{report_id}\n{record_index}".encode()).hexdigest()[:32]
+def event_id(customer_id: str, report_org: str, report_id: str, day: str, record_index: int) -> str:
+    """Deterministic identity of one record of one report of one customer.
+
+    The report's day is part of it, as it is of the raw object's key: anyone can mail a copy of
+    a guessable report id dated another day, and that copy's rows must not take the real
+    report's ids (its import would then fail on them)."""
+    return hashlib.sha256(f"{customer_id}\n{report_org}\n{report_id}\n{day}\n{record_index}".encode()).hexdigest()[:32]
 
 
 def _ip_info(ip: str, reader) -> dict:
@@ -111,14 +115,15 @@ def _rescue_reasons(frame: pd.DataFrame) -> pd.Series:
 
 
 def _event_ids(frame: pd.DataFrame) -> list:
-    """sha256 of (customer, org, report id, record index): the warehouse's identity of a record.
+    """sha256 of (customer, org, report id, day, record index): the warehouse's identity of a record.
 
     Arrow and pandas have no sha256 kernel, and existing warehouses hold these ids, so this is
     the one step that runs per row: one hash call each, on strings built column-wise (the
     report's part once per report).
     """
-    codes, reports = _distinct([frame["customer_id"], frame["report_org"], frame["report_id"]])
-    prefixes = np.array([f"{c}\n{o}\n{r}\n" for c, o, r in reports], dtype=object)
+    days = frame["report_begin_ts"].dt.strftime("%Y-%m-%d").astype(object).where(frame["report_begin_ts"].notna(), "")
+    codes, reports = _distinct([frame["customer_id"], frame["report_org"], frame["report_id"], days])
+    prefixes = np.array([f"{c}\n{o}\n{r}\n{d}\n" for c, o, r, d in reports], dtype=object)
     index = frame["record_index"]
     text = prefixes[codes] + index.astype("Int64").astype(str).to_numpy(dtype=object)
     missing = index.isna().to_numpy()

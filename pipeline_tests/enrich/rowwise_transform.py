@@ -21,9 +21,9 @@ RESCUE = "rescue_reason"
 OUTPUT_COLUMNS = [*ENRICHED_FIELDS, RESCUE]
 
 
-def event_id(customer_id: str, report_org: str, report_id: str, record_index: int) -> str:
-    """Deterministic identity of one record of one report of one customer."""
-    return hashlib.sha256(f"{customer_id}\n{report_org}\n{report_id}\n{record_index}".encode()).hexdigest()[:32]
+def event_id(customer_id: str, report_org: str, report_id: str, day: str, record_index: int) -> str:
+    """Deterministic identity of one record of one report of one customer (and day)."""
+    return hashlib.sha256(f"{customer_id}\n{report_org}\n{report_id}\n{day}\n{record_index}".encode()).hexdigest()[:32]
 
 
 def _ip_info(ip: str, reader) -> dict:
@@ -105,8 +105,10 @@ def enrich_frame(raw: pd.DataFrame, ip_db_path: str | None = None, services: dic
     frame["model_version"] = model.MODEL_VERSION
     frame["day"] = frame["report_begin_ts"].dt.date
     frame["event_id"] = [
-        event_id(c, o, r, int(i)) if not pd.isna(i) else None
-        for c, o, r, i in zip(frame["customer_id"], frame["report_org"], frame["report_id"], frame["record_index"])
+        event_id(c, o, r, d.isoformat() if not pd.isna(d) else "", int(i)) if not pd.isna(i) else None
+        for c, o, r, d, i in zip(
+            frame["customer_id"], frame["report_org"], frame["report_id"], frame["day"], frame["record_index"]
+        )
     ]
     frame["report_begin"] = frame["report_begin_ts"]
     frame["report_end"] = frame["report_end_ts"]

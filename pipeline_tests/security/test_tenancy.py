@@ -179,3 +179,37 @@ def test_rows_without_a_tenant_are_quarantined_not_adopted(stack, clients, tmp_p
     )
     [result] = enrich_days_in_process(stack, s3, [day.isoformat()], f"anon-{uuid.uuid4().hex[:8]}")
     assert result.enriched_rows == 0 and result.rescued_rows == 2 and result.rows_match
+
+
+def test_a_copy_of_a_guessable_report_neither_replaces_the_real_one_nor_blocks_its_load(stack, clients, tmp_path):
+    """The identity rule (RELIABILITY.md, "Hostile input"): a report is (org, report id, day).
+    A copy with the same identity never replaces a stored copy that is as clean or cleaner, and
+    a copy of the same org and id dated another day is another report, whose rows take other
+    event ids: the real report still loads, once."""
+    s3 = clients("s3")
+    a = new_customer()
+    day = unique_day()
+    real = report_file(tmp_path, day, "guessable-1", records=3)
+    collect([real], a, stack, Spool(tmp_path / "spool"))
+    forged_same_day = tmp_path / "forged" / "same.xml"
+    forged_same_day.parent.mkdir()
+    begin = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp())
+    forged_same_day.write_bytes(
+        hostile.report_xml(records=1, begin=begin, report_id="guessable-1", org_name="Receiver", count=99_999)
+    )
+    again = collect([forged_same_day], a, stack, Spool(tmp_path / "spool"))
+    assert again.objects_written == [] and again.objects_replaced == [] and len(again.already_in_s3) == 1
+    other_day = day + dt.timedelta(days=1)
+    forged_other_day = report_file(tmp_path / "forged", other_day, "guessable-1", records=3)
+    collect([forged_other_day], a, stack, Spool(tmp_path / "spool"))
+
+    enrich_days_in_process(stack, s3, [day.isoformat(), other_day.isoformat()], f"guess-{uuid.uuid4().hex[:8]}")
+    outcomes = load_all(stack, s3, enriched(s3, stack, a))
+    assert [o.outcome for o in outcomes] == ["loaded", "loaded"]  # the other day's copy blocks nothing
+    with psycopg.connect(stack.database_url) as conn:
+        by_day = dict(
+            conn.execute(
+                "SELECT day, sum(message_count) FROM telemetry_events WHERE customer_id = %s GROUP BY 1", (a,)
+            ).fetchall()
+        )
+    assert by_day[day] == 9  # the real report's three records of 3 messages, not the forged 99,999
