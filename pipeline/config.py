@@ -145,6 +145,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_CAPACITY_SENSOR_INTERVAL_S", "int", 30, "capacity", "Seconds between capacity_sensor ticks.", minimum=1),
     # -- web -------------------------------------------------------------------------------------------
     _k("PIPELINE_WEB_SECRET", "str", None, "web", "Key that signs the web application's sessions (default: random per start, which signs everyone out on restart)."),
+    _k("PIPELINE_WEB_DATABASE_URL", "str", None, "web", "The web application's connection, as the pipeline_web_login role (default: the warehouse URL with that role and no password, as on the local stack)."),
     _k("PIPELINE_WEB_STATEMENT_TIMEOUT_S", "float", 30.0, "web", "statement_timeout and idle_in_transaction_session_timeout of the web application's connections.", minimum=1),
     _k("PIPELINE_WEB_SECURE_COOKIE", "bool", False, "web", "Mark the session cookie Secure (set it when the application is served over TLS, directly or behind a proxy)."),
     _k("PIPELINE_SMTP_HOST", "str", None, "web", "`pipeline digest`: the SMTP server that sends the weekly digests (unset: digests are not sent)."),

@@ -107,7 +107,7 @@ def run(
         tokens = {name: issue_token(bench.database_url, name) for name in names}
         app = create_app(bench, secret="bench")
         app.state.warehouse.close()
-        app.state.warehouse = queries.Warehouse(bench.database_url, pool_size=20)
+        app.state.warehouse = queries.Warehouse(queries.web_database_url(bench.database_url), pool_size=20)
         port = free_port(8700)
         server, thread = _serve(app, port)
         page_times: list[float] = []

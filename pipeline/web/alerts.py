@@ -66,14 +66,20 @@ RULES = {
 
 def set_rule(database_url: str, customer_id: str, rule: str, threshold: float | None, enabled: bool) -> None:
     """Record a customer's rule setting (an event; the latest one per rule applies)."""
+    with psycopg.connect(database_url) as conn:
+        record_rule(conn, customer_id, rule, threshold, enabled)
+
+
+def record_rule(conn, customer_id: str, rule: str, threshold: float | None, enabled: bool) -> None:
+    """``set_rule`` on a connection: the web application's, as the tenant (row-level security
+    lets it record events of its own tenant only)."""
     if rule not in RULES:
         raise ValueError(f"no alert rule {rule!r}: the rules are {', '.join(RULES)}")
     payload = {"enabled": enabled, "threshold": RULES[rule].default if threshold is None else threshold}
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "INSERT INTO customer_events (customer_id, kind, subject, payload) VALUES (%s, 'alert_rule_set', %s, %s)",
-            (customer_id, rule, json.dumps(payload)),
-        )
+    conn.execute(
+        "INSERT INTO customer_events (customer_id, kind, subject, payload) VALUES (%s, 'alert_rule_set', %s, %s)",
+        (customer_id, rule, json.dumps(payload)),
+    )
 
 
 def rules_for(conn, customer_id: str) -> dict[str, dict]:

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -31,8 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from pipeline import config
-from pipeline.web import alerts, charts, dmarc, queries
-from pipeline.web.tenants import customer_for, end_session, session_customer, session_for, start_session
+from pipeline.web import alerts, charts, dmarc, queries, tenants
 
 log = logging.getLogger("pipeline.web")
 TEMPLATES = Environment(
@@ -52,10 +52,10 @@ def _customer(request: Request) -> str | None:
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             with request.app.state.warehouse.service() as conn:
-                customer = customer_for(conn, header[7:].strip())
+                customer = tenants.token_customer(conn, header[7:].strip())
         elif request.session.get("sid"):
             with request.app.state.warehouse.service() as conn:
-                customer = session_customer(conn, request.session["sid"])
+                customer = tenants.session_customer(conn, request.session["sid"])
             if customer is None:
                 request.session.clear()
         request.state.customer = customer
@@ -107,6 +107,46 @@ class SecurityHeaders:
         return await self.app(scope, receive, with_headers)
 
 
+class Refresher:
+    """Projection refreshes after a customer's choice, outside the request: one at a time; a
+    kick while one runs makes one more run after it (every choice is applied, none waits on
+    the request, and a flood of choices costs two refreshes, not one each)."""
+
+    def __init__(self, database_url: str):
+        self.database_url, self.lock, self.again, self.running = database_url, threading.Lock(), False, False
+
+    def kick(self) -> None:
+        with self.lock:
+            if self.running:
+                self.again = True
+                return
+            self.running = True
+        threading.Thread(target=self._run, name="projection-refresh", daemon=True).start()
+
+    def _run(self) -> None:
+        from pipeline.warehouse.projections import refresh
+
+        while True:
+            try:
+                refresh(self.database_url)
+            except Exception:
+                log.exception("web: projection refresh after a customer's choice failed (retried at the next one)")
+            with self.lock:
+                if not self.again:
+                    self.running = False
+                    return
+                self.again = False
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Until no refresh runs (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.running:
+                    return
+            time.sleep(0.05)
+
+
 def _page(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
     html = TEMPLATES.get_template(template).render(
         request=request, customer=_customer(request), csrf=_csrf_token(request), **context
@@ -124,6 +164,8 @@ def _require(request: Request, api: bool) -> str:
 
 
 async def login(request: Request) -> Response:
+    from starlette.concurrency import run_in_threadpool
+
     if request.method == "GET":
         return _page(request, "login.html")
     form = await request.form()
@@ -132,14 +174,17 @@ async def login(request: Request) -> Response:
     ):
         log.info("web sign-in without a valid form token from %s", request.client.host if request.client else "?")
         return _page(request, "login.html", status=403, error="The sign-in form expired: please sign in again.")
-    with request.app.state.warehouse.service() as conn:
-        signed = session_for(conn, str(form.get("token", "")).strip())
+
+    def sign_in():
+        with request.app.state.warehouse.service() as conn:
+            return tenants.sign_in(conn, str(form.get("token", "")).strip())
+
+    signed = await run_in_threadpool(sign_in)
     if signed is None:
         log.info("web sign-in refused from %s", request.client.host if request.client else "?")
         return _page(request, "login.html", status=401, error="That token is not valid.")
     request.session.clear()
-    with request.app.state.warehouse.service() as conn:
-        request.session["sid"] = start_session(conn, *signed)
+    request.session["sid"] = signed[1]
     return RedirectResponse("/", status_code=303)
 
 
@@ -150,7 +195,7 @@ async def logout(request: Request) -> Response:
 
     def end() -> None:  # on the server: the cookie, copied or not, signs nobody in again
         with request.app.state.warehouse.service() as conn:
-            end_session(conn, request.session.get("sid"))
+            tenants.end_session(conn, request.session.get("sid"))
 
     await run_in_threadpool(end)
     request.session.clear()
@@ -266,15 +311,14 @@ async def mark_service(request: Request) -> Response:
     """The customer marks a service as theirs (or not): an event, applied by a projection refresh."""
     from starlette.concurrency import run_in_threadpool
 
-    from pipeline.warehouse.projections import refresh
-
-    customer = _require(request, api=False)
+    _require(request, api=False)
     form = await request.form()
     _check_csrf(request, form)
-    url = request.app.state.settings.database_url
-    await run_in_threadpool(dmarc.mark_service, url, customer, str(form.get("service", "")), form.get("mine") == "1")
-    await run_in_threadpool(refresh, url)
-    return RedirectResponse("/services", status_code=303)
+    await run_in_threadpool(
+        _tenant, request, False, dmarc.record_mark, str(form.get("service", "")), form.get("mine") == "1"
+    )
+    # the projections are refreshed outside the request, one refresh at a time for all marks
+    return RedirectResponse("/services", status_code=303, background=BackgroundTask(request.app.state.refresher.kick))
 
 
 RULE = {
@@ -313,21 +357,22 @@ def _alerts(conn, customer: str) -> dict:
     return {"alerts": alerts.recent(conn, customer), "rules": alerts.rules_for(conn, customer)}
 
 
+def _alerts_and_notifications(conn, customer: str) -> dict:
+    webhook, email = tenants.notifications(conn)
+    return {**_alerts(conn, customer), "notify": {"webhook_url": webhook, "digest_email": email}}
+
+
 def alerts_page(request: Request, secret_once: str | None = None) -> Response:
-    customer, data = _tenant(request, False, _alerts)
-    with request.app.state.warehouse.service() as conn:  # tenants is not readable as pipeline_web
-        notify = conn.execute(
-            "SELECT webhook_url, digest_email FROM tenants WHERE customer_id = %s", (customer,)
-        ).fetchone()
+    _, data = _tenant(request, False, _alerts_and_notifications)
     message = request.session.pop("flash", None)
-    return _page(request, "alerts.html", notify=notify, secret_once=secret_once, flash=message, **data)
+    return _page(request, "alerts.html", secret_once=secret_once, flash=message, **data)
 
 
 async def alerts_rule(request: Request) -> Response:
     """The customer sets one of their alert rules (a customer event)."""
     from starlette.concurrency import run_in_threadpool
 
-    customer = _require(request, api=False)
+    _require(request, api=False)
     form = await request.form()
     _check_csrf(request, form)
     try:
@@ -340,12 +385,7 @@ async def alerts_rule(request: Request) -> Response:
     rule = str(form.get("rule", ""))
     try:
         await run_in_threadpool(
-            alerts.set_rule,
-            request.app.state.settings.database_url,
-            customer,
-            rule,
-            threshold,
-            form.get("enabled") == "1",
+            _tenant, request, False, alerts.record_rule, rule, threshold, form.get("enabled") == "1"
         )
     except ValueError:
         request.session["flash"] = "No such rule."
@@ -358,19 +398,17 @@ async def alerts_notify(request: Request) -> Response:
     """The customer sets their webhook and digest address; a new webhook's secret is shown once."""
     from starlette.concurrency import run_in_threadpool
 
-    from pipeline.web.tenants import configure_notifications
-
-    customer = _require(request, api=False)
+    _require(request, api=False)
     form = await request.form()
     _check_csrf(request, form)
-    try:
-        secret = await run_in_threadpool(
-            configure_notifications,
-            request.app.state.settings.database_url,
-            customer,
-            str(form.get("webhook", "")).strip()[:500],
-            str(form.get("email", "")).strip()[:300],
+
+    def save(conn, customer: str):
+        return tenants.set_notifications(
+            conn, str(form.get("webhook", "")).strip()[:500], str(form.get("email", "")).strip()[:300]
         )
+
+    try:
+        _, secret = await run_in_threadpool(_tenant, request, False, save)
     except ValueError as exc:  # about the customer's own input: the URL or address they typed
         request.session["flash"] = f"Not saved: {exc}."
         return RedirectResponse("/alerts", status_code=303)
@@ -632,7 +670,7 @@ def _ask_queue_depths(app) -> dict:
 
 def _health(request: Request, customer: str) -> dict:
     settings = request.app.state.settings
-    with request.app.state.warehouse.service() as conn:
+    with request.app.state.warehouse.tenant(customer) as conn:
         data = queries.health(conn, customer, settings.enriched_prefix)
     data.update(_queue_depths(request.app))
     return data
@@ -716,7 +754,9 @@ def create_app(settings, secret: str | None = None, secure_cookie: bool | None =
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.settings = settings
-    app.state.warehouse = queries.Warehouse(settings.database_url)
+    # the application's own login role: row-level security applies to everything it reads
+    app.state.warehouse = queries.Warehouse(queries.web_database_url(settings.database_url))
+    app.state.refresher = Refresher(settings.database_url)
     app.state.sqs = client(settings, "sqs")
     app.state.queue_depths = None
     app.state.queue_depths_lock = threading.Lock()

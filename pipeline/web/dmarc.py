@@ -82,14 +82,19 @@ def service_classes(conn, customer_id: str) -> dict[str, dict]:
 
 def mark_service(database_url: str, customer_id: str, service: str, mine: bool) -> None:
     """Record the customer's choice (an event); the classification follows at the next refresh."""
+    with psycopg.connect(database_url) as conn:
+        record_mark(conn, customer_id, service, mine)
+
+
+def record_mark(conn, customer_id: str, service: str, mine: bool) -> None:
+    """``mark_service`` on a connection (the web application's, as the tenant)."""
     service = service.strip()[:200]
     if not service:
         raise ValueError("name the service to mark")
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "INSERT INTO customer_events (customer_id, kind, subject) VALUES (%s, %s, %s)",
-            (customer_id, "service_marked" if mine else "service_unmarked", service),
-        )
+    conn.execute(
+        "INSERT INTO customer_events (customer_id, kind, subject) VALUES (%s, %s, %s)",
+        (customer_id, "service_marked" if mine else "service_unmarked", service),
+    )
 
 
 def _next_step(policy: str | None, pct: int | None) -> tuple[str, int] | None:

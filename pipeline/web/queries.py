@@ -33,6 +33,27 @@ COUNT_CAP = 1_000  # a filtered source count stops here ("1000+"); unfiltered co
 CLASSIFICATIONS = ("authorized", "forwarder", "unauthorized", "suspicious")
 
 
+WEB_ROLE = "pipeline_web_login"
+
+
+def web_database_url(database_url: str) -> str:
+    """The web application's own connection: PIPELINE_WEB_DATABASE_URL, else the warehouse's
+    URL as the pipeline_web_login role (no password: the local stack trusts loopback; set the
+    variable, with that role's password, anywhere else)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from pipeline import config
+
+    configured = config.get("PIPELINE_WEB_DATABASE_URL")
+    if configured:
+        return configured
+    parts = urlsplit(database_url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{WEB_ROLE}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 class Warehouse:
     """The web application's connections: a pool, each connection with a statement timeout and
     an idle-in-transaction timeout (PIPELINE_WEB_STATEMENT_TIMEOUT_S), so no request, however
@@ -344,20 +365,11 @@ def recent_reports(conn, customer_id: str, limit: int = 10) -> list[dict]:
 
 
 def health(conn, customer_id: str, enriched_prefix: str) -> dict:
-    """The pipeline as it concerns this customer: its last loads and unresolved failures."""
+    """The pipeline as it concerns this customer: its last loads and unresolved failures (read
+    through the web_* functions: the ledger is no tenant table, the tenant is the session's)."""
     prefix = f"{enriched_prefix}customer={customer_id}/"
-    loads = conn.execute(
-        """SELECT event, object_key, rows, recorded_at FROM load_ledger
-           WHERE starts_with(object_key, %s) ORDER BY ledger_id DESC LIMIT 10""",
-        (prefix,),
-    ).fetchall()
-    failures = conn.execute(
-        """SELECT object_key, max(error) AS error, count(*) AS attempts, max(failed_at) AS last_failed
-           FROM import_failures f WHERE starts_with(object_key, %s) AND NOT EXISTS (
-               SELECT 1 FROM load_ledger l WHERE l.object_key = f.object_key AND l.recorded_at > f.failed_at)
-           GROUP BY object_key ORDER BY max(failed_at) DESC LIMIT 10""",
-        (prefix,),
-    ).fetchall()
+    loads = conn.execute("SELECT * FROM web_recent_loads(%s)", (enriched_prefix,)).fetchall()
+    failures = conn.execute("SELECT * FROM web_open_failures(%s)", (enriched_prefix,)).fetchall()
     for row in loads + failures:
         row["object_key"] = row["object_key"][len(prefix) :]
     return {"recent_loads": loads, "failures": failures}

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 
 import psycopg
-from psycopg.rows import tuple_row
 
 from pipeline.collector.normalize import CUSTOMER_ID
 
@@ -45,16 +43,29 @@ def revoke_token(database_url: str, customer_id: str) -> bool:
 
 SESSION_DAYS = 14
 
+# What the web application does outside a tenant's scope goes through the web_* functions of
+# migration 0013: it logs in as pipeline_web_login, which reads no table by itself.
 
-def start_session(conn: psycopg.Connection, customer_id: str, token_generation: int) -> str:
-    """A new server-side session; returns its id (for the cookie; only its hash is stored)."""
+
+def sign_in(conn: psycopg.Connection, token: str | None) -> tuple[str, str] | None:
+    """(customer, new session id) for a live token, or None; the session starts on the server in
+    the same call (only the id's hash is stored; the id goes in the cookie)."""
+    if not token or len(token) > 200:
+        return None
     session_id = secrets.token_urlsafe(32)
-    conn.execute(
-        "INSERT INTO web_sessions (session_hash, customer_id, generation) VALUES (%s, %s, %s)",
-        (_hash(session_id), customer_id, token_generation),
-    )
+    customer = _scalar(conn.execute("SELECT web_sign_in(%s, %s)", (_hash(token), _hash(session_id))).fetchone())
     conn.commit()
-    return session_id
+    return (customer, session_id) if customer else None
+
+
+def _scalar(row):
+    return None if row is None else row[0] if isinstance(row, tuple) else next(iter(row.values()))
+
+
+def token_customer(conn: psycopg.Connection, token: str | None) -> str | None:
+    if not token or len(token) > 200:
+        return None
+    return _scalar(conn.execute("SELECT web_token_customer(%s)", (_hash(token),)).fetchone())
 
 
 def session_customer(conn: psycopg.Connection, session_id: str | None) -> str | None:
@@ -62,32 +73,40 @@ def session_customer(conn: psycopg.Connection, session_id: str | None) -> str | 
     generation (not rotated or revoked), younger than SESSION_DAYS. One query per request."""
     if not session_id or len(session_id) > 200:
         return None
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(
-            """SELECT s.customer_id FROM web_sessions s JOIN tenants t USING (customer_id)
-               WHERE s.session_hash = %s AND s.ended_at IS NULL AND t.revoked_at IS NULL
-                 AND s.generation = t.generation AND s.created_at > clock_timestamp() - %s * interval '1 day'""",
-            (_hash(session_id), SESSION_DAYS),
-        ).fetchone()
-    return row[0] if row else None
+    return _scalar(conn.execute("SELECT web_session_customer(%s, %s)", (_hash(session_id), SESSION_DAYS)).fetchone())
 
 
 def end_session(conn: psycopg.Connection, session_id: str | None) -> None:
     if session_id:
-        conn.execute(
-            "UPDATE web_sessions SET ended_at = clock_timestamp() WHERE session_hash = %s AND ended_at IS NULL",
-            (_hash(session_id),),
-        )
+        conn.execute("SELECT web_session_end(%s)", (_hash(session_id),))
         conn.commit()
 
 
-def generation(conn: psycopg.Connection, customer_id: str) -> int | None:
-    """The token generation a session must carry to stay signed in (None: revoked or unknown)."""
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(
-            "SELECT generation FROM tenants WHERE customer_id = %s AND revoked_at IS NULL", (customer_id,)
-        ).fetchone()
-    return row[0] if row else None
+def notifications(conn: psycopg.Connection) -> tuple[str | None, str | None]:
+    """(webhook URL, digest address) of the connection's tenant (inside ``Warehouse.tenant``)."""
+    row = conn.execute("SELECT webhook_url, digest_email FROM web_notifications()").fetchone()
+    if row is None:
+        return None, None
+    return (row[0], row[1]) if isinstance(row, tuple) else (row["webhook_url"], row["digest_email"])
+
+
+def set_notifications(conn: psycopg.Connection, webhook_url: str | None, email: str | None) -> str | None:
+    """What ``configure_notifications`` does, as the tenant itself (inside ``Warehouse.tenant``):
+    checks the URL and the address, returns a new signing secret when the URL changed."""
+    current_url, _ = notifications(conn)
+    secret = None
+    if webhook_url is not None and (webhook_url or None) != current_url:
+        if webhook_url:
+            from pipeline.web.webhooks import check
+
+            check(webhook_url)
+        secret = secrets.token_urlsafe(32) if webhook_url else None
+        conn.execute("SELECT web_set_webhook(%s, %s)", (webhook_url, secret))
+    if email is not None:
+        if email:
+            check_address(email)
+        conn.execute("SELECT web_set_digest_email(%s)", (email,))
+    return secret
 
 
 _LOCAL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}")
@@ -132,25 +151,3 @@ def configure_notifications(
                 "UPDATE tenants SET digest_email = nullif(%s, '') WHERE customer_id = %s", (email, customer_id)
             )
     return secret
-
-
-def session_for(conn: psycopg.Connection, token: str | None) -> tuple[str, int] | None:
-    """(customer, token generation) for a live token, or None: what a session cookie carries
-    after sign-in. Constant-time comparison of the stored hash."""
-    if not token or len(token) > 200:
-        return None
-    digest = _hash(token)
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(
-            "SELECT customer_id, token_hash, generation FROM tenants WHERE token_hash = %s AND revoked_at IS NULL",
-            (digest,),
-        ).fetchone()
-    if row and hmac.compare_digest(row[1], digest):
-        return row[0], row[2]
-    return None
-
-
-def customer_for(conn: psycopg.Connection, token: str | None) -> str | None:
-    """The customer a live token belongs to, or None."""
-    signed = session_for(conn, token)
-    return signed[0] if signed else None

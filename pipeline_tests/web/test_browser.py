@@ -129,6 +129,11 @@ def test_services_marking_readiness_and_export_in_chromium(browser, site):
     row.locator("button.mark").click()  # a form POST carrying the session's CSRF token
     page.wait_for_url(site["url"] + "/services")
     row = page.locator("#services tr[data-service='Hetzner']")
+    for _ in range(100):  # the projections refresh after the response: the page shows it within seconds
+        if "marked yours" in row.inner_text():
+            break
+        time.sleep(0.2)
+        page.reload()
     assert "marked yours" in row.inner_text() and "authorized" in row.inner_text()
     page.screenshot(path=str(SCREENSHOTS / "services.png"), full_page=True)
 

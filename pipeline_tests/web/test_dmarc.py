@@ -192,6 +192,7 @@ def test_services_are_classified_and_a_customers_mark_is_an_event_that_a_rebuild
         "/services/mark", data={"service": "Microsoft", "mine": "1", "csrf": csrf_of(page.text)}, follow_redirects=False
     )
     assert response.status_code == 303
+    shop["app"].state.refresher.wait()  # the refresh runs after the response, outside the request
     services = {s["name"]: s for s in client.get("/api/services").json()["services"]}
     assert services["Microsoft"]["classification"] == "authorized" and services["Microsoft"]["marked"]
     sources = client.get("/api/sources", params={"q": "203.0.113.3"}).json()["items"]
