@@ -16,6 +16,7 @@ step). Dagster-free on purpose: the stage cores, the CLI and ``defs/`` all read 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class ConfigurationError(RuntimeError):
 @dataclass(frozen=True)
 class Knob:
     name: str
-    kind: str  # int | float | str | bool | choice
+    kind: str  # int | float | str | bool | choice | date
     default: object
     stage: str
     doc: str
@@ -43,6 +44,11 @@ class Knob:
         expected = self.expectation()
         if self.kind == "str":
             return raw
+        if self.kind == "date":
+            try:
+                return dt.date.fromisoformat(raw)
+            except ValueError:
+                raise ConfigurationError(f"{self.name}={raw!r} is not a day: set {expected}.") from None
         if self.kind == "choice":
             if raw.lower() not in self.choices:
                 raise ConfigurationError(f"{self.name}={raw!r}: set {expected}.")
@@ -67,6 +73,8 @@ class Knob:
         default = "unset" if self.default is None else repr(self.default) if self.kind == "str" else str(self.default)
         if self.kind == "choice":
             return f"one of {', '.join(self.choices)} (default {default})"
+        if self.kind == "date":
+            return f"a day, YYYY-MM-DD (default {default})"
         if self.kind == "bool":
             return f"1 or 0 (default {'1' if self.default else '0'})"
         if self.kind in {"int", "float"}:
@@ -95,6 +103,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_BUCKET_VERSIONING", "bool", False, "stack", "`pipeline up`: versioning on the enriched bucket (a template parameter)."),
     _k("PIPELINE_LOG_LEVEL", "choice", "info", "stack", "Log level of `pipeline` commands (logs go to stderr).", choices=("debug", "info", "warning", "error")),
     # -- collector -------------------------------------------------------------------------------------
+    _k("PIPELINE_FIRST_DAY", "date", dt.date(2012, 1, 1), "collector", "The first day of the telemetry calendar (the day partitions start there): a report that begins before it is refused, naming this knob (default: the year DMARC was published)."),
     _k("PIPELINE_COLLECTOR_CUSTOMER", "str", None, "collector", "The customer this collector's credentials are scoped to (deploy/cloudformation/collector.yaml): any other --customer is refused before S3 is touched."),
     _k("PIPELINE_IMAP_HOST", "str", None, "collector", "`pipeline collect --imap`: the rua mailbox's IMAP server."),
     _k("PIPELINE_IMAP_PORT", "int", None, "collector", "Its port (default 993 with TLS, 143 without).", minimum=1),

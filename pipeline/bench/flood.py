@@ -177,7 +177,7 @@ def w5(settings: Settings, customers: int, reports: int, master: str, progress: 
     from pipeline.warehouse.projections import refresh
 
     tag = uuid.uuid4().hex[:6]
-    start = dt.date(2002, 1, 1)
+    start = dt.date(2014, 1, 1)
     timings: dict[str, float] = {}
     folder = Path(tempfile.mkdtemp(prefix="bench-flood-"))
     say(f"W5: generating {customers * reports} reports")
@@ -227,7 +227,7 @@ def w6(settings: Settings, reports: int, records: int, master: str, progress: bo
     tag = uuid.uuid4().hex[:6]
     customer = f"big{tag}"
     folder = Path(tempfile.mkdtemp(prefix="bench-w6-"))
-    start = dt.date(2003, 1, 1)
+    start = dt.date(2015, 1, 1)
     say(f"W6: generating {reports} reports of {records} records")
     for n in tqdm(range(reports), desc="generate", disable=not progress):  # one report a day: a group each
         generate_reports(

@@ -98,7 +98,15 @@ FUTURE_SKEW = dt.timedelta(days=1)
 
 
 def check_period(begin: dt.datetime, end: dt.datetime | None, now: dt.datetime | None = None) -> None:
+    from pipeline import config
+
     now = now or dt.datetime.now(dt.UTC)
+    first = config.get("PIPELINE_FIRST_DAY")
+    if begin.date() < first:
+        raise ReportRefused(
+            f"the report's period begins {begin:%Y-%m-%d}, before the first day of the telemetry calendar "
+            f"({first}, PIPELINE_FIRST_DAY): set PIPELINE_FIRST_DAY earlier to collect reports that old"
+        )
     if begin > now + FUTURE_SKEW:
         raise ReportRefused(
             f"the report's period begins {begin:%Y-%m-%d %H:%M} UTC, after tomorrow: a forged or mis-dated "

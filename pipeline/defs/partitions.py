@@ -2,12 +2,14 @@
 
 from dagster import DailyPartitionsDefinition, DynamicPartitionsDefinition
 
-from pipeline import names
+from pipeline import config, names
 
-# Telemetry is partitioned by the report's day (UTC). Aggregate reports in the wild carry dates
-# long before DMARC existed (see rfc9990-sample.xml: 1979), so the calendar starts in 1970; the
-# partitions are virtual, so an empty past costs nothing. end_offset=1 admits today's reports.
-telemetry_days = DailyPartitionsDefinition(start_date="1970-01-01", end_offset=1, fmt="%Y-%m-%d")
+# Telemetry is partitioned by the report's day (UTC), from PIPELINE_FIRST_DAY (default 2012-01-01,
+# the year DMARC was published: a fresh deployment shows 15 years of days, not 56). The collector
+# refuses a report that begins before it, naming the knob (rfc9990-sample.xml is dated 1979), so
+# no raw object falls outside the calendar. end_offset=1 admits today's reports.
+FIRST_DAY = config.get("PIPELINE_FIRST_DAY")
+telemetry_days = DailyPartitionsDefinition(start_date=FIRST_DAY.isoformat(), end_offset=1, fmt="%Y-%m-%d")
 
 # One partition per enriched S3 object (pipeline.importer.partitions.partition_key).
 enriched_objects = DynamicPartitionsDefinition(name=names.ENRICHED_OBJECTS)

@@ -41,6 +41,26 @@ def raw_objects(s3, bucket: str, customer_id: str) -> dict[str, dict]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def every_sample(monkeypatch):
+    """The calendar from 1970, so that every shared sample is collected, rfc9990-sample.xml (1979)
+    too: these tests are about reading real reports. The default calendar is tested below."""
+    monkeypatch.setenv("PIPELINE_FIRST_DAY", "1970-01-01")
+
+
+def test_a_report_before_the_first_day_is_refused_by_default_and_accepted_when_the_knob_allows(
+    stack, tmp_path, monkeypatch
+):
+    sample = SAMPLES / "rfc9990-sample.xml"  # dated 1979-08-07
+    monkeypatch.delenv("PIPELINE_FIRST_DAY")
+    summary = collect([sample], customer(), stack, Spool(tmp_path / "spool"))
+    [rejected] = summary.rejected
+    assert "before the first day of the telemetry calendar (2012-01-01, PIPELINE_FIRST_DAY)" in rejected["reason"]
+    monkeypatch.setenv("PIPELINE_FIRST_DAY", "1979-08-01")
+    allowed = collect([sample], customer(), stack, Spool(tmp_path / "spool"))
+    assert allowed.reports == 1 and allowed.rejected == []
+
+
 def test_samples_land_as_twelve_reports(stack, clients, tmp_path):
     cid = customer()
     summary = collect([SAMPLES], cid, stack, Spool(tmp_path / "spool"))

@@ -17,6 +17,13 @@ from pipeline_tests.support import SAMPLES, parsedmarc_aggregate
 # safety checks (size, ratio, DTD) is tested on hostile files in test_collect.py.
 SAFETY_REJECTIONS: dict[str, str] = {}
 
+
+@pytest.fixture(autouse=True)
+def every_sample(monkeypatch):
+    """Reading is compared, not policy: the calendar from 1970 (rfc9990-sample.xml is of 1979)."""
+    monkeypatch.setenv("PIPELINE_FIRST_DAY", "1970-01-01")
+
+
 SHAPE_SOURCE = "usssa.com!example.com!1538784000!1538870399.xml"  # two records, real
 
 

@@ -37,7 +37,7 @@ def published(s3, stack, customer: str) -> dict[str, str]:
 def test_a_standalone_cluster_publishes_the_same_bytes_as_local_mode(stack, clients, tmp_path):
     s3 = clients("s3")
     customer = f"c{uuid.uuid4().hex[:8]}"
-    reports = generate_reports(tmp_path / "reports", 1, 6, seed=33, start=dt.date(2004, 3, 1))
+    reports = generate_reports(tmp_path / "reports", 1, 6, seed=33, start=dt.date(2016, 3, 1))
     collect([tmp_path / "reports" / reports[0].customer_id], customer, stack, Spool(tmp_path / "spool"))
     days = sorted({dt.datetime.fromtimestamp(r.begin, dt.UTC).date().isoformat() for r in reports})
     env = {**os.environ, "PIPELINE_SPARK_EXECUTOR_MEMORY": "512m", "TMPDIR": str(tmp_path)}

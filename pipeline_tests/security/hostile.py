@@ -299,7 +299,8 @@ def date_cases(now: dt.datetime) -> dict[str, tuple[int, int, bool]]:
         "year-2099": (4_070_908_800, 4_070_995_199, False),
         "ends-before-it-begins": (today - day, today - 2 * day, False),
         "a-year-long": (today - 365 * day, today - 1, False),
-        "before-dmarc": (0, day - 1, True),  # old, but an old report is not a forged present
+        "last-year": (today - 300 * day, today - 299 * day - 1, True),  # old, but not a forged present
+        "before-the-first-day": (0, day - 1, False),  # 1970: before PIPELINE_FIRST_DAY (2012-01-01)
     }
 
 

@@ -28,8 +28,8 @@ from pipeline_tests.support import new_customer
 
 
 def unique_day() -> dt.date:
-    """A day of 2005-2010 (before DMARC): no other test enriches it."""
-    return dt.date(2005, 1, 1) + dt.timedelta(days=random.SystemRandom().randrange(6 * 365))
+    """A day of 2019-2023: no other test enriches it (the samples are of 2018 and 2024)."""
+    return dt.date(2019, 1, 1) + dt.timedelta(days=random.SystemRandom().randrange(5 * 365 - 2))
 
 
 def report_file(tmp_path, day: dt.date, report_id: str, records: int = 3):

@@ -20,6 +20,7 @@ from dagster import (
 
 from pipeline import names
 from pipeline.collector.catalog import list_raw_objects, raw_object_stats
+from pipeline.defs.partitions import FIRST_DAY
 from pipeline.defs.resources import ObjectStoreResource
 
 # S3's LastModified has one-second resolution: objects written in the cursor's second may be
@@ -65,8 +66,18 @@ def new_raw_objects(object_store: ObjectStoreResource, cursor: str | None, limit
 def raw_telemetry_sensor(context: SensorEvaluationContext, object_store: ObjectStoreResource) -> SensorResult:
     fresh, cursor = new_raw_objects(object_store, context.cursor)
     by_day: dict[str, list] = defaultdict(list)
+    outside: dict[str, int] = defaultdict(int)
+    last = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
     for obj in fresh:
-        by_day[obj.day].append(obj)
+        if obj.day < FIRST_DAY.isoformat() or obj.day > last:
+            outside[obj.day] += 1  # no partition holds it: the collector refuses such reports today
+        else:
+            by_day[obj.day].append(obj)
+    for day, count in sorted(outside.items()):
+        context.log.warning(
+            f"raw_telemetry: {count} object(s) dated {day}, outside the calendar ({FIRST_DAY} to tomorrow, "
+            "PIPELINE_FIRST_DAY): not reported or enriched; set PIPELINE_FIRST_DAY earlier to include them"
+        )
     events = []
     bucket = object_store.raw_bucket_name()
     for day, objects in sorted(by_day.items()):
