@@ -125,6 +125,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_SENSOR_MAX_MESSAGES", "int", 1000, "import", "Messages the import sensor takes in, and inbox rows it plans, per tick.", minimum=1),
     _k("PIPELINE_OBJECTS_PER_RUN", "int", 500, "import", "Objects per import run the sensor requests.", minimum=1),
     _k("PIPELINE_SENSOR_SINGLE_RUNS", "int", 100, "import", "Runs of one object (one partition each) per tick before the sensor groups objects.", minimum=0),
+    _k("PIPELINE_RECONCILE_SLICES", "int", 500, "import", "Slices (one customer's day each) of the enriched prefix one import_reconciler tick sends to a reconcile run.", minimum=1),
     _k("PIPELINE_PARTITION_RETENTION_DAYS", "float", 7.0, "import", "Days a settled object's partition and inbox row are kept before pruning.", minimum=0),
     _k("PIPELINE_IMPORT_STREAMS", "int", 2, "import", "Objects an importer loads at once, each on its own connection.", minimum=1),
     _k("PIPELINE_IMPORT_MAX_ATTEMPTS", "int", 5, "import", "Attempts at an inbox row before it is dead-lettered.", minimum=1),

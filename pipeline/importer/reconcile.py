@@ -104,6 +104,69 @@ def record_drift(
     return made
 
 
+def _after(prefix: str) -> str:
+    """A StartAfter that skips every key under ``prefix`` (which ends in "/"): the listing then
+    starts at the next prefix, without rolling this one up again ("0" sorts right after "/")."""
+    return prefix[:-1] + "0"
+
+
+def _prefixes(s3, bucket: str, prefix: str, start_after: str | None, limit: int) -> list[str]:
+    kwargs = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/", "MaxKeys": max(1, min(limit, 1000))}
+    if start_after:
+        kwargs["StartAfter"] = start_after
+    found: list[str] = []
+    while len(found) < limit:
+        page = s3.list_objects_v2(**kwargs)
+        found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        if not page.get("IsTruncated"):
+            break
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    return found[:limit]
+
+
+def next_slices(s3, bucket: str, root: str, after: str | None, limit: int) -> tuple[list[str], str | None]:
+    """The next ``limit`` slices of the enriched prefix ``root`` after the slice ``after``: a slice
+    is one customer's day (``root/customer=X/dt=D/``), in key order. Returns the slices and the
+    cursor to continue from (None when the sweep reached the end: the next one starts over).
+
+    Bounded: a handful of delimiter listings, never a listing of objects, whatever the history."""
+    slices: list[str] = []
+    customer_after = None
+    if after:
+        customer = after[: after.index("dt=")]
+        slices += _prefixes(s3, bucket, customer, _after(after), limit)
+        customer_after = _after(customer)
+    while len(slices) < limit:
+        customers = [
+            c
+            for c in _prefixes(s3, bucket, root, customer_after, min(limit - len(slices), 1000))
+            if c[len(root) :].startswith("customer=")
+        ]
+        if not customers:
+            return slices, None
+        for customer in customers:
+            slices += [d for d in _prefixes(s3, bucket, customer, None, limit - len(slices)) if "dt=" in d]
+            customer_after = _after(customer)
+            if len(slices) >= limit:
+                break
+    return slices, slices[-1] if slices else None
+
+
+def reconcile_slices(conn: psycopg.Connection, s3, bucket: str, root: str, slices: list[str]) -> tuple[Drift, int]:
+    """Find and record the drift of each slice (one listing and a few indexed queries each):
+    what a run of ``import_reconcile_job`` does. Returns the drift summed and the inbox rows made."""
+    total, made = Drift(), 0
+    for prefix in slices:
+        drift = find_drift(conn, s3, bucket, prefix)
+        if drift.total:
+            made += len(record_drift(conn, drift, root))
+        total.unloaded += drift.unloaded
+        total.removed += drift.removed
+        total.partial += drift.partial
+        total.stray_loads += drift.stray_loads
+    return total, made
+
+
 @dataclass
 class ReconcileResult:
     drift: Drift

@@ -61,13 +61,18 @@ def apply(instance: DagsterInstance, result, on_run: Callable | None = None) -> 
         tags = dict(request.tags)
         if request.run_key:  # as the daemon tags a sensor's runs
             tags[names.RUN_KEY_TAG] = request.run_key
-        run = job.execute_in_process(
-            instance=instance,
-            run_config=request.run_config,
-            tags=tags,
-            asset_selection=request.asset_selection,
-            raise_on_error=False,
-        )
+        if request.job_name:  # a sensor that targets a job of its own (import_reconciler)
+            run = defs.resolve_job_def(request.job_name).execute_in_process(
+                instance=instance, run_config=request.run_config, tags=tags, raise_on_error=False
+            )
+        else:
+            run = job.execute_in_process(
+                instance=instance,
+                run_config=request.run_config,
+                tags=tags,
+                asset_selection=request.asset_selection,
+                raise_on_error=False,
+            )
         results.append(run)
         if on_run:
             on_run(run)

@@ -183,8 +183,8 @@ def test_poison_object_dead_letters_without_blocking_then_redrives_after_fix(
     assert report["rows_loaded"] == 37 and report["failures"] == 0 and report["dead_letter"] == 0
 
 
-def test_lost_notification_is_found_by_the_reconciler(stack, clients, empty_queues, instance):
-    from pipeline.defs.importer.sensors import import_reconciler
+def test_lost_notification_is_found_by_the_reconciler(stack, clients, empty_queues, instance, monkeypatch):
+    from pipeline.defs.importer.reconcile import import_reconciler
 
     cid = new_customer()
     s3, sqs = clients("s3"), clients("sqs")
@@ -192,7 +192,11 @@ def test_lost_notification_is_found_by_the_reconciler(stack, clients, empty_queu
     for message in receive_all(sqs, stack.queue_url):  # the notification is lost
         sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
     assert verify(stack, cid)["missing"] == 11
-    sensor_tick(instance, import_reconciler)  # puts the drift in the inbox ...
+    monkeypatch.setenv("PIPELINE_RECONCILE_SLICES", "100000")  # every slice of the test stack in one sweep
+    [run] = execute_requests(
+        instance, sensor_tick(instance, import_reconciler)
+    )  # a run puts the drift in the inbox ...
+    assert run.success
     drain_through_dagster(instance)  # ... where the import sensor plans it like any notification
     assert assert_exactly_once(stack, cid)["rows_loaded"] == 11
 

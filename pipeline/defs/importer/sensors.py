@@ -221,32 +221,6 @@ def add_partitions_now(context: SensorEvaluationContext, result: SensorResult) -
 
 
 @sensor(
-    name="import_reconciler",
-    minimum_interval_seconds=600,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Compares the enriched prefix with the ledger and the rows: puts what lost notifications "
-    "left behind (and wrong versions, deletions, partial loads) in the import inbox, deletes stray rows.",
-)
-def import_reconciler(
-    context: SensorEvaluationContext, import_queue: ImportQueueResource, warehouse: WarehouseResource
-) -> SkipReason:
-    from pipeline.importer.reconcile import find_drift, record_drift
-
-    settings = import_queue.settings()
-    s3 = import_queue.stack.client("s3")
-    with connect(warehouse.database_url()) as conn:
-        drift = find_drift(conn, s3, settings.enriched_bucket, settings.enriched_prefix)
-        if not drift.total:
-            return SkipReason("the warehouse reflects every enriched object")
-        made = record_drift(conn, drift, settings.enriched_prefix)
-    context.log.warning(
-        f"reconcile drift {drift.summary()}: {len(made)} object(s) put in the import inbox "
-        "(import_queue_sensor plans them), stray rows deleted"
-    )
-    return SkipReason(f"drift {drift.summary()}: {len(made)} object(s) in the import inbox")
-
-
-@sensor(
     name="prune_object_partitions",
     minimum_interval_seconds=3600,
     default_status=DefaultSensorStatus.RUNNING,
