@@ -98,6 +98,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_ENRICHED_BUCKET", "str", None, "stack", "Bucket Spark publishes enriched objects to (the importer's source)."),
     _k("PIPELINE_ENRICHED_PREFIX", "str", None, "stack", "Key prefix of enriched objects (default `enriched/`)."),
     _k("PIPELINE_IMPORT_QUEUE_URL", "str", None, "stack", "The SQS queue that receives the enriched bucket's notifications."),
+    _k("PIPELINE_RAW_QUEUE_URL", "str", None, "stack", "The SQS queue that receives the raw bucket's notifications (the raw sensor's intake)."),
     _k("PIPELINE_DEAD_LETTER_QUEUE_URL", "str", None, "stack", "That queue's dead-letter queue."),
     _k("PIPELINE_TOPIC_ARN", "str", None, "stack", "The SNS topic of the enriched bucket's notifications."),
     _k("PIPELINE_BUCKET_VERSIONING", "bool", False, "stack", "`pipeline up`: versioning on the enriched bucket (a template parameter)."),
@@ -111,6 +112,8 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_IMAP_PASSWORD", "str", None, "collector", "Its password (shown as set, never printed)."),
     _k("PIPELINE_IMAP_FOLDER", "str", "INBOX", "collector", "The folder the reports arrive in; they move to Archive or Invalid beside it."),
     _k("PIPELINE_IMAP_TLS", "bool", True, "collector", "IMAPS (TLS from the first byte); 0 only for a server on the same host."),
+    _k("PIPELINE_RAW_SWEEP_CUSTOMERS", "int", 50, "collector", "Customers whose recent day prefixes one raw sensor tick lists, for notifications that were lost (round-robin).", minimum=1),
+    _k("PIPELINE_RAW_SWEEP_DAYS", "int", 3, "collector", "Recent days (to tomorrow) the raw sensor's sweep lists per customer.", minimum=1),
     _k("PIPELINE_COLLECT_WORKERS", "int", None, "collector", "Processes that parse reports when a collection has 64 files or more (default: the machine's cores).", minimum=1),
     # -- enrichment (Spark) ----------------------------------------------------------------------------
     _k("PIPELINE_SPARK_MASTER", "str", "local[*]", "enrich", "Spark master: `local[N]`, `spark://host:7077`, `yarn` (EMR), ..."),

@@ -58,6 +58,7 @@ class Settings:
     topic_arn: str | None = None
     queue_url: str | None = None
     dead_letter_queue_url: str | None = None
+    raw_queue_url: str | None = None  # the raw bucket's notifications (the raw sensor's intake)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -84,6 +85,7 @@ class Settings:
             "PIPELINE_ENRICHED_PREFIX": self.enriched_prefix,
             "PIPELINE_IMPORT_QUEUE_URL": self.queue_url,
             "PIPELINE_DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
+            "PIPELINE_RAW_QUEUE_URL": self.raw_queue_url,
             "PIPELINE_TOPIC_ARN": self.topic_arn,
             # Dagster stores events that carry batch metadata (an import run's per-object
             # materializations, a range run's planned events) in one write each (BENCHMARKS.md).
@@ -103,6 +105,7 @@ _ENV_OVERRIDES = {
     "PIPELINE_ENRICHED_PREFIX": "enriched_prefix",
     "PIPELINE_IMPORT_QUEUE_URL": "queue_url",
     "PIPELINE_DEAD_LETTER_QUEUE_URL": "dead_letter_queue_url",
+    "PIPELINE_RAW_QUEUE_URL": "raw_queue_url",
     "PIPELINE_TOPIC_ARN": "topic_arn",
 }
 

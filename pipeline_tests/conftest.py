@@ -76,6 +76,7 @@ VERSIONED_ENV = {
     "PIPELINE_ENRICHED_BUCKET": "enriched_bucket",
     "PIPELINE_IMPORT_QUEUE_URL": "queue_url",
     "PIPELINE_DEAD_LETTER_QUEUE_URL": "dead_letter_queue_url",
+    "PIPELINE_RAW_QUEUE_URL": "raw_queue_url",
     "PIPELINE_TOPIC_ARN": "topic_arn",
 }
 

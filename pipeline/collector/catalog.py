@@ -1,32 +1,12 @@
-"""What the collector has written: raw telemetry objects listed from S3, newest last."""
+"""What the collector has written, as the pipeline reads it: raw object keys, their recorded counts, prefixes."""
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 RAW_KEY = re.compile(r"customer=(?P<customer>[^/]+)/dt=(?P<day>\d{4}-\d{2}-\d{2})/[^/]+\.jsonl\.gz$")
-
-
-@dataclass(frozen=True, order=True)
-class RawObject:
-    last_modified: dt.datetime
-    key: str
-    size: int
-    customer_id: str
-    day: str
-
-
-def list_raw_objects(s3, bucket: str, prefix: str = "raw/") -> Iterator[RawObject]:
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            match = RAW_KEY.search(obj["Key"])
-            if match:
-                yield RawObject(obj["LastModified"], obj["Key"], obj["Size"], match["customer"], match["day"])
 
 
 @dataclass(frozen=True)
@@ -46,3 +26,24 @@ def raw_object_stats(s3, bucket: str, key: str) -> RawObjectStats:
         unquote(meta.get("report-org", "")),
         unquote(meta.get("report-id", "")),
     )
+
+
+def after(prefix: str) -> str:
+    """A StartAfter that skips every key under ``prefix`` (which ends in "/"): the listing then
+    starts at the next prefix, without rolling this one up again ("0" sorts right after "/")."""
+    return prefix[:-1] + "0"
+
+
+def list_prefixes(s3, bucket: str, prefix: str, start_after: str | None, limit: int) -> list[str]:
+    """Up to ``limit`` common prefixes ("folders") directly under ``prefix``, after ``start_after``."""
+    kwargs = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/", "MaxKeys": max(1, min(limit, 1000))}
+    if start_after:
+        kwargs["StartAfter"] = start_after
+    found: list[str] = []
+    while len(found) < limit:
+        page = s3.list_objects_v2(**kwargs)
+        found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        if not page.get("IsTruncated"):
+            break
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    return found[:limit]

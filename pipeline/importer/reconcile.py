@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from pipeline.collector.catalog import after, list_prefixes
 from pipeline.importer import inbox
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.inventory import (
@@ -104,49 +105,29 @@ def record_drift(
     return made
 
 
-def _after(prefix: str) -> str:
-    """A StartAfter that skips every key under ``prefix`` (which ends in "/"): the listing then
-    starts at the next prefix, without rolling this one up again ("0" sorts right after "/")."""
-    return prefix[:-1] + "0"
-
-
-def _prefixes(s3, bucket: str, prefix: str, start_after: str | None, limit: int) -> list[str]:
-    kwargs = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/", "MaxKeys": max(1, min(limit, 1000))}
-    if start_after:
-        kwargs["StartAfter"] = start_after
-    found: list[str] = []
-    while len(found) < limit:
-        page = s3.list_objects_v2(**kwargs)
-        found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-        if not page.get("IsTruncated"):
-            break
-        kwargs["ContinuationToken"] = page["NextContinuationToken"]
-    return found[:limit]
-
-
-def next_slices(s3, bucket: str, root: str, after: str | None, limit: int) -> tuple[list[str], str | None]:
-    """The next ``limit`` slices of the enriched prefix ``root`` after the slice ``after``: a slice
+def next_slices(s3, bucket: str, root: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+    """The next ``limit`` slices of the enriched prefix ``root`` after the slice ``cursor``: a slice
     is one customer's day (``root/customer=X/dt=D/``), in key order. Returns the slices and the
     cursor to continue from (None when the sweep reached the end: the next one starts over).
 
     Bounded: a handful of delimiter listings, never a listing of objects, whatever the history."""
     slices: list[str] = []
     customer_after = None
-    if after:
-        customer = after[: after.index("dt=")]
-        slices += _prefixes(s3, bucket, customer, _after(after), limit)
-        customer_after = _after(customer)
+    if cursor:
+        customer = cursor[: cursor.index("dt=")]
+        slices += list_prefixes(s3, bucket, customer, after(cursor), limit)
+        customer_after = after(customer)
     while len(slices) < limit:
         customers = [
             c
-            for c in _prefixes(s3, bucket, root, customer_after, min(limit - len(slices), 1000))
+            for c in list_prefixes(s3, bucket, root, customer_after, min(limit - len(slices), 1000))
             if c[len(root) :].startswith("customer=")
         ]
         if not customers:
             return slices, None
         for customer in customers:
-            slices += [d for d in _prefixes(s3, bucket, customer, None, limit - len(slices)) if "dt=" in d]
-            customer_after = _after(customer)
+            slices += [d for d in list_prefixes(s3, bucket, customer, None, limit - len(slices)) if "dt=" in d]
+            customer_after = after(customer)
             if len(slices) >= limit:
                 break
     return slices, slices[-1] if slices else None

@@ -158,6 +158,7 @@ def provision_stack(
     settings.dead_letter_queue_url = sqs.get_queue_url(QueueName=outputs["ImportDeadLetterQueueUrl"].rsplit("/", 1)[1])[
         "QueueUrl"
     ]
+    settings.raw_queue_url = sqs.get_queue_url(QueueName=outputs["RawQueueUrl"].rsplit("/", 1)[1])["QueueUrl"]
     return settings
 
 

@@ -10,7 +10,6 @@ launch the job with ``everything: true`` from the UI, or run ``pipeline reconcil
 production scale an S3 Inventory report is the cheaper full listing (docs/ARCHITECTURE.md).
 """
 
-
 import hashlib
 import json
 

@@ -19,38 +19,20 @@ from dagster import (
 )
 
 from pipeline import names
-from pipeline.collector.catalog import list_raw_objects, raw_object_stats
+from pipeline.collector.catalog import raw_object_stats
 from pipeline.defs.partitions import FIRST_DAY
-from pipeline.defs.resources import ObjectStoreResource
+from pipeline.defs.resources import ObjectStoreResource, WarehouseResource
+from pipeline.importer.batch import connect
 
-# S3's LastModified has one-second resolution: objects written in the cursor's second may be
-# listed later than others of that second, so the last few seconds are looked at again and the
-# keys already reported there are remembered.
-_OVERLAP = dt.timedelta(seconds=5)
 MAX_OBJECTS_PER_TICK = 500
+RAW_INBOX_RETENTION_DAYS = 7.0  # past the sweep's reach (a few recent days): history
 
 
-def _read_cursor(cursor: str | None) -> tuple[dt.datetime | None, set[str]]:
-    if not cursor:
-        return None, set()
-    doc = json.loads(cursor)
-    return dt.datetime.fromisoformat(doc["last_modified"]), set(doc["recent"])
-
-
-def new_raw_objects(object_store: ObjectStoreResource, cursor: str | None, limit: int = MAX_OBJECTS_PER_TICK):
-    """(objects to report, next cursor), oldest first, at most ``limit``."""
-    since, recent = _read_cursor(cursor)
-    settings = object_store.stack.settings()
-    listed = list_raw_objects(object_store.s3, object_store.raw_bucket_name(), settings.raw_prefix)
-    candidates = sorted(o for o in listed if since is None or o.last_modified > since - _OVERLAP)
-    fresh = [o for o in candidates if o.key not in recent][:limit]
-    if not fresh:
-        return [], cursor
-    newest = fresh[-1].last_modified
-    reported = recent | {o.key for o in fresh}
-    # Remember the reported keys inside the new cursor's overlap window, and only those.
-    window = sorted(o.key for o in candidates if o.last_modified > newest - _OVERLAP and o.key in reported)
-    return fresh, json.dumps({"last_modified": newest.isoformat(), "recent": window})
+def _read_cursor(cursor: str | None) -> dict:
+    doc = json.loads(cursor) if cursor else {}
+    if not isinstance(doc, dict) or "reported" not in doc:  # a cursor of the listing sensor before
+        return {"reported": 0, "sweep": None}
+    return {"reported": int(doc["reported"]), "sweep": doc.get("sweep")}
 
 
 @sensor(
@@ -60,11 +42,34 @@ def new_raw_objects(object_store: ObjectStoreResource, cursor: str | None, limit
     # The target of its run requests: without it the daemon refuses them (in-process driving
     # does not check, so only `pipeline dev` showed it).
     asset_selection=[AssetKey(names.ENRICHED_TELEMETRY)],
-    description="Reports objects the collector wrote to the raw prefix as raw_telemetry materializations, and "
-    "requests enrichment of their days.",
+    description="Takes in the raw bucket's notifications (and sweeps recent days for lost ones), reports the new "
+    "raw objects as raw_telemetry materializations, and requests enrichment of their days.",
 )
-def raw_telemetry_sensor(context: SensorEvaluationContext, object_store: ObjectStoreResource) -> SensorResult:
-    fresh, cursor = new_raw_objects(object_store, context.cursor)
+def raw_telemetry_sensor(
+    context: SensorEvaluationContext, object_store: ObjectStoreResource, warehouse: WarehouseResource
+) -> SensorResult:
+    from pipeline.enrich import detection
+
+    settings = object_store.stack.settings()
+    bucket = object_store.raw_bucket_name()
+    state = _read_cursor(context.cursor)
+    with connect(warehouse.database_url()) as conn:
+        if settings.raw_queue_url:
+            taken = detection.take_in(
+                conn, object_store.stack.client("sqs"), settings.raw_queue_url, bucket, settings.raw_prefix
+            )
+        else:
+            taken = {"messages": 0, "recorded": 0, "foreign": 0}
+            context.log.warning(
+                "raw_telemetry: no raw queue (PIPELINE_RAW_QUEUE_URL; `pipeline down && pipeline up` makes one): "
+                "new objects are found by the sweep of recent days only"
+            )
+        swept, state["sweep"] = detection.sweep(conn, object_store.s3, bucket, settings.raw_prefix, state["sweep"])
+        fresh = detection.new_since(conn, state["reported"], MAX_OBJECTS_PER_TICK)
+        detection.prune(conn, RAW_INBOX_RETENTION_DAYS)
+    if fresh:
+        state["reported"] = fresh[-1].raw_id
+    cursor = json.dumps(state)
     by_day: dict[str, list] = defaultdict(list)
     outside: dict[str, int] = defaultdict(int)
     last = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
@@ -79,7 +84,6 @@ def raw_telemetry_sensor(context: SensorEvaluationContext, object_store: ObjectS
             "PIPELINE_FIRST_DAY): not reported or enriched; set PIPELINE_FIRST_DAY earlier to include them"
         )
     events = []
-    bucket = object_store.raw_bucket_name()
     for day, objects in sorted(by_day.items()):
         stats = [raw_object_stats(object_store.s3, bucket, o.key) for o in objects]
         events.append(
@@ -91,14 +95,17 @@ def raw_telemetry_sensor(context: SensorEvaluationContext, object_store: ObjectS
                     "objects": len(objects),
                     "records": sum(s.records for s in stats),
                     "messages": sum(s.messages for s in stats),
-                    "bytes": sum(o.size for o in objects),
+                    "bytes": sum(o.size or 0 for o in objects),
                     "customers": MetadataValue.json(sorted({o.customer_id for o in objects})),
                     "keys": MetadataValue.json([o.key for o in objects[:20]]),
                 },
             )
         )
-    if fresh:
-        context.log.info(f"raw_telemetry: {len(fresh)} new object(s) over {len(by_day)} day(s)")
+    if fresh or taken["messages"] or swept:
+        context.log.info(
+            f"raw_telemetry: {taken['messages']} notification(s), {swept} found by the sweep, "
+            f"{len(fresh)} new object(s) over {len(by_day)} day(s)"
+        )
     return SensorResult(asset_events=events, cursor=cursor, run_requests=enrichment_requests(sorted(by_day), cursor))
 
 
