@@ -19,9 +19,14 @@ from pipeline.settings import load_settings
     default=None,
     help="Spark master (default PIPELINE_SPARK_MASTER, else local[*]); 'none' enriches in this process.",
 )
+@click.option(
+    "--customers",
+    default=None,
+    help="Only these customers' reports: acme,globex (default: every customer of the days).",
+)
 @click.option("--run-id", default=None, help="Names the staging prefix (default: a fresh id).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def enrich(days: str, master: str | None, run_id: str | None, as_json: bool) -> None:
+def enrich(days: str, master: str | None, customers: str | None, run_id: str | None, as_json: bool) -> None:
     """Enrich raw telemetry of some days and publish it (what enriched_telemetry runs), outside Dagster."""
     import datetime as dt
     import uuid
@@ -42,11 +47,15 @@ def enrich(days: str, master: str | None, run_id: str | None, as_json: bool) -> 
     settings = load_settings()
     s3 = client(settings, "s3")
     run_id = run_id or f"cli-{uuid.uuid4().hex[:12]}"
-    if master == "none":
-        results = enrich_days_in_process(settings, s3, wanted, run_id)
-    else:
-        with stdout_to_stderr():
-            results = enrich_days(spark_session(master), settings, s3, wanted, run_id)
+    scope = [c.strip() for c in customers.split(",") if c.strip()] if customers else None
+    try:
+        if master == "none":
+            results = enrich_days_in_process(settings, s3, wanted, run_id, scope)
+        else:
+            with stdout_to_stderr():
+                results = enrich_days(spark_session(master), settings, s3, wanted, run_id, scope)
+    except ValueError as exc:  # a customer id the collector never writes
+        raise click.BadParameter(str(exc), param_hint="--customers") from None
     rows = [asdict(r) for r in results]
     if as_json:
         click.echo(json.dumps({"run_id": run_id, "days": rows}, indent=2))

@@ -17,12 +17,25 @@ class RawObjectStats:
     report_id: str
 
 
-def raw_object_stats(s3, bucket: str, key: str) -> RawObjectStats:
-    """Counts the collector recorded in the object's metadata (no download)."""
-    meta = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+def raw_object_stats(s3, bucket: str, key: str) -> RawObjectStats | None:
+    """Counts the collector recorded in the object's metadata (no download); None when the
+    object is gone since its notification (deleted or replaced: nothing to report of it)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        meta = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            return None
+        raise
+
+    def count(name: str) -> int:  # metadata is written by a collector: a number, or nothing
+        value = str(meta.get(name, "0"))
+        return int(value) if value.isdigit() else 0
+
     return RawObjectStats(
-        int(meta.get("records", 0)),
-        int(meta.get("messages", 0)),
+        count("records"),
+        count("messages"),
         unquote(meta.get("report-org", "")),
         unquote(meta.get("report-id", "")),
     )

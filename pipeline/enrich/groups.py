@@ -74,25 +74,35 @@ def task_settings(settings: Settings) -> Settings:
     return replace(settings, database_url=None, dagster_database_url=None, extra={})
 
 
-def plan_groups(s3, settings: Settings, days: list[str]) -> list[Group]:
+def plan_groups(s3, settings: Settings, days: list[str], customers: list[str] | None = None) -> list[Group]:
     """The run's groups: one listing per customer of the raw prefix, kept to the run's days.
 
-    Folders that are not customer ids the collector writes are skipped with a warning (a key
-    never becomes a path or a prefix of ours unvalidated).
+    ``customers``: only theirs (a run caused by new reports of a few customers reads nothing of
+    the others, nor lists them); None: every customer the raw prefix holds. Folders that are not
+    customer ids the collector writes are skipped with a warning (a key never becomes a path or
+    a prefix of ours unvalidated).
     """
     wanted = set(days)
-    customers = []
     paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=settings.raw_bucket, Prefix=settings.raw_prefix + "customer=", Delimiter="/"):
-        for prefix in page.get("CommonPrefixes", []):
-            customer = prefix["Prefix"][len(settings.raw_prefix) + len("customer=") : -1]
-            if CUSTOMER_ID.fullmatch(customer):
-                customers.append(customer)
-            else:
-                log.warning(
-                    "skipped raw prefix customer=%r: not a customer id the collector writes; move or delete it",
-                    customer,
-                )
+    if customers is not None:
+        bad = [c for c in customers if not CUSTOMER_ID.fullmatch(c)]
+        if bad:
+            raise ValueError(f"not customer ids the collector writes: {bad[:5]}")
+        customers = sorted(set(customers))
+    else:
+        customers = []
+        for page in paginator.paginate(
+            Bucket=settings.raw_bucket, Prefix=settings.raw_prefix + "customer=", Delimiter="/"
+        ):
+            for prefix in page.get("CommonPrefixes", []):
+                customer = prefix["Prefix"][len(settings.raw_prefix) + len("customer=") : -1]
+                if CUSTOMER_ID.fullmatch(customer):
+                    customers.append(customer)
+                else:
+                    log.warning(
+                        "skipped raw prefix customer=%r: not a customer id the collector writes; move or delete it",
+                        customer,
+                    )
 
     def groups_of(customer: str) -> list[Group]:
         found: dict[str, list[tuple[str, int]]] = {}

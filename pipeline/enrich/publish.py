@@ -104,7 +104,9 @@ def _listing(s3, bucket: str, prefix: str, delimiter: str | None = None):
     yield from s3.get_paginator("list_objects_v2").paginate(**kwargs)
 
 
-def publish_staged(s3, bucket: str, final_prefix: str, staging_prefix: str, days: list[str]) -> StagedPublish:
+def publish_staged(
+    s3, bucket: str, final_prefix: str, staging_prefix: str, days: list[str], customers: list[str] | None = None
+) -> StagedPublish:
     """Publish a run whose tasks staged every output object under ``staging_prefix``.
 
     One listing of the staging prefix says what the run produced; one listing per customer of
@@ -112,7 +114,8 @@ def publish_staged(s3, bucket: str, final_prefix: str, staging_prefix: str, days
     staged object is copied to its final key unless the bytes are already there (a byte-stable
     re-run notifies nobody), and final objects the new output no longer has are removed. Each
     copy is one complete object, so a reader never sees half of one. The staging prefix is
-    emptied last.
+    emptied last. ``customers``: the run's scope (the others' objects are neither listed nor
+    touched); None: every customer of the final prefix.
     """
     wanted = set(days)
     staged: dict[tuple[str, str], dict[str, str]] = {}
@@ -123,9 +126,15 @@ def publish_staged(s3, bucket: str, final_prefix: str, staging_prefix: str, days
             match = _PARTITION.search(obj["Key"])
             if match and match["day"] in wanted:
                 staged.setdefault((match["customer"], match["day"]), {})[match["name"]] = obj["ETag"].strip('"')
-    customers = {customer for customer, _ in staged}
-    for page in _listing(s3, bucket, final_prefix + "customer=", "/"):
-        customers |= {p["Prefix"][len(final_prefix) + len("customer=") : -1] for p in page.get("CommonPrefixes", [])}
+    scope = set(customers) if customers is not None else None
+    if scope is not None:
+        staged = {group: names for group, names in staged.items() if group[0] in scope}
+    customers = {customer for customer, _ in staged} | (scope or set())
+    if scope is None:
+        for page in _listing(s3, bucket, final_prefix + "customer=", "/"):
+            customers |= {
+                p["Prefix"][len(final_prefix) + len("customer=") : -1] for p in page.get("CommonPrefixes", [])
+            }
 
     def existing_of(customer: str) -> dict[tuple[str, str], dict[str, str]]:
         found: dict[tuple[str, str], dict[str, str]] = {}

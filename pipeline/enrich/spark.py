@@ -108,11 +108,14 @@ def _ship_code(spark) -> None:
     spark.sparkContext.addPyFile(str(archive))
 
 
-def enrich_days(spark, settings: Settings, s3, days: list[str], run_id: str) -> list[DayResult]:
-    """Enrich ``days`` on the Spark session's executors, then publish; one result per day."""
+def enrich_days(
+    spark, settings: Settings, s3, days: list[str], run_id: str, customers: list[str] | None = None
+) -> list[DayResult]:
+    """Enrich ``days`` on the Spark session's executors, then publish; one result per day.
+    ``customers``: only theirs (the raw sensor's runs name the customers with new reports)."""
     days = sorted(set(days))
     started = time.perf_counter()
-    groups = plan_groups(s3, settings, days)
+    groups = plan_groups(s3, settings, days, customers)
     planned = time.perf_counter()
     results: list[GroupResult] = []
     tasks: list = []
@@ -127,7 +130,7 @@ def enrich_days(spark, settings: Settings, s3, days: list[str], run_id: str) -> 
             context.parallelize(tasks, len(tasks)).flatMap(lambda task: enrich_groups(shipped, run_id, task)).collect()
         )
     ran = time.perf_counter()
-    out = summarize(s3, settings, days, groups, results, run_id)
+    out = summarize(s3, settings, days, groups, results, run_id, customers)
     log.info(
         "enrichment run=%s days=%d groups=%d tasks=%d plan_s=%.2f tasks_s=%.2f publish_s=%.2f",
         run_id,
@@ -141,18 +144,28 @@ def enrich_days(spark, settings: Settings, s3, days: list[str], run_id: str) -> 
     return out
 
 
-def enrich_days_in_process(settings: Settings, s3, days: list[str], run_id: str) -> list[DayResult]:
+def enrich_days_in_process(
+    settings: Settings, s3, days: list[str], run_id: str, customers: list[str] | None = None
+) -> list[DayResult]:
     """The same job without Spark, one group after another (the benchmarks' baseline)."""
     days = sorted(set(days))
-    groups = plan_groups(s3, settings, days)
+    groups = plan_groups(s3, settings, days, customers)
     results = enrich_groups(task_settings(settings), run_id, groups, s3)
-    return summarize(s3, settings, days, groups, results, run_id)
+    return summarize(s3, settings, days, groups, results, run_id, customers)
 
 
 def summarize(
-    s3, settings: Settings, days: list[str], groups: list[Group], results: list[GroupResult], run_id: str
+    s3,
+    settings: Settings,
+    days: list[str],
+    groups: list[Group],
+    results: list[GroupResult],
+    run_id: str,
+    customers: list[str] | None = None,
 ) -> list[DayResult]:
-    published = publish_staged(s3, settings.enriched_bucket, settings.enriched_prefix, f"staging/{run_id}/", days)
+    published = publish_staged(
+        s3, settings.enriched_bucket, settings.enriched_prefix, f"staging/{run_id}/", days, customers
+    )
     by_day = {day: DayResult(day) for day in days}
     categories: dict[str, Counter] = {day: Counter() for day in days}
     with_asn: Counter = Counter()

@@ -125,3 +125,15 @@ def test_a_sweeps_listings_do_not_grow_with_the_objects_held(stack, clients, mon
         detection.sweep(conn, full, stack.raw_bucket, root, None)
     assert full.calls == empty.calls
     assert not [k for k in full.keys if "/old-" in k]  # no older day is ever listed
+
+
+def test_an_object_gone_since_its_notification_is_not_reported_and_stops_nothing(stack, clients):
+    instance = DagsterInstance.ephemeral()
+    baseline = tick(instance)
+    s3 = clients("s3")
+    customer = f"g{uuid.uuid4().hex[:8]}"
+    gone = put_raw(s3, stack, customer, TODAY, "gone")
+    kept = put_raw(s3, stack, customer, TODAY, "kept")
+    s3.delete_object(Bucket=stack.raw_bucket, Key=gone)
+    result = tick(instance, baseline.cursor)
+    assert kept in reported_keys(result) and gone not in reported_keys(result)

@@ -7,6 +7,7 @@ from dagster import (
     AssetExecutionContext,
     AssetMaterialization,
     BackfillPolicy,
+    Config,
     MetadataValue,
     asset,
 )
@@ -19,6 +20,14 @@ from pipeline.enrich.java import require_java
 from pipeline.enrich.model import MODEL_VERSION
 from pipeline.enrich.reference import reference_version
 from pipeline.enrich.spark import enrich_days
+
+
+class EnrichConfig(Config):
+    """customers: only these customers' raw objects of the run's days (the raw sensor names the
+    customers with new reports); empty, as a backfill from the UI leaves it: every customer."""
+
+    customers: list[str] = []
+
 
 ROWS_MATCH = "enriched_rows_match_raw"
 NO_NULL_EVENT_ID = "no_null_event_id"
@@ -60,11 +69,14 @@ ROWS_MATCH_KEY = "rows_match_their_object_key"
         "import queue through SNS."
     ),
 )
-def enriched_telemetry(context: AssetExecutionContext, pyspark: PySparkResource, object_store: ObjectStoreResource):
+def enriched_telemetry(
+    context: AssetExecutionContext, config: EnrichConfig, pyspark: PySparkResource, object_store: ObjectStoreResource
+):
     require_java()  # say what is missing before Spark fails obscurely
     days = list(context.partition_keys)
     settings = object_store.stack.settings()
-    results = enrich_days(pyspark.spark_session, settings, object_store.s3, days, context.run_id)
+    customers = list(config.customers) or None
+    results = enrich_days(pyspark.spark_session, settings, object_store.s3, days, context.run_id, customers)
     for result in results:
         context.log_event(
             AssetMaterialization(

@@ -84,8 +84,19 @@ def raw_telemetry_sensor(
             "PIPELINE_FIRST_DAY): not reported or enriched; set PIPELINE_FIRST_DAY earlier to include them"
         )
     events = []
-    for day, objects in sorted(by_day.items()):
-        stats = [raw_object_stats(object_store.s3, bucket, o.key) for o in objects]
+    for day in sorted(by_day):
+        stats, objects = [], []
+        for obj in by_day[day]:
+            found = raw_object_stats(object_store.s3, bucket, obj.key)
+            if found is None:
+                context.log.info(f"raw_telemetry: {obj.key} is gone since its notification; not reported")
+                continue
+            stats.append(found)
+            objects.append(obj)
+        by_day[day] = objects
+        if not objects:
+            del by_day[day]
+            continue
         events.append(
             AssetMaterialization(
                 asset_key=names.RAW_TELEMETRY,
@@ -106,7 +117,8 @@ def raw_telemetry_sensor(
             f"raw_telemetry: {taken['messages']} notification(s), {swept} found by the sweep, "
             f"{len(fresh)} new object(s) over {len(by_day)} day(s)"
         )
-    return SensorResult(asset_events=events, cursor=cursor, run_requests=enrichment_requests(sorted(by_day), cursor))
+    customers = {day: sorted({o.customer_id for o in objects}) for day, objects in by_day.items()}
+    return SensorResult(asset_events=events, cursor=cursor, run_requests=enrichment_requests(customers, cursor))
 
 
 def day_ranges(days: list[str]) -> list[tuple[str, str]]:
@@ -120,14 +132,19 @@ def day_ranges(days: list[str]) -> list[tuple[str, str]]:
     return ranges
 
 
-def enrichment_requests(days: list[str], cursor: str | None) -> list[RunRequest]:
-    """One enrichment run (one Spark session) per range of consecutive days with new raw data."""
+def enrichment_requests(customers_by_day: dict[str, list[str]], cursor: str | None) -> list[RunRequest]:
+    """One enrichment run (one Spark session) per range of consecutive days with new raw data,
+    of the customers whose new objects those days hold (the others' days are not read again)."""
     salt = hashlib.sha256((cursor or "").encode()).hexdigest()[:12]
-    return [
-        RunRequest(
-            run_key=f"enrich-{start}-{end}-{salt}",
-            asset_selection=[AssetKey(names.ENRICHED_TELEMETRY)],
-            tags={names.RANGE_START_TAG: start, names.RANGE_END_TAG: end},
+    requests = []
+    for start, end in day_ranges(sorted(customers_by_day)):
+        customers = sorted({c for day, cs in customers_by_day.items() if start <= day <= end for c in cs})
+        requests.append(
+            RunRequest(
+                run_key=f"enrich-{start}-{end}-{salt}",
+                asset_selection=[AssetKey(names.ENRICHED_TELEMETRY)],
+                tags={names.RANGE_START_TAG: start, names.RANGE_END_TAG: end},
+                run_config={"ops": {names.ENRICHED_TELEMETRY: {"config": {"customers": customers}}}},
+            )
         )
-        for start, end in day_ranges(days)
-    ]
+    return requests
