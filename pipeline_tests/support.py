@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -412,3 +413,83 @@ def parsedmarc_aggregate(path: Path) -> dict | None:
     except Exception:
         return None
     return parsed if parsed.get("report_type") == "aggregate" else None
+
+
+# -- local servers the tests talk to -----------------------------------------------------------
+
+
+@contextmanager
+def webhook_receiver(port_hint: int = 8700):
+    """A real HTTP receiver on loopback: yields (its URL, the (headers, body) pairs it got), each
+    POST answered 204."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.local.ports import free_port
+
+    received: list[tuple[dict, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port(port_hint)), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", received
+    finally:
+        server.shutdown()
+
+
+@contextmanager
+def served(app, port_hint: int = 8600):
+    """The web application under uvicorn on loopback, as `pipeline web` serves it: yields its URL."""
+    import threading
+
+    import uvicorn
+
+    from pipeline.local.ports import free_port
+
+    port = free_port(port_hint)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def smtp_server(env, port_hint: int = 8950):
+    """A real SMTP server (aiosmtpd) on loopback; ``env`` (a MonkeyPatch) points PIPELINE_SMTP_*
+    at it. Yields the messages it receives."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    from pipeline.local.ports import free_port
+
+    inbox: list = []
+
+    class Keep(Message):
+        def handle_message(self, message):
+            inbox.append(message)
+
+    port = free_port(port_hint)
+    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
+    controller.start()
+    env.setenv("PIPELINE_SMTP_HOST", "127.0.0.1")
+    env.setenv("PIPELINE_SMTP_PORT", str(port))
+    try:
+        yield inbox
+    finally:
+        controller.stop()

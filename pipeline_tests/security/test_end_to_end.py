@@ -11,10 +11,7 @@ import csv
 import datetime as dt
 import io
 import json
-import threading
-import time
 from html.parser import HTMLParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,14 +23,13 @@ from pipeline.collector.generate import generate_reports
 from pipeline.collector.maildir import collect_maildir
 from pipeline.collector.spool import Spool
 from pipeline.enrich.spark import enrich_days_in_process
-from pipeline.local.ports import free_port
 from pipeline.warehouse.projections import refresh
 from pipeline.web import alerts, digest
 from pipeline.web.app import TABLES, create_app
 from pipeline.web.tenants import configure_notifications, issue_token
 from pipeline_tests.security import hostile
 from pipeline_tests.security.test_tenancy import enriched, load_all
-from pipeline_tests.support import csrf_of, new_customer, web_sign_in
+from pipeline_tests.support import csrf_of, new_customer, served, smtp_server, web_sign_in, webhook_receiver
 
 YESTERDAY = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
 BEGIN = int(dt.datetime.combine(YESTERDAY, dt.time(), tzinfo=dt.UTC).timestamp())
@@ -91,24 +87,8 @@ def _maildir(root: Path, customer: str) -> tuple[dict[str, str], list]:
     return messages, good
 
 
-class _Hooks(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):
-        type(self).received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def hostile_site(stack, clients, tmp_path_factory):
-    import uvicorn
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Message
-
     s3 = clients("s3")
     folder = tmp_path_factory.mktemp("hostile")
     victim, other = new_customer(), new_customer()
@@ -128,52 +108,31 @@ def hostile_site(stack, clients, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PIPELINE_WEBHOOK_ALLOW_HTTP", "1")
         env.setenv("PIPELINE_WEBHOOK_ALLOW_PRIVATE", "1")
-        hooks = ThreadingHTTPServer(("127.0.0.1", free_port(8760)), _Hooks)
-        threading.Thread(target=hooks.serve_forever, daemon=True).start()
-        configure_notifications(stack.database_url, victim, webhook_url=f"http://127.0.0.1:{hooks.server_port}/h")
-        configure_notifications(stack.database_url, victim, email="dmarc@victim.example")
-        alerts.evaluate(stack.database_url)
-        alerts.deliver(stack.database_url)
-        hooks.shutdown()
+        with webhook_receiver(8760) as (url, hooks):
+            configure_notifications(stack.database_url, victim, webhook_url=f"{url}/h")
+            configure_notifications(stack.database_url, victim, email="dmarc@victim.example")
+            alerts.evaluate(stack.database_url)
+            alerts.deliver(stack.database_url)
 
-        inbox = []
-
-        class Keep(Message):
-            def handle_message(self, message):
-                inbox.append(message)
-
-        port = free_port(8970)
-        controller = Controller(Keep(), hostname="127.0.0.1", port=port)
-        controller.start()
-        env.setenv("PIPELINE_SMTP_HOST", "127.0.0.1")
-        env.setenv("PIPELINE_SMTP_PORT", str(port))
-        digest.send_all(stack.database_url, victim)
-        controller.stop()
+        with smtp_server(env, 8970) as inbox:
+            digest.send_all(stack.database_url, victim)
 
     app = create_app(stack, secret="hostile-test")
-    web_port = free_port(8640)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=web_port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    yield {
-        "victim": victim,
-        "other": other,
-        "tokens": tokens,
-        "messages": messages,
-        "good": good,
-        "result": result,
-        "outcomes": outcomes,
-        "webhooks": [(h, b) for h, b in _Hooks.received if json.loads(b)["customer"] == victim],
-        "digests": inbox,
-        "app": app,
-        "url": f"http://127.0.0.1:{web_port}",
-        "root": folder / "Maildir",
-    }
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(app, 8640) as web_url:
+        yield {
+            "victim": victim,
+            "other": other,
+            "tokens": tokens,
+            "messages": messages,
+            "good": good,
+            "result": result,
+            "outcomes": outcomes,
+            "webhooks": [(h, b) for h, b in hooks if json.loads(b)["customer"] == victim],
+            "digests": inbox,
+            "app": app,
+            "url": web_url,
+            "root": folder / "Maildir",
+        }
     app.state.warehouse.close()
 
 

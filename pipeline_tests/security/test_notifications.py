@@ -13,7 +13,6 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
 import pyarrow as pa
@@ -29,7 +28,7 @@ from pipeline.web import alerts, digest, webhooks
 from pipeline.web.app import create_app, csv_cell
 from pipeline.web.tenants import check_address, configure_notifications, issue_token
 from pipeline_tests.security import hostile
-from pipeline_tests.support import new_customer, web_sign_in
+from pipeline_tests.support import new_customer, web_sign_in, webhook_receiver
 
 TODAY = dt.datetime.now(dt.UTC).date()
 
@@ -85,32 +84,18 @@ def test_the_delivery_connects_to_the_address_that_was_checked(monkeypatch):
     Host. (Private addresses allowed here: the receiver is on loopback.)"""
     monkeypatch.setenv("PIPELINE_WEBHOOK_ALLOW_HTTP", "1")
     monkeypatch.setenv("PIPELINE_WEBHOOK_ALLOW_PRIVATE", "1")
-    seen = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self):
-            seen.append((self.headers["Host"], self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port(8700)), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     answers = []
 
     def resolve_once(host, port, type=0):
         answers.append(host)
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
 
-    try:
-        target = webhooks.check(f"http://hooks.customer.example:{server.server_port}/x?y=1", resolve=resolve_once)
+    with webhook_receiver(8700) as (url, received):
+        port = int(url.rsplit(":", 1)[1])
+        target = webhooks.check(f"http://hooks.customer.example:{port}/x?y=1", resolve=resolve_once)
         assert webhooks.post(target, b"{}", {"Content-Type": "application/json"}) == 204
-    finally:
-        server.shutdown()
     assert answers == ["hooks.customer.example"]  # resolved once, by the check
-    assert seen == [(f"hooks.customer.example:{server.server_port}", b"{}")]
+    assert [(headers["Host"], body) for headers, body in received] == [(f"hooks.customer.example:{port}", b"{}")]
 
 
 class Drip:
@@ -172,38 +157,25 @@ def test_a_slow_receiver_delays_no_other_tenant_and_its_tenant_sees_a_generic_er
     monkeypatch.setenv("PIPELINE_WEBHOOK_ALLOW_HTTP", "1")
     monkeypatch.setenv("PIPELINE_WEBHOOK_ALLOW_PRIVATE", "1")
     monkeypatch.setenv("PIPELINE_WEBHOOK_TIMEOUT_S", "1.5")
-    received = []
-
-    class Fast(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    fast = ThreadingHTTPServer(("127.0.0.1", free_port(8720)), Fast)
-    threading.Thread(target=fast.serve_forever, daemon=True).start()
     drip = Drip()
     closed = free_port(8790)  # nothing listens: connection refused
     slow_tenant, refused_tenant, good_tenant = new_customer(), new_customer(), new_customer()
-    for customer, url in (
-        (slow_tenant, f"http://127.0.0.1:{drip.port}/hook"),
-        (refused_tenant, f"http://127.0.0.1:{closed}/hook"),
-        (good_tenant, f"http://127.0.0.1:{fast.server_port}/hook"),
-    ):
-        issue_token(stack.database_url, customer)
-        configure_notifications(stack.database_url, customer, webhook_url=url)
-        _alerts_of(stack, customer, 5)
-    try:
-        started = time.monotonic()
-        outcome = alerts.deliver(stack.database_url)
-        elapsed = time.monotonic() - started
-    finally:
-        drip.close()
-        fast.shutdown()
-    assert sum(1 for r in received if r["customer"] == good_tenant) == 5
+    with webhook_receiver(8720) as (fast, received):
+        for customer, url in (
+            (slow_tenant, f"http://127.0.0.1:{drip.port}/hook"),
+            (refused_tenant, f"http://127.0.0.1:{closed}/hook"),
+            (good_tenant, f"{fast}/hook"),
+        ):
+            issue_token(stack.database_url, customer)
+            configure_notifications(stack.database_url, customer, webhook_url=url)
+            _alerts_of(stack, customer, 5)
+        try:
+            started = time.monotonic()
+            outcome = alerts.deliver(stack.database_url)
+            elapsed = time.monotonic() - started
+        finally:
+            drip.close()
+    assert sum(1 for _, body in received if json.loads(body)["customer"] == good_tenant) == 5
     assert outcome["failed"] >= 2
     assert elapsed < 5 * 1.5  # not one deadline per alert of the slow tenant, one after another
     app = create_app(stack, secret="notify-test")
@@ -249,28 +221,13 @@ def test_one_forged_report_with_2000_new_sources_fires_a_bounded_number_of_alert
     changes = [suspicious(f"198.18.{n // 250}.{n % 250 + 1}") for n in range(2000)]
     load_rows(stack, clients("s3"), customer, TODAY, changes, "flood")
     refresh(stack.database_url)
-    received = []
-
-    class Count(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port(8740)), Count)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    configure_notifications(stack.database_url, customer, webhook_url=f"http://127.0.0.1:{server.server_port}/h")
-    try:
+    with webhook_receiver(8740) as (url, received):
+        configure_notifications(stack.database_url, customer, webhook_url=f"{url}/h")
         fired = [a for a in alerts.evaluate(stack.database_url, today=TODAY) if a["customer_id"] == customer]
         alerts.deliver(stack.database_url)
         alerts.deliver(stack.database_url)  # a second round sends nothing more
-    finally:
-        server.shutdown()
     assert len(fired) == alerts.MAX_NEW_PER_EVALUATION + 1
-    mine = [r for r in received if r["customer"] == customer]
+    mine = [json.loads(body) for _, body in received if json.loads(body)["customer"] == customer]
     assert len(mine) == alerts.MAX_NEW_PER_EVALUATION + 1
     [summary] = [r for r in mine if r["rule"] == "summary"]
     with psycopg.connect(stack.database_url) as conn:

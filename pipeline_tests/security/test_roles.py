@@ -9,23 +9,14 @@ import uuid
 import psycopg
 import pytest
 
+from pipeline.warehouse.projections import PROJECTION_TABLES
 from pipeline.web.app import create_app
 from pipeline.web.queries import web_database_url
 from pipeline.web.tenants import issue_token, sign_in
 from pipeline_tests.support import customer_with_reports, new_customer
 
-TENANT_TABLES = [
-    "telemetry_events",
-    "daily_domain_compliance",
-    "daily_source_summary",
-    "daily_reports",
-    "source_summary",
-    "daily_domain_services",
-    "service_summary",
-    "customer_summary",
-    "alerts",
-    "customer_events",
-]
+# every table row-level security guards: the events, the projections, alerts and customer events
+TENANT_TABLES = ["telemetry_events", *PROJECTION_TABLES, "alerts", "customer_events"]
 
 
 @pytest.fixture(scope="module")

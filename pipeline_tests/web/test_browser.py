@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from pipeline.local.ports import free_port
 from pipeline.web.app import create_app
 from pipeline.web.tenants import issue_token
-from pipeline_tests.support import customer_with_reports, new_customer
+from pipeline_tests.support import customer_with_reports, new_customer, served
 
 SCREENSHOTS = Path(os.environ.get("PIPELINE_SCREENSHOTS", "/tmp/pipeline-screenshots"))
 
@@ -28,30 +26,20 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def site(stack, clients):
-    import uvicorn
-
     if _chromium() is None:
         pytest.skip("Debian's chromium is not installed (scripts/ensure-chromium.sh installs it as root)")
     a, b = new_customer(), new_customer()
     customer_with_reports(stack, clients("s3"), a, objects=4, rows=80)
     customer_with_reports(stack, clients("s3"), b, objects=1, rows=20)
     app = create_app(stack, secret="browser-test")
-    port = free_port(8600)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    yield {
-        "url": f"http://127.0.0.1:{port}",
-        "a": a,
-        "b": b,
-        "token_a": issue_token(stack.database_url, a),
-        "token_b": issue_token(stack.database_url, b),
-    }
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(app, 8600) as url:
+        yield {
+            "url": url,
+            "a": a,
+            "b": b,
+            "token_a": issue_token(stack.database_url, a),
+            "token_b": issue_token(stack.database_url, b),
+        }
     app.state.warehouse.close()
 
 

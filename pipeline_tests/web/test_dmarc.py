@@ -31,7 +31,7 @@ from pipeline.warehouse.projections import rebuild, refresh
 from pipeline.web import alerts, digest
 from pipeline.web.app import create_app
 from pipeline.web.tenants import configure_notifications, issue_token, revoke_token
-from pipeline_tests.support import csrf_of, new_customer, web_sign_in
+from pipeline_tests.support import csrf_of, new_customer, smtp_server, web_sign_in
 
 START = dt.date(2026, 9, 1)
 DAYS = 20
@@ -323,22 +323,8 @@ def test_alerts_fire_once_per_occurrence_and_reach_a_real_webhook_signed(stack, 
 @pytest.fixture
 def smtp_inbox(monkeypatch):
     """A real SMTP server (aiosmtpd) on a free port; PIPELINE_SMTP_* point at it."""
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Message
-
-    inbox = []
-
-    class Keep(Message):
-        def handle_message(self, message):
-            inbox.append(message)
-
-    port = free_port(8950)
-    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
-    controller.start()
-    monkeypatch.setenv("PIPELINE_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("PIPELINE_SMTP_PORT", str(port))
-    yield inbox
-    controller.stop()
+    with smtp_server(monkeypatch, 8950) as inbox:
+        yield inbox
 
 
 def _html(message) -> str:
