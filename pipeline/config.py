@@ -165,6 +165,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_SMTP_PORT", "int", 25, "web", "`pipeline digest`: the SMTP server's port.", minimum=1),
     _k("PIPELINE_SMTP_FROM", "str", "dmarc-reports@localhost", "web", "`pipeline digest`: the digests' From address."),
     _k("PIPELINE_SMTP_STARTTLS", "bool", False, "web", "`pipeline digest`: upgrade the SMTP connection with STARTTLS."),
+    _k("PIPELINE_AUTOMATION", "bool", True, "web", "The automation sensor (the projections and alerts refresh after imports) and the weekly digest schedule start running (0: they start stopped, as in the tests' daemons and the import benchmarks)."),
     _k("PIPELINE_ALERTS_SCHEDULE", "bool", True, "web", "Evaluate alert rules every hour as well as after each refresh, so reports that stop arriving are noticed when nothing is imported (0: the schedule starts stopped)."),
     _k("PIPELINE_WEBHOOK_TIMEOUT_S", "float", 10.0, "web", "Alerts: the overall deadline of one webhook delivery (connect, TLS, send, status line); past it, retried at the next evaluation.", minimum=0.1),
     _k("PIPELINE_WEBHOOK_ALLOW_HTTP", "bool", False, "web", "Alerts: accept plain http:// webhook URLs (default: https only)."),

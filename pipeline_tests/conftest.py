@@ -21,6 +21,9 @@ from pipeline_tests.support import SAMPLES, receive_all, traversable_tmpdir
 # The hourly alerts schedule starts stopped in the tests' Dagster daemons: a run it launched at
 # a quarter past would join the runs that the scaling tests count. (Its default is tested.)
 os.environ.setdefault("PIPELINE_ALERTS_SCHEDULE", "0")
+# Likewise the automation sensor and the digest schedule (their defaults are tested, and a
+# real daemon test turns them on).
+os.environ.setdefault("PIPELINE_AUTOMATION", "0")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -59,9 +59,17 @@ def weekly_digest():
     send_weekly_digests()
 
 
-weekly_digest_schedule = ScheduleDefinition(
-    job=weekly_digest,
-    cron_schedule="0 7 * * 1",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.STOPPED,
-)
+def digest_schedule(enabled: bool | None = None) -> ScheduleDefinition:
+    """Mondays 07:00 UTC, running by default: it mails only customers who set an address, and
+    without PIPELINE_SMTP_HOST its run logs that it skipped."""
+    enabled = bool(config.get("PIPELINE_AUTOMATION")) if enabled is None else enabled
+    return ScheduleDefinition(
+        name="weekly_digest_schedule",
+        job=weekly_digest,
+        cron_schedule="0 7 * * 1",
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING if enabled else DefaultScheduleStatus.STOPPED,
+    )
+
+
+weekly_digest_schedule = digest_schedule()
