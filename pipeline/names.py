@@ -26,5 +26,14 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 # Run tags: the pipeline's
 STAGE_TAG = "pipeline/stage"
+RETRIES_TAG = "dagster/max_retries"
+# Who retries what (one owner per retry): an import run never (the inbox backs each object off
+# and counts its attempts); an enrichment run once (a lost executor; the next report's run
+# enriches its day again anyway); a reconcile run never (the next tick sweeps on).
+STAGE_TAGS = {
+    "import": {STAGE_TAG: "import", RETRIES_TAG: "0"},
+    "enrich": {STAGE_TAG: "enrich", RETRIES_TAG: "1"},
+    "reconcile": {STAGE_TAG: "reconcile", RETRIES_TAG: "0"},
+}
 OBJECTS_TAG = "pipeline/objects"  # objects an import run carries
 INBOX_TAG = "pipeline/inbox"  # "1": the run takes its work from the import inbox

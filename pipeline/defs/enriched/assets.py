@@ -43,6 +43,7 @@ ROWS_MATCH_KEY = "rows_match_their_object_key"
     backfill_policy=BackfillPolicy.single_run(),
     output_required=False,
     kinds={"spark", "s3", "parquet"},
+    pool="enrich",  # backfills from the UI share the enrichment limit with the sensor's runs
     check_specs=[
         AssetCheckSpec(
             ROWS_MATCH,

@@ -123,6 +123,9 @@ def _current_versions(warehouse: WarehouseResource, s3, keys: list[str]) -> tupl
         "that same transaction. Re-materializing a partition (a backfill) is idempotent."
     ),
     tags={names.STAGE_TAG: "import"},
+    # op-level concurrency for the runs no sensor tagged (backfills from the UI); the sensor's
+    # runs are limited by their pipeline/stage tag (deploy/dagster/dagster.yaml)
+    pool="import",
 )
 def telemetry_events(
     context: AssetExecutionContext,

@@ -27,7 +27,7 @@ from dagster import (
     sensor,
 )
 
-from pipeline import config
+from pipeline import config, names
 from pipeline.defs.resources import ImportQueueResource, WarehouseResource
 from pipeline.importer.batch import connect
 
@@ -107,6 +107,6 @@ def import_reconciler(context: SensorEvaluationContext, import_queue: ImportQueu
         job_name=import_reconcile_job.name,
         run_key=f"reconcile-{state['round']}-{digest}",
         run_config={"ops": {"reconcile_slices": {"config": {"slices": slices}}}},
-        tags={"pipeline/reconcile_round": str(state["round"])},
+        tags={"pipeline/reconcile_round": str(state["round"]), **names.STAGE_TAGS["reconcile"]},
     )
     return SensorResult(run_requests=[request], cursor=cursor)

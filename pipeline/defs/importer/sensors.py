@@ -73,7 +73,13 @@ def run_request(items: list[ImportItem], keys: list[str], plans: dict[int, int],
     return RunRequest(
         run_key=run_key(items, plans, salt),
         asset_selection=[telemetry_events.key],
-        tags={RANGE_START: keys[0], RANGE_END: keys[-1], names.OBJECTS_TAG: str(len(keys)), names.INBOX_TAG: "1"},
+        tags={
+            RANGE_START: keys[0],
+            RANGE_END: keys[-1],
+            names.OBJECTS_TAG: str(len(keys)),
+            names.INBOX_TAG: "1",
+            **names.STAGE_TAGS["import"],
+        },
         run_config={"ops": {names.TELEMETRY_EVENTS: {"config": {"items": [i.to_config() for i in items]}}}},
     )
 

@@ -143,7 +143,7 @@ def enrichment_requests(customers_by_day: dict[str, list[str]], cursor: str | No
             RunRequest(
                 run_key=f"enrich-{start}-{end}-{salt}",
                 asset_selection=[AssetKey(names.ENRICHED_TELEMETRY)],
-                tags={names.RANGE_START_TAG: start, names.RANGE_END_TAG: end},
+                tags={names.RANGE_START_TAG: start, names.RANGE_END_TAG: end, **names.STAGE_TAGS["enrich"]},
                 run_config={"ops": {names.ENRICHED_TELEMETRY: {"config": {"customers": customers}}}},
             )
         )
