@@ -247,3 +247,14 @@ def test_a_zip_holding_a_directory_and_a_report_is_still_read():
         archive.writestr("report.xml", GOOD)
     outcome = read(packed.getvalue(), "ok.zip")
     assert isinstance(outcome, NormalizedReport) and len(outcome.records) == 1
+
+
+@pytest.mark.parametrize("trailer", [b"\x00garbage after the stream", b"\x00" * 512, b"\r\n--boundary--\r\n"])
+def test_bytes_after_a_gzip_stream_are_tolerated_as_parsedmarc_tolerates_them(trailer):
+    """A real report e-mail's gzip attachment may carry bytes after the end of its stream (issue
+    #23): the checks read the stream and stop there, as parsedmarc does, instead of calling the
+    archive damaged."""
+    packed = gzip.compress(GOOD, mtime=0) + trailer
+    for data, name in ((packed, "r.xml.gz"), (hostile.email_of(hostile.attachment(packed)), "r.eml")):
+        outcome = read(data, name)
+        assert isinstance(outcome, NormalizedReport) and len(outcome.records) == 1, outcome
