@@ -172,14 +172,15 @@ def _print_collect_summary(summary, spool) -> None:
 @click.option("--customers", default=3, show_default=True, help="How many customers (one domain each).")
 @click.option("--reports", default=8, show_default=True, help="Reports per customer.")
 @click.option("--seed", default=0, show_default=True, help="The same seed writes the same reports.")
-@click.option("--start-date", default="2026-11-01", show_default=True, help="Day of the first reports.")
+@click.option("--start-date", default=None, help="Day of the first reports (default: the last ones are of yesterday).")
 def generate_reports_command(out_dir: Path, customers: int, reports: int, seed: int, start_date: str) -> None:
     """Write synthetic RFC 7489 aggregate reports (XML, .xml.gz, .zip) for demos and load tests."""
     import datetime as dt
 
     from pipeline.collector.generate import generate_reports
 
-    written = generate_reports(out_dir, customers, reports, seed, dt.date.fromisoformat(start_date))
+    start = dt.date.fromisoformat(start_date) if start_date else None
+    written = generate_reports(out_dir, customers, reports, seed, start)
     click.echo(
         f"{len(written)} reports, {sum(len(r.records) for r in written)} records, "
         f"{sum(r.messages for r in written)} messages in {out_dir} (manifest.json lists them)"

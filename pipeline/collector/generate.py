@@ -209,11 +209,16 @@ def generate_reports(
     customers: int,
     reports: int,
     seed: int = 0,
-    start: dt.date = dt.date(2026, 11, 1),
+    start: dt.date | None = None,
     records_per_report: tuple[int, int] = (3, 12),
 ) -> list[GeneratedReport]:
-    """Write ``reports`` reports for each of ``customers`` customers; return what was meant."""
+    """Write ``reports`` reports for each of ``customers`` customers; return what was meant.
+    ``start``: the first reports' day (default: so that the last ones are of yesterday, as a
+    mailbox holds them; the collector refuses reports dated after tomorrow)."""
     rng = random.Random(seed)
+    if start is None:
+        days = -(-reports // len(REPORTERS))
+        start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
     generated: list[GeneratedReport] = []
     for c in range(customers):
         customer_id = f"customer-{c + 1:03d}"
