@@ -114,7 +114,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_IMAP_TLS", "bool", True, "collector", "IMAPS (TLS from the first byte); 0 only for a server on the same host."),
     _k("PIPELINE_RAW_SWEEP_CUSTOMERS", "int", 50, "collector", "Customers whose recent day prefixes one raw sensor tick lists, for notifications that were lost (round-robin).", minimum=1),
     _k("PIPELINE_RAW_SWEEP_DAYS", "int", 3, "collector", "Recent days (to tomorrow) the raw sensor's sweep lists per customer.", minimum=1),
-    _k("PIPELINE_COLLECT_WORKERS", "int", None, "collector", "Processes that parse reports when a collection has 64 files or more (default: the machine's cores).", minimum=1),
+    _k("PIPELINE_COLLECT_WORKERS", "int", None, "collector", "Processes that parse reports when a collection holds 16 MB of reports or more (default: the machine's cores; a smaller batch is parsed faster in one process than worker processes start).", minimum=1),
     # -- enrichment (Spark) ----------------------------------------------------------------------------
     _k("PIPELINE_SPARK_MASTER", "str", "local[*]", "enrich", "Spark master: `local[N]`, `spark://host:7077`, `yarn` (EMR), ..."),
     _k("PIPELINE_SPARK_DRIVER_HOST", "str", "127.0.0.1", "enrich", "Address executors reach the driver on (set it on a cluster)."),
