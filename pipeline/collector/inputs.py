@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.collector.normalize import NormalizedReport, ReportRefused, normalize
+from pipeline.compression import gunzip_chunks
 
 log = logging.getLogger(__name__)
 
@@ -137,31 +138,10 @@ class _XmlScanner:
             )
 
 
-def _gunzip_chunks(data: bytes, chunk: int = 1024 * 1024):
-    """The decompressed bytes of every gzip member of ``data``, a chunk at a time. Bytes after the
-    last member that are no gzip member (padding, a mail gateway's trailer) end the stream, as
-    they do for parsedmarc; a damaged or truncated member is an error."""
-    rest = data
-    while rest[:2] == b"\x1f\x8b":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        pending = rest
-        while pending and not inflater.eof:
-            out = inflater.decompress(pending, chunk)
-            pending = inflater.unconsumed_tail
-            if out:
-                yield out
-        while not inflater.eof:  # the member's input is all read: flush what it holds
-            out = inflater.decompress(b"", chunk)
-            if not out:
-                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
-            yield out
-        rest = inflater.unused_data
-
-
 def _check_gzip(data: bytes, limits: Limits, name: str) -> None:
     total = 0
     scanner = _XmlScanner(name)
-    for piece in _gunzip_chunks(data):
+    for piece in gunzip_chunks(data):
         scanner.feed(piece)
         total += len(piece)
         if total > limits.max_uncompressed_bytes:

@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from pipeline import config
 from pipeline.config import ConfigurationError
 from pipeline.telemetry import RAW_FIELDS, SCHEMA_VERSION
 
@@ -98,8 +99,6 @@ FUTURE_SKEW = dt.timedelta(days=1)
 
 
 def check_period(begin: dt.datetime, end: dt.datetime | None, now: dt.datetime | None = None) -> None:
-    from pipeline import config
-
     now = now or dt.datetime.now(dt.UTC)
     first = config.get("PIPELINE_FIRST_DAY")
     if begin.date() < first:

@@ -25,6 +25,7 @@ import pyarrow.json as pajson
 from pipeline import config
 from pipeline.collector.catalog import RAW_KEY
 from pipeline.collector.normalize import CUSTOMER_ID
+from pipeline.compression import GZIP_MAGIC, gunzip_chunks
 from pipeline.enrich.model import MODEL_VERSION
 from pipeline.enrich.publish import parquet_objects
 from pipeline.enrich.transform import RESCUE, enrich_frame
@@ -162,22 +163,21 @@ class RawObjectRefused(ValueError):
 def gunzip_bounded(body: bytes, limit: int, key: str) -> bytes:
     """A gzip body (one member or several) decompressed to at most ``limit`` bytes: a raw object
     is written by a collector, and a collector's host is not this pipeline's to trust."""
-    out, size, rest = [], 0, body
-    while rest:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            chunk = inflater.decompress(rest, limit - size + 1)
-        except zlib.error as exc:
-            raise RawObjectRefused(f"raw object {key} is not gzip ({exc}): quarantined whole") from None
-        size += len(chunk)
-        if size > limit or inflater.unconsumed_tail:
-            raise RawObjectRefused(
-                f"raw object {key} expands past {limit} bytes (PIPELINE_RAW_MAX_BYTES): quarantined whole"
-            )
-        if not inflater.eof:
-            raise RawObjectRefused(f"raw object {key} is a truncated gzip stream: quarantined whole")
-        out.append(chunk)
-        rest = inflater.unused_data.lstrip(b"\x00")
+    if body and body[:2] != GZIP_MAGIC:
+        raise RawObjectRefused(f"raw object {key} is not gzip: quarantined whole")
+    out, size = [], 0
+    try:
+        for chunk in gunzip_chunks(body):
+            size += len(chunk)
+            if size > limit:
+                raise RawObjectRefused(
+                    f"raw object {key} expands past {limit} bytes (PIPELINE_RAW_MAX_BYTES): quarantined whole"
+                )
+            out.append(chunk)
+    except zlib.error as exc:
+        raise RawObjectRefused(f"raw object {key} is not gzip ({exc}): quarantined whole") from None
+    except EOFError:
+        raise RawObjectRefused(f"raw object {key} is a truncated gzip stream: quarantined whole") from None
     return b"".join(out)
 
 

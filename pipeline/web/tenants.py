@@ -91,8 +91,9 @@ def notifications(conn: psycopg.Connection) -> tuple[str | None, str | None]:
 
 
 def set_notifications(conn: psycopg.Connection, webhook_url: str | None, email: str | None) -> str | None:
-    """What ``configure_notifications`` does, as the tenant itself (inside ``Warehouse.tenant``):
-    checks the URL and the address, returns a new signing secret when the URL changed."""
+    """Set the connection's tenant's webhook and digest address (inside ``Warehouse.tenant``, or
+    with ``pipeline.customer`` set): checks the URL and the address, returns a new signing secret
+    when the URL changed."""
     current_url, _ = notifications(conn)
     secret = None
     if webhook_url is not None and (webhook_url or None) != current_url:
@@ -125,29 +126,14 @@ def check_address(value: str) -> str:
 def configure_notifications(
     database_url: str, customer_id: str, webhook_url: str | None = None, email: str | None = None
 ) -> str | None:
-    """Set where a customer's alerts and digests go; returns a new webhook signing secret
-    (shown once) when a new webhook URL is set (the same URL again keeps its secret)."""
-    secret = None
+    """Set where a customer's alerts and digests go (`pipeline notify`); returns a new webhook
+    signing secret (shown once) when a new webhook URL is set (the same URL keeps its secret).
+    The same checks and writes as the web application's, in the customer's scope."""
     with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT webhook_url FROM tenants WHERE customer_id = %s", (customer_id,)).fetchone()
+        row = conn.execute("SELECT 1 FROM tenants WHERE customer_id = %s", (customer_id,)).fetchone()
         if row is None:
             raise ValueError(
                 f"{customer_id!r} has no web access yet: run `pipeline web-token --customer {customer_id}`"
             )
-        if webhook_url is not None and (webhook_url or None) != row[0]:  # the same URL keeps its secret
-            if webhook_url:
-                from pipeline.web.webhooks import check
-
-                check(webhook_url)  # WebhookRefused (a ValueError) names what is wrong
-            secret = secrets.token_urlsafe(32) if webhook_url else None
-            conn.execute(
-                "UPDATE tenants SET webhook_url = nullif(%s, ''), webhook_secret = %s WHERE customer_id = %s",
-                (webhook_url, secret, customer_id),
-            )
-        if email is not None:
-            if email:
-                check_address(email)
-            conn.execute(
-                "UPDATE tenants SET digest_email = nullif(%s, '') WHERE customer_id = %s", (email, customer_id)
-            )
-    return secret
+        conn.execute("SELECT set_config('pipeline.customer', %s, true)", (customer_id,))
+        return set_notifications(conn, webhook_url, email)

@@ -24,15 +24,20 @@ alerts_job = define_asset_job(
 )
 
 
-def alerts_schedule(enabled: bool | None = None) -> ScheduleDefinition:
-    enabled = bool(config.get("PIPELINE_ALERTS_SCHEDULE")) if enabled is None else enabled
+def _schedule(name: str, job, cron: str, knob: str, enabled: bool | None) -> ScheduleDefinition:
+    """A UTC schedule that starts running unless ``knob`` (or ``enabled``) says otherwise."""
+    enabled = bool(config.get(knob)) if enabled is None else enabled
     return ScheduleDefinition(
-        name="customer_alerts_hourly",
-        job=alerts_job,
-        cron_schedule="15 * * * *",
+        name=name,
+        job=job,
+        cron_schedule=cron,
         execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING if enabled else DefaultScheduleStatus.STOPPED,
     )
+
+
+def alerts_schedule(enabled: bool | None = None) -> ScheduleDefinition:
+    return _schedule("customer_alerts_hourly", alerts_job, "15 * * * *", "PIPELINE_ALERTS_SCHEDULE", enabled)
 
 
 @op(description="Send each customer with a digest address its weekly DMARC digest over SMTP.")
@@ -62,14 +67,7 @@ def weekly_digest():
 def digest_schedule(enabled: bool | None = None) -> ScheduleDefinition:
     """Mondays 07:00 UTC, running by default: it mails only customers who set an address, and
     without PIPELINE_SMTP_HOST its run logs that it skipped."""
-    enabled = bool(config.get("PIPELINE_AUTOMATION")) if enabled is None else enabled
-    return ScheduleDefinition(
-        name="weekly_digest_schedule",
-        job=weekly_digest,
-        cron_schedule="0 7 * * 1",
-        execution_timezone="UTC",
-        default_status=DefaultScheduleStatus.RUNNING if enabled else DefaultScheduleStatus.STOPPED,
-    )
+    return _schedule("weekly_digest_schedule", weekly_digest, "0 7 * * 1", "PIPELINE_AUTOMATION", enabled)
 
 
 weekly_digest_schedule = digest_schedule()
