@@ -113,6 +113,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_IMAP_FOLDER", "str", "INBOX", "collector", "The folder the reports arrive in; they move to Archive or Invalid beside it."),
     _k("PIPELINE_IMAP_TLS", "bool", True, "collector", "IMAPS (TLS from the first byte); 0 only for a server on the same host."),
     _k("PIPELINE_RAW_SWEEP_CUSTOMERS", "int", 50, "collector", "Customers whose recent day prefixes one raw sensor tick lists, for notifications that were lost (round-robin).", minimum=1),
+    _k("PIPELINE_RAW_SWEEP_INTERVAL_S", "float", 300.0, "collector", "Seconds between the raw sensor's sweeps of recent day prefixes (0: every tick); the ticks between only take in notifications.", minimum=0),
     _k("PIPELINE_RAW_SWEEP_DAYS", "int", 3, "collector", "Recent days (to tomorrow) the raw sensor's sweep lists per customer.", minimum=1),
     _k("PIPELINE_COLLECT_WORKERS", "int", None, "collector", "Processes that parse reports when a collection holds 16 MB of reports or more (default: the machine's cores; a smaller batch is parsed faster in one process than worker processes start).", minimum=1),
     # -- enrichment (Spark) ----------------------------------------------------------------------------
@@ -122,6 +123,8 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_SPARK_DRIVER_MEMORY", "str", "2g", "enrich", "spark.driver.memory."),
     _k("PIPELINE_SPARK_EXECUTOR_MEMORY", "str", "1g", "enrich", "spark.executor.memory."),
     _k("PIPELINE_RAW_MAX_BYTES", "int", 512 * 1024 * 1024, "enrich", "Most bytes a raw object may decompress to; a larger one (or one that is not gzip) is quarantined whole, not read.", minimum=1024),
+    _k("PIPELINE_ENRICH_BATCH_BYTES", "int", 16 * 1024 * 1024, "enrich", "Most raw (gzip) bytes in one enrichment batch: a day's new raw objects are cut into batches of at most this size, each enriched in one task pass and published as its own objects.", minimum=1024),
+    _k("PIPELINE_ENRICH_LOCAL_BYTES", "int", 4 * 1024 * 1024, "enrich", "A run whose raw objects to enrich total fewer bytes is enriched in the run's own process by the same task code (a Spark session takes seconds to start; a few reports take milliseconds); 0: always Spark.", minimum=0),
     _k("PIPELINE_SPARK_SHIP_CODE", "bool", False, "enrich", "Ship the `pipeline` package to executors (when their image does not have it)."),
     # -- import: intake, planning, runs, database timeouts ---------------------------------------------
     _k("PIPELINE_INTAKE_VISIBILITY_S", "int", 120, "import", "Visibility of a message between its receive and intake's commit + delete.", minimum=1),

@@ -42,6 +42,19 @@ def enriched_key(settings, customer_id: str, name: str, day: str = "2026-11-01")
     return f"{settings.enriched_prefix}customer={customer_id}/dt={day}/{name}"
 
 
+def enriched_of(settings, customer_id: str) -> list[str]:
+    """The enriched objects that hold a customer's rows: its own prefix's (objects tests write)
+    and those of every enrichment batch whose manifest names it."""
+    with psycopg.connect(settings.database_url) as conn:
+        batches = [
+            key
+            for (key,) in conn.execute(
+                "SELECT unnest(objects) FROM enrichment_batches WHERE customers ? %s", (customer_id,)
+            ).fetchall()
+        ]
+    return sorted(batches)
+
+
 def put_enriched(s3, settings, key: str, rows: int = 20, seed: int = 0, customer_id: str = "acme") -> str:
     body = parquet_bytes(
         synthetic_enriched_table(rows, seed=seed, customer_id=customer_id, report_id=f"r-{key}-{seed}")

@@ -1,4 +1,4 @@
-"""`pipeline bench import|flood|web|enrich`: the benchmark commands (figures in BENCHMARKS.md)."""
+"""`pipeline bench import|flood|web|enrich|trickle`: the benchmark commands (figures in BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -104,3 +104,39 @@ def bench_enrich(customers: int, reports: int, master: str, as_json: bool) -> No
         return
     for name, value in figures.items():
         click.echo(f"{name:28} {value}")
+
+
+@bench.command("trickle")
+@click.option("--customers", default=20, show_default=True)
+@click.option("--reports", default=40, show_default=True, help="Reports per customer, over two days.")
+@click.option("--wave-size", default=20, show_default=True, help="Reports per wave.")
+@click.option("--held", default=100_000, show_default=True, help="Raw objects held for raw_tick_growth (0: skip).")
+@click.option(
+    "--page-reports", default=6, show_default=True, help="Reports timed to the page by a real daemon (0: skip)."
+)
+@click.option(
+    "--production-customers", default=10_000, show_default=True, help="Customers of the partition simulation's load."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_trickle(
+    customers: int, reports: int, wave_size: int, held: int, page_reports: int, production_customers: int, as_json: bool
+) -> None:
+    """W8: reports trickling in, wave after wave, through the real path; amplification, wave cost
+    growth, raw tick growth, partitions at production load (simulated), report to page."""
+    from pipeline.bench import trickle
+
+    with stdout_to_stderr():
+        figures = trickle.run(
+            load_settings(),
+            customers,
+            reports,
+            wave_size,
+            held,
+            page_reports,
+            production_customers,
+            progress=sys.stderr.isatty() or not as_json,
+        )
+    if as_json:
+        click.echo(json.dumps(figures, indent=2, default=str))
+        return
+    _print_figures(figures, trickle.TARGETS)

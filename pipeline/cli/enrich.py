@@ -17,16 +17,25 @@ from pipeline.settings import load_settings
 @click.option(
     "--master",
     default=None,
-    help="Spark master (default PIPELINE_SPARK_MASTER, else local[*]); 'none' enriches in this process.",
+    help="Spark master, used whatever the run's size (default: PIPELINE_SPARK_MASTER, else local[*], for runs of "
+    "PIPELINE_ENRICH_LOCAL_BYTES or more); 'none' enriches in this process.",
 )
 @click.option(
     "--customers",
     default=None,
     help="Only these customers' reports: acme,globex (default: every customer of the days).",
 )
+@click.option(
+    "--reprocess",
+    is_flag=True,
+    help="Enrich every batch of the days again (a fix); without it only what no run enriched under the current "
+    "model and reference data.",
+)
 @click.option("--run-id", default=None, help="Names the staging prefix (default: a fresh id).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def enrich(days: str, master: str | None, customers: str | None, run_id: str | None, as_json: bool) -> None:
+def enrich(
+    days: str, master: str | None, customers: str | None, reprocess: bool, run_id: str | None, as_json: bool
+) -> None:
     """Enrich raw telemetry of some days and publish it (what enriched_telemetry runs), outside Dagster."""
     import datetime as dt
     import uuid
@@ -50,10 +59,20 @@ def enrich(days: str, master: str | None, customers: str | None, run_id: str | N
     scope = [c.strip() for c in customers.split(",") if c.strip()] if customers else None
     try:
         if master == "none":
-            results = enrich_days_in_process(settings, s3, wanted, run_id, scope)
+            results = enrich_days_in_process(settings, s3, wanted, run_id, scope, reprocess)
         else:
             with stdout_to_stderr():
-                results = enrich_days(spark_session(master), settings, s3, wanted, run_id, scope)
+                # --master names a Spark master: Spark runs whatever the size (default: small runs in process)
+                results = enrich_days(
+                    (lambda: spark_session(master)),
+                    settings,
+                    s3,
+                    wanted,
+                    run_id,
+                    scope,
+                    reprocess,
+                    local_bytes=0 if master else None,
+                )
     except ValueError as exc:  # a customer id the collector never writes
         raise click.BadParameter(str(exc), param_hint="--customers") from None
     rows = [asdict(r) for r in results]
@@ -62,7 +81,8 @@ def enrich(days: str, master: str | None, customers: str | None, run_id: str | N
     else:
         for r in results:
             click.echo(
-                f"{r.day}  raw objects {r.raw_objects}  records {r.raw_records}  enriched {r.enriched_rows}  "
+                f"{r.day}  listed {r.listed_objects}  already enriched {r.skipped_objects}  batches {len(r.batches)}  "
+                f"raw objects read {r.raw_objects}  records {r.raw_records}  enriched {r.enriched_rows}  "
                 f"rescued {r.rescued_rows}  written {len(r.written)}  unchanged {len(r.unchanged)}  "
                 f"removed {len(r.removed)}"
             )

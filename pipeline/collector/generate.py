@@ -211,13 +211,16 @@ def generate_reports(
     seed: int = 0,
     start: dt.date | None = None,
     records_per_report: tuple[int, int] = (3, 12),
+    per_day: int | None = None,
 ) -> list[GeneratedReport]:
     """Write ``reports`` reports for each of ``customers`` customers; return what was meant.
     ``start``: the first reports' day (default: so that the last ones are of yesterday, as a
-    mailbox holds them; the collector refuses reports dated after tomorrow)."""
+    mailbox holds them; the collector refuses reports dated after tomorrow). ``per_day``: reports
+    of one customer a day (default: one per reporter)."""
     rng = random.Random(seed)
+    per_day = per_day or len(REPORTERS)
     if start is None:
-        days = -(-reports // len(REPORTERS))
+        days = -(-reports // per_day)
         start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
     generated: list[GeneratedReport] = []
     for c in range(customers):
@@ -228,7 +231,7 @@ def generate_reports(
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(reports):
             org, email, packaging = REPORTERS[n % len(REPORTERS)]
-            day = start + dt.timedelta(days=n // len(REPORTERS))
+            day = start + dt.timedelta(days=n // per_day)
             begin = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp())
             report_id = f"{rng.getrandbits(64):016x}"
             report = GeneratedReport("", customer_id, org, report_id, domain, begin, begin + 86399, policy)

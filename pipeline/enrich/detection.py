@@ -6,9 +6,12 @@
    crash between the two redelivers them, and the unique (bucket, key, ETag) makes the second
    recording a no-op. Messages that are no S3 event, or name another bucket or prefix, are
    deleted with a log line (nothing to retry).
-2. **Sweep.** Notifications can be lost, so each tick also lists the recent day prefixes
-   (``PIPELINE_RAW_SWEEP_DAYS`` to tomorrow) of the next ``PIPELINE_RAW_SWEEP_CUSTOMERS``
-   customers, round-robin, and records what it finds the same way.
+2. **Sweep.** Notifications can be lost, so every ``PIPELINE_RAW_SWEEP_INTERVAL_S`` a tick also
+   lists the recent day prefixes (``PIPELINE_RAW_SWEEP_DAYS`` to tomorrow) of the next
+   ``PIPELINE_RAW_SWEEP_CUSTOMERS`` customers, round-robin, and records what it finds the same
+   way. (Its listings are bounded by the recent objects on S3; moto's server filters a listing
+   by scanning the whole bucket, so locally a sweep's seconds grow with the bucket, which is
+   why it does not run on every tick.)
 3. **Report.** Rows past the sensor's cursor (a ``raw_id``) are the new objects.
 
 A tick's cost follows the new objects and the customers swept, never the objects held: no
@@ -116,6 +119,29 @@ def sweep(conn: psycopg.Connection, s3, bucket: str, prefix: str, cursor: str | 
         log.warning("raw sweep: %d object(s) no notification named (lost notifications?)", recorded)
     next_cursor = customers[-1] if len(customers) == config.get("PIPELINE_RAW_SWEEP_CUSTOMERS") else None
     return recorded, next_cursor
+
+
+def tick(conn: psycopg.Connection, sqs, queue_url: str | None, s3, bucket: str, prefix: str, state: dict) -> dict:
+    """One raw sensor tick without Dagster: intake, the sweep when it is due, the rows past the
+    cursor. ``state``: {"reported": raw_id, "sweep": customer cursor, "swept_at": epoch seconds},
+    updated in place. Returns the counts and ``fresh`` (the new rows, oldest first)."""
+    import time
+
+    taken = take_in(conn, sqs, queue_url, bucket, prefix) if queue_url else {"messages": 0, "recorded": 0, "foreign": 0}
+    swept = 0
+    now = time.time()
+    last = state.get("swept_at")
+    interval = config.get("PIPELINE_RAW_SWEEP_INTERVAL_S") if queue_url else 0.0  # no queue: the sweep is all
+    if last is None or now - float(last) >= interval:
+        swept, state["sweep"] = sweep(conn, s3, bucket, prefix, state.get("sweep"))
+        state["swept_at"] = now
+    fresh = new_since(conn, int(state.get("reported") or 0), MAX_ROWS_PER_TICK)
+    if fresh:
+        state["reported"] = fresh[-1].raw_id
+    return {**taken, "swept": swept, "fresh": fresh}
+
+
+MAX_ROWS_PER_TICK = 5000  # production load is ~700 new objects a 30 s tick (bench trickle's simulation)
 
 
 def new_since(conn: psycopg.Connection, raw_id: int, limit: int) -> list[RawSeen]:

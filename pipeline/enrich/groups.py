@@ -26,6 +26,7 @@ from pipeline import config
 from pipeline.collector.catalog import RAW_KEY
 from pipeline.collector.normalize import CUSTOMER_ID
 from pipeline.compression import GZIP_MAGIC, gunzip_chunks
+from pipeline.enrich.ledger import BATCH_ID, Batch, RawVersion
 from pipeline.enrich.model import MODEL_VERSION
 from pipeline.enrich.publish import parquet_objects
 from pipeline.enrich.transform import RESCUE, enrich_frame
@@ -41,14 +42,24 @@ NOT_RAW = "not valid JSON for the raw schema"
 
 @dataclass(frozen=True)
 class Group:
-    """The raw objects of one customer and day: one task's unit of work, one output partition."""
+    """The raw objects of one customer and day in one batch: what a task reads and checks
+    together (the key's tenant and day). The groups of one batch are enriched in one pass and
+    staged as the batch's objects; a group with no batch is staged alone (per customer)."""
 
     customer: str
     day: str
     keys: tuple[str, ...]
     size: int = 0  # bytes, to balance tasks
+    batch: str = ""
+
+    @property
+    def unit(self) -> str:
+        """What is staged together: the batch, or the (customer, day) of a group with none."""
+        return self.batch or f"customer={self.customer}/dt={self.day}"
 
     def staging_prefix(self, run_id: str) -> str:
+        if self.batch:
+            return f"staging/{run_id}/dt={self.day}/batch={self.batch}/"
         return f"staging/{run_id}/customer={self.customer}/dt={self.day}/"
 
 
@@ -66,8 +77,10 @@ class GroupResult:
     foreign_rows: int = 0  # rows naming another tenant, or another day, than their object key
     null_event_ids: int = 0
     with_asn: int = 0
+    gone_objects: int = 0  # raw objects deleted since they were planned
     categories: dict[str, int] = field(default_factory=dict)
-    staged: list[str] = field(default_factory=list)  # object names, e.g. part-00000.parquet
+    staged: list[str] = field(default_factory=list)  # object names of the group's unit, e.g. part-00000.parquet
+    batch: str = ""
 
 
 def task_settings(settings: Settings) -> Settings:
@@ -75,8 +88,9 @@ def task_settings(settings: Settings) -> Settings:
     return replace(settings, database_url=None, dagster_database_url=None, extra={})
 
 
-def plan_groups(s3, settings: Settings, days: list[str], customers: list[str] | None = None) -> list[Group]:
-    """The run's groups: one listing per customer of the raw prefix, kept to the run's days.
+def list_raw(s3, settings: Settings, days: list[str], customers: list[str] | None = None) -> list[RawVersion]:
+    """The raw objects of the run's days: one listing per customer and day (per customer when
+    the run spans more than a month).
 
     ``customers``: only theirs (a run caused by new reports of a few customers reads nothing of
     the others, nor lists them); None: every customer the raw prefix holds. Folders that are not
@@ -105,8 +119,8 @@ def plan_groups(s3, settings: Settings, days: list[str], customers: list[str] | 
                         customer,
                     )
 
-    def groups_of(customer: str) -> list[Group]:
-        found: dict[str, list[tuple[str, int]]] = {}
+    def versions_of(customer: str) -> list[RawVersion]:
+        found = []
         base = f"{settings.raw_prefix}customer={customer}/"
         # Day prefixes are listed, not the customer's whole history, when the run is a few days.
         prefixes = [f"{base}dt={day}/" for day in sorted(wanted)] if len(wanted) <= 31 else [base]
@@ -115,24 +129,63 @@ def plan_groups(s3, settings: Settings, days: list[str], customers: list[str] | 
                 for obj in page.get("Contents", []):
                     match = RAW_KEY.search(obj["Key"])
                     if match and match["customer"] == customer and match["day"] in wanted:
-                        found.setdefault(match["day"], []).append((obj["Key"], obj["Size"]))
-        return [
-            Group(customer, day, tuple(k for k, _ in sorted(objs)), sum(s for _, s in objs))
-            for day, objs in sorted(found.items())
-        ]
+                        found.append(
+                            RawVersion(
+                                obj["Key"],
+                                obj["ETag"].strip('"'),
+                                obj["Size"],
+                                customer,
+                                match["day"],
+                                obj["LastModified"],
+                            )
+                        )
+        return found
 
     with ThreadPoolExecutor(8) as pool:
-        return [g for groups in pool.map(groups_of, customers) for g in groups]
+        return sorted((v for found in pool.map(versions_of, customers) for v in found), key=lambda v: v.key)
+
+
+def batch_groups(batches: list[Batch]) -> list[Group]:
+    """The groups of each batch, batch by batch (one per customer of it)."""
+    out = []
+    for batch in batches:
+        per_customer: dict[str, list[RawVersion]] = {}
+        for version in batch.inputs:
+            per_customer.setdefault(version.customer, []).append(version)
+        for customer, found in sorted(per_customer.items()):
+            keys = tuple(sorted(v.key for v in found))
+            out.append(Group(customer, batch.day, keys, sum(v.size for v in found), batch.batch_id))
+    return out
+
+
+def plan_groups(s3, settings: Settings, days: list[str], customers: list[str] | None = None) -> list[Group]:
+    """Every raw object of the days as (customer, day) groups with no batch (the whole days)."""
+    by_group: dict[tuple[str, str], list[RawVersion]] = {}
+    for version in list_raw(s3, settings, days, customers):
+        by_group.setdefault((version.customer, version.day), []).append(version)
+    return [
+        Group(customer, day, tuple(v.key for v in found), sum(v.size for v in found))
+        for (customer, day), found in sorted(by_group.items())
+    ]
+
+
+def _units(groups: list[Group]) -> list[list[Group]]:
+    units: dict[str, list[Group]] = {}
+    for group in groups:
+        units.setdefault(group.unit, []).append(group)
+    return list(units.values())
 
 
 def balance(groups: list[Group], slices: int) -> list[list[Group]]:
-    """Groups dealt to ``slices`` tasks, largest first to the lightest task (LPT)."""
-    tasks: list[list[Group]] = [[] for _ in range(max(1, min(slices, len(groups))))]
+    """Groups dealt to ``slices`` tasks, a batch's groups together, largest first to the lightest
+    task (LPT)."""
+    units = _units(groups)
+    tasks: list[list[Group]] = [[] for _ in range(max(1, min(slices, len(units))))]
     loads = [0] * len(tasks)
-    for group in sorted(groups, key=lambda g: (-g.size, g.customer, g.day)):
+    for unit in sorted(units, key=lambda u: (-sum(g.size for g in u), u[0].unit)):
         lightest = loads.index(min(loads))
-        tasks[lightest].append(group)
-        loads[lightest] += group.size + 1
+        tasks[lightest] += unit
+        loads[lightest] += sum(g.size + 1 for g in unit)
     return [t for t in tasks if t]
 
 
@@ -223,24 +276,29 @@ CHUNK_GROUPS = 400
 
 
 def chunks(groups: list[Group]) -> list[list[Group]]:
-    """A task's groups in passes of at most CHUNK_BYTES of raw objects (or CHUNK_GROUPS groups)."""
+    """A task's groups in passes of at most CHUNK_BYTES of raw objects (or CHUNK_GROUPS groups);
+    a batch is never cut (its objects are written from one pass)."""
     out: list[list[Group]] = [[]]
     size = 0
-    for group in groups:
-        if out[-1] and (size + group.size > CHUNK_BYTES or len(out[-1]) >= CHUNK_GROUPS):
+    for unit in _units(groups):
+        unit_size = sum(g.size for g in unit)
+        if out[-1] and (size + unit_size > CHUNK_BYTES or len(out[-1]) + len(unit) > CHUNK_GROUPS):
             out.append([])
             size = 0
-        out[-1].append(group)
-        size += group.size
+        out[-1] += unit
+        size += unit_size
     return [c for c in out if c]
 
 
 def _check(group: Group) -> None:
-    if not CUSTOMER_ID.fullmatch(group.customer) or not DAY.fullmatch(group.day):
+    bad_batch = group.batch and not BATCH_ID.fullmatch(group.batch)
+    if not CUSTOMER_ID.fullmatch(group.customer) or not DAY.fullmatch(group.day) or bad_batch:
         raise ValueError(f"not a group of the collector: customer={group.customer!r} dt={group.day!r}")
 
 
-def enrich_groups(settings: Settings, run_id: str, groups: list[Group], s3=None) -> list[GroupResult]:
+def enrich_groups(
+    settings: Settings, run_id: str, groups: list[Group], s3=None, model_version: str | None = None
+) -> list[GroupResult]:
     """Read, enrich and stage a task's groups (in a Spark task, or in this process).
 
     The groups of a pass are read together (concurrent GETs), enriched in one column-wise call,
@@ -255,7 +313,7 @@ def enrich_groups(settings: Settings, run_id: str, groups: list[Group], s3=None)
     results = []
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
         for chunk in chunks(groups):
-            results += _enrich_chunk(settings, run_id, chunk, s3, pool)
+            results += _enrich_chunk(settings, run_id, chunk, s3, pool, model_version or MODEL_VERSION)
     return results
 
 
@@ -291,18 +349,32 @@ def _foreign_rows(frame: pd.DataFrame, groups: list[Group], owners: np.ndarray) 
     return other_tenant | other_day
 
 
-def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool) -> list[GroupResult]:
-    results = [GroupResult(g.customer, g.day, raw_objects=len(g.keys)) for g in groups]
+def _enrich_chunk(
+    settings: Settings, run_id: str, groups: list[Group], s3, pool, model_version: str
+) -> list[GroupResult]:
+    from botocore.exceptions import ClientError
+
+    results = [GroupResult(g.customer, g.day, raw_objects=len(g.keys), batch=g.batch) for g in groups]
     quarantine: list[list[dict]] = [[] for _ in groups]
 
     def get(job: tuple[int, str]):
         index, key = job
-        response = s3.get_object(Bucket=settings.raw_bucket, Key=key)
+        try:
+            response = s3.get_object(Bucket=settings.raw_bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return index, key, None, {}  # deleted since its batch was planned: nothing to enrich
+            raise
         return index, key, response["Body"].read(), response.get("Metadata", {})
 
     tables, owner = [], []
     jobs = [(index, key) for index, group in enumerate(groups) for key in group.keys]
     for index, key, body, metadata in pool.map(get, jobs):
+        if body is None:
+            log.warning("raw object %s is gone since its batch was planned: it has no rows now", unquote(key))
+            results[index].raw_objects -= 1
+            results[index].gone_objects += 1
+            continue
         records = int(metadata.get("records", 0)) if str(metadata.get("records", "0")).isdigit() else 0
         results[index].raw_records += records
         try:
@@ -321,7 +393,7 @@ def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool
         ]
     raw = pa.concat_tables(tables) if tables else _schema().empty_table()
     owners = np.concatenate(owner) if owner else np.zeros(0, dtype=np.int32)
-    frame = enrich_frame(raw.to_pandas())
+    frame = enrich_frame(raw.to_pandas(), model_version=model_version)
     foreign = _foreign_rows(frame, groups, owners)
     rescued = frame[RESCUE].notna().to_numpy()
     for row, reason, values in zip(
@@ -344,7 +416,9 @@ def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool
     asn, event_ids = good.column("asn"), good.column("event_id")
     categories = good.column("sender_category")
     puts = []
+    units: dict[str, list[int]] = {}
     for index, (group, result) in enumerate(zip(groups, results, strict=True)):
+        units.setdefault(group.unit, []).append(index)
         lo, hi = int(bounds[index]), int(bounds[index + 1])
         result.enriched_rows = hi - lo
         result.rescued_rows = len(quarantine[index]) - result.quarantined_objects
@@ -353,14 +427,22 @@ def _enrich_chunk(settings: Settings, run_id: str, groups: list[Group], s3, pool
             result.with_asn = (hi - lo) - asn.slice(lo, hi - lo).null_count
             counted = pc.value_counts(categories.slice(lo, hi - lo)).to_pylist()
             result.categories = {c["values"]: c["counts"] for c in counted}
-            for name, body in parquet_objects(good.slice(lo, hi - lo)):
-                puts.append((group.staging_prefix(run_id) + name, body))
-                result.staged.append(name)
         if quarantine[index]:
             body = gzip.compress(
                 "".join(json.dumps(e, default=str) + "\n" for e in quarantine[index]).encode(), mtime=0
             )
-            key = f"{QUARANTINE_PREFIX}customer={group.customer}/dt={group.day}/rescued-{MODEL_VERSION}.jsonl.gz"
+            name = f"batch={group.batch}" if group.batch else "rescued"
+            key = f"{QUARANTINE_PREFIX}customer={group.customer}/dt={group.day}/{name}-{model_version}.jsonl.gz"
             puts.append((key, body))
+    for members in units.values():  # a batch's rows of every customer in its objects, sorted by event_id
+        pieces = [good.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i])) for i in members]
+        rows = pa.concat_tables(pieces) if pieces else good.slice(0, 0)
+        if not rows.num_rows:
+            continue
+        prefix = groups[members[0]].staging_prefix(run_id)
+        for name, body in parquet_objects(rows):
+            puts.append((prefix + name, body))
+            for i in members:
+                results[i].staged.append(name)
     list(pool.map(lambda kb: s3.put_object(Bucket=settings.enriched_bucket, Key=kb[0], Body=kb[1]), puts))
     return results

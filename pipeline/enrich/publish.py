@@ -195,3 +195,63 @@ def delete_keys(s3, bucket: str, keys: list[str], pool: ThreadPoolExecutor | Non
             )
 
     list((pool.map if pool else map)(one, batches))
+
+
+_STAGED_BATCH = re.compile(r"dt=(?P<day>\d{4}-\d{2}-\d{2})/batch=(?P<batch>[^/]+)/(?P<name>[^/]+)$")
+
+
+def publish_batches(s3, bucket: str, final_prefix: str, staging_prefix: str, batches: list) -> StagedPublish:
+    """Publish the batches a run staged under ``staging_prefix``, each at
+    ``<final_prefix>dt=<day>/batch=<id>/``: an object is copied unless its bytes are there
+    already (re-enriching a batch with the same inputs and versions notifies nobody), and a
+    batch's final objects its new output no longer has are removed. No other batch is listed or
+    touched. The staging prefix is emptied last."""
+    staged: dict[str, dict[str, str]] = {}
+    staged_keys = []
+    for page in _listing(s3, bucket, staging_prefix):
+        for obj in page.get("Contents", []):
+            staged_keys.append(obj["Key"])
+            match = _STAGED_BATCH.search(obj["Key"])
+            if match:
+                staged.setdefault(match["batch"], {})[match["name"]] = obj["ETag"].strip('"')
+
+    def existing_of(batch) -> dict[str, str]:
+        found = {}
+        for page in _listing(s3, bucket, batch.prefix(final_prefix)):
+            for obj in page.get("Contents", []):
+                found[obj["Key"].rsplit("/", 1)[-1]] = obj["ETag"].strip('"')
+        return found
+
+    with ThreadPoolExecutor(8) as pool:
+        existing = dict(zip((b.batch_id for b in batches), pool.map(existing_of, batches), strict=True))
+    result = StagedPublish()
+    copies, deletions = [], []
+    for batch in batches:
+        final = batch.prefix(final_prefix)
+        new, old = staged.get(batch.batch_id, {}), existing[batch.batch_id]
+        for name, etag in sorted(new.items()):
+            if old.get(name) == etag:
+                result.unchanged.setdefault(batch.day, []).append(final + name)
+            else:
+                copies.append((f"{staging_prefix}dt={batch.day}/batch={batch.batch_id}/{name}", final + name))
+                result.written.setdefault(batch.day, []).append(final + name)
+        for name in sorted(set(old) - set(new)):
+            deletions.append(final + name)
+            result.removed.setdefault(batch.day, []).append(final + name)
+
+    def copy(pair: tuple[str, str]) -> None:
+        s3.copy_object(Bucket=bucket, Key=pair[1], CopySource={"Bucket": bucket, "Key": pair[0]})
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(copy, copies))
+        delete_keys(s3, bucket, deletions, pool)
+        delete_keys(s3, bucket, staged_keys, pool)
+    log.info(
+        "published staging=%s batches=%d written=%d unchanged=%d removed=%d",
+        staging_prefix,
+        len(batches),
+        len(copies),
+        sum(map(len, result.unchanged.values())),
+        len(deletions),
+    )
+    return result

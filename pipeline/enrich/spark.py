@@ -28,9 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import config
-from pipeline.enrich.groups import Group, GroupResult, balance, enrich_groups, plan_groups, task_settings
+from pipeline.enrich.groups import (
+    Group,
+    GroupResult,
+    balance,
+    batch_groups,
+    enrich_groups,
+    list_raw,
+    task_settings,
+)
 from pipeline.enrich.java import require_java
-from pipeline.enrich.publish import publish_staged
+from pipeline.enrich.publish import publish_batches
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +84,7 @@ def spark_session(master: str | None = None):
 @dataclass
 class DayResult:
     day: str
-    raw_objects: int = 0
+    raw_objects: int = 0  # raw objects this run read (of new and due batches)
     raw_records: int = 0  # what the collector says it wrote (object metadata)
     rows_read: int = 0
     enriched_rows: int = 0
@@ -86,6 +94,11 @@ class DayResult:
     foreign_rows: int = 0
     null_event_ids: int = 0
     ip_coverage: float = 1.0
+    listed_objects: int = 0  # raw objects of the run's scope on this day
+    skipped_objects: int = 0  # of them, enriched already under the current versions: not read
+    new_batches: int = 0
+    reenriched_batches: int = 0
+    batches: list[str] = field(default_factory=list)
     customers: list[str] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
@@ -95,6 +108,14 @@ class DayResult:
     @property
     def rows_match(self) -> bool:
         return self.enriched_rows + self.rescued_rows + self.quarantined_records == self.raw_records
+
+
+def enrichment_versions() -> tuple[str, str]:
+    """What a batch enriched now is enriched with: (model, reference data)."""
+    from pipeline.enrich.model import MODEL_VERSION
+    from pipeline.enrich.reference import reference_version
+
+    return MODEL_VERSION, reference_version()
 
 
 def _ship_code(spark) -> None:
@@ -109,34 +130,131 @@ def _ship_code(spark) -> None:
 
 
 def enrich_days(
-    spark, settings: Settings, s3, days: list[str], run_id: str, customers: list[str] | None = None
+    spark,
+    settings: Settings,
+    s3,
+    days: list[str],
+    run_id: str,
+    customers: list[str] | None = None,
+    reprocess: bool = False,
+    local_bytes: int | None = None,
 ) -> list[DayResult]:
-    """Enrich ``days`` on the Spark session's executors, then publish; one result per day.
-    ``customers``: only theirs (the raw sensor's runs name the customers with new reports)."""
-    days = sorted(set(days))
-    started = time.perf_counter()
-    groups = plan_groups(s3, settings, days, customers)
-    planned = time.perf_counter()
-    results: list[GroupResult] = []
-    tasks: list = []
-    if groups:
+    """Enrich what is new (or due) on ``days`` on the Spark session's executors, then publish;
+    one result per day. ``customers``: only theirs (the raw sensor's runs name the customers
+    with new reports); ``reprocess``: every batch of the days again.
+
+    ``spark``: a SparkSession, or a callable that makes one, called only when the run's raw
+    objects reach ``local_bytes`` (default ``PIPELINE_ENRICH_LOCAL_BYTES``): a few new reports
+    are enriched in this process, by the same task code, in less time than a session takes to
+    start."""
+    model_version = enrichment_versions()[0]  # the label the tasks write is the one the ledger records
+    limit = config.get("PIPELINE_ENRICH_LOCAL_BYTES") if local_bytes is None else local_bytes
+
+    def execute(groups: list[Group]) -> tuple[list[GroupResult], int]:
+        size = sum(g.size for g in groups)
+        if size < limit:
+            log.info(
+                "enrichment run=%s: %d raw bytes, under PIPELINE_ENRICH_LOCAL_BYTES=%d: enriched in this process",
+                run_id,
+                size,
+                limit,
+            )
+            return enrich_groups(task_settings(settings), run_id, groups, s3, model_version), 0
+        session = spark() if callable(spark) else spark
         if config.get("PIPELINE_SPARK_SHIP_CODE"):
-            _ship_code(spark)
-        context = spark.sparkContext
+            _ship_code(session)
+        context = session.sparkContext
         tasks = balance(groups, context.defaultParallelism * TASKS_PER_CORE)
         shipped = task_settings(settings)
         context.setJobDescription(f"enrich {len(groups)} (customer, day) group(s) of {len(days)} day(s)")
         results = (
-            context.parallelize(tasks, len(tasks)).flatMap(lambda task: enrich_groups(shipped, run_id, task)).collect()
+            context.parallelize(tasks, len(tasks))
+            .flatMap(lambda task: enrich_groups(shipped, run_id, task, model_version=model_version))
+            .collect()
         )
-    ran = time.perf_counter()
-    out = summarize(s3, settings, days, groups, results, run_id, customers)
+        return results, len(tasks)
+
+    return run_enrichment(settings, s3, days, run_id, customers, reprocess, execute)
+
+
+def enrich_days_in_process(
+    settings: Settings,
+    s3,
+    days: list[str],
+    run_id: str,
+    customers: list[str] | None = None,
+    reprocess: bool = False,
+) -> list[DayResult]:
+    """The same job without Spark, one group after another (the benchmarks' baseline)."""
+
+    def execute(groups: list[Group]) -> tuple[list[GroupResult], int]:
+        return enrich_groups(task_settings(settings), run_id, groups, s3, enrichment_versions()[0]), 1
+
+    return run_enrichment(settings, s3, days, run_id, customers, reprocess, execute)
+
+
+def run_enrichment(
+    settings: Settings,
+    s3,
+    days: list[str],
+    run_id: str,
+    customers: list[str] | None,
+    reprocess: bool,
+    execute,
+) -> list[DayResult]:
+    """List the scope, plan from the ledger (pipeline.enrich.ledger), enrich the batches with
+    ``execute``, write their manifests, publish them, mark them published."""
+    import psycopg
+
+    from pipeline.enrich import ledger
+
+    days = sorted(set(days))
+    versions = enrichment_versions()
+    started = time.perf_counter()
+    listed = list_raw(s3, settings, days, customers)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        plan = ledger.plan(conn, settings.raw_bucket, listed, versions, reprocess, run_id, (days, customers))
+        planned = time.perf_counter()
+        groups = batch_groups(plan.batches)
+        results: list[GroupResult] = []
+        tasks = 0
+        if groups:
+            results, tasks = execute(groups)
+        ran = time.perf_counter()
+        rows: dict[str, dict[str, int]] = {b.batch_id: {} for b in plan.batches}
+        for result in results:
+            if result.enriched_rows:
+                rows[result.batch][result.customer] = rows[result.batch].get(result.customer, 0) + result.enriched_rows
+        ledger.record_manifest(conn, rows)  # before any object is at its final key
+        published = publish_batches(
+            s3, settings.enriched_bucket, settings.enriched_prefix, f"staging/{run_id}/", plan.batches
+        )
+        facts = {
+            b.batch_id: {"objects": [], "raw_objects": 0, "raw_records": 0, "enriched_rows": 0} for b in plan.batches
+        }
+        for result in results:
+            fact = facts[result.batch]
+            fact["raw_objects"] += result.raw_objects
+            fact["raw_records"] += result.raw_records
+            fact["enriched_rows"] += result.enriched_rows
+        for batch in plan.batches:
+            facts[batch.batch_id]["objects"] = sorted(
+                k
+                for k in published.written.get(batch.day, []) + published.unchanged.get(batch.day, [])
+                if k.startswith(batch.prefix(settings.enriched_prefix))
+            )
+        ledger.mark_published(conn, facts, versions)
+    out = summarize(days, plan, listed, results, published)
     log.info(
-        "enrichment run=%s days=%d groups=%d tasks=%d plan_s=%.2f tasks_s=%.2f publish_s=%.2f",
+        "enrichment run=%s days=%d listed=%d skipped=%d batches=%d groups=%d spark_tasks=%d plan_s=%.2f tasks_s=%.2f "
+        "publish_s=%.2f",
         run_id,
         len(days),
+        len(listed),
+        plan.skipped,
+        len(plan.batches),
         len(groups),
-        len(tasks),
+        tasks,
         planned - started,
         ran - planned,
         time.perf_counter() - ran,
@@ -144,31 +262,24 @@ def enrich_days(
     return out
 
 
-def enrich_days_in_process(
-    settings: Settings, s3, days: list[str], run_id: str, customers: list[str] | None = None
-) -> list[DayResult]:
-    """The same job without Spark, one group after another (the benchmarks' baseline)."""
-    days = sorted(set(days))
-    groups = plan_groups(s3, settings, days, customers)
-    results = enrich_groups(task_settings(settings), run_id, groups, s3)
-    return summarize(s3, settings, days, groups, results, run_id, customers)
-
-
-def summarize(
-    s3,
-    settings: Settings,
-    days: list[str],
-    groups: list[Group],
-    results: list[GroupResult],
-    run_id: str,
-    customers: list[str] | None = None,
-) -> list[DayResult]:
-    published = publish_staged(
-        s3, settings.enriched_bucket, settings.enriched_prefix, f"staging/{run_id}/", days, customers
-    )
+def summarize(days: list[str], plan, listed, results: list[GroupResult], published) -> list[DayResult]:
     by_day = {day: DayResult(day) for day in days}
     categories: dict[str, Counter] = {day: Counter() for day in days}
     with_asn: Counter = Counter()
+    for version in listed:
+        by_day[version.day].listed_objects += 1
+    for batch in plan.batches:
+        day = by_day[batch.day]
+        day.batches.append(batch.batch_id)
+        if batch.new:
+            day.new_batches += 1
+        else:
+            day.reenriched_batches += 1
+    read = {v.key for b in plan.batches for v in b.inputs}
+    for version in listed:
+        if version.key not in read:
+            by_day[version.day].skipped_objects += 1
+    customers: dict[str, set[str]] = {day: set() for day in days}
     for result in results:
         day = by_day[result.day]
         day.raw_objects += result.raw_objects
@@ -183,10 +294,10 @@ def summarize(
         with_asn[result.day] += result.with_asn
         categories[result.day].update(result.categories)
         if result.enriched_rows:
-            day.customers.append(result.customer)
+            customers[result.day].add(result.customer)
     for day in days:
         result = by_day[day]
-        result.customers.sort()
+        result.customers = sorted(customers[day])
         result.categories = dict(categories[day])
         result.ip_coverage = round(with_asn[day] / result.enriched_rows, 4) if result.enriched_rows else 1.0
         result.written, result.unchanged, result.removed = (
@@ -195,8 +306,12 @@ def summarize(
             published.removed.get(day, []),
         )
         log.info(
-            "enriched day=%s raw_objects=%d raw_records=%d enriched=%d rescued=%d written=%d unchanged=%d removed=%d",
+            "enriched day=%s listed=%d skipped=%d batches=%d raw_objects=%d raw_records=%d enriched=%d rescued=%d "
+            "written=%d unchanged=%d removed=%d",
             day,
+            result.listed_objects,
+            result.skipped_objects,
+            len(result.batches),
             result.raw_objects,
             result.raw_records,
             result.enriched_rows,

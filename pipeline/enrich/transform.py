@@ -130,10 +130,13 @@ def _event_ids(frame: pd.DataFrame) -> list:
     return [None if gone else hashlib.sha256(t.encode()).hexdigest()[:32] for t, gone in zip(text, missing)]
 
 
-def enrich_frame(raw: pd.DataFrame, ip_db_path: str | None = None, services: dict | None = None) -> pd.DataFrame:
+def enrich_frame(
+    raw: pd.DataFrame, ip_db_path: str | None = None, services: dict | None = None, model_version: str | None = None
+) -> pd.DataFrame:
     """Enrich a batch, column-wise: IP look-ups once per distinct address, services once per
     distinct AS domain, alignment once per distinct (results, From domain, mode), the model's
-    features and scores as array operations."""
+    features and scores as array operations. ``model_version``: the label the rows carry (the
+    driver's, which is also what the enrichment ledger records; default this code's)."""
     frame = raw.reindex(columns=list(RAW_FIELDS)).copy()
     reader = reference.ip_reader(ip_db_path)
     services = services if services is not None else reference.service_map()
@@ -189,7 +192,7 @@ def enrich_frame(raw: pd.DataFrame, ip_db_path: str | None = None, services: dic
     frame["dmarc_pass"] = dmarc_pass
     frame["sender_category"] = model.categories(**features)
     frame["trust_score"] = model.trust_scores(**features)
-    frame["model_version"] = model.MODEL_VERSION
+    frame["model_version"] = model_version or model.MODEL_VERSION
     frame["day"] = frame["report_begin_ts"].dt.date
     frame["event_id"] = _event_ids(frame)
     frame["report_begin"] = frame["report_begin_ts"]

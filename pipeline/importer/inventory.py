@@ -57,6 +57,20 @@ def list_enriched(s3, bucket: str, prefix: str) -> list[StoredObject]:
     return found
 
 
+def parquet_rows_of(s3, obj: StoredObject, customer_id: str) -> int | None:
+    """Rows of one customer in a Parquet object (its ``customer_id`` column only); None when the
+    object is not readable Parquet."""
+    import pyarrow.compute as pc
+
+    which = {"Bucket": obj.bucket, "Key": obj.key, **({"VersionId": obj.version_id} if obj.version_id else {})}
+    body = s3.get_object(**which)["Body"].read()
+    try:
+        column = pq.read_table(io.BytesIO(body), columns=["customer_id"]).column("customer_id")
+    except (OSError, ValueError, KeyError):
+        return None
+    return pc.sum(pc.equal(column, customer_id)).as_py() or 0
+
+
 def parquet_num_rows(s3, obj: StoredObject) -> int | None:
     """Rows of a Parquet object, from its footer (two ranged reads, not the whole object).
 

@@ -66,9 +66,12 @@ class ObjectRejected(ValueError):
     """
 
 
-# The tenant of an enriched object is the one its key names: enrichment writes a customer's rows
-# under enriched/customer=<id>/dt=<day>/ only, and the importer checks every row against it again.
+# The tenant of an enriched object: the one its key names (enriched/customer=<id>/dt=<day>/),
+# or, for a batch object (enriched/dt=<day>/batch=<id>/), the tenants of the batch's manifest,
+# which enrichment records in the warehouse before it publishes the batch. The importer checks
+# every row against them again: an object in the enriched bucket is not trusted for its key.
 _KEY_TENANT = re.compile(r"(?:^|/)customer=(?P<customer>[a-z0-9][a-z0-9_-]{0,62})/dt=\d{4}-\d{2}-\d{2}/")
+_BATCH_KEY = re.compile(r"(?:^|/)dt=\d{4}-\d{2}-\d{2}/batch=(?P<batch>\d{8}T\d{6}Z-[0-9a-f]{12})/[^/]+$")
 
 
 def key_tenant(key: str) -> str | None:
@@ -76,20 +79,37 @@ def key_tenant(key: str) -> str | None:
     return match["customer"] if match else None
 
 
-def check_tenant(table: pa.Table, tenant: str | None, where: str) -> None:
-    """Every row's ``customer_id`` is the tenant of the object's key; ObjectRejected otherwise."""
+def object_tenants(cur, key: str) -> tuple[set[str] | None, str]:
+    """The tenants an object's rows may belong to, and what says so (for messages); None: no
+    tenant (the object is under no customer=<id>/dt=<day>/ and is no batch enrichment planned)."""
+    tenant = key_tenant(key)
+    if tenant is not None:
+        return {tenant}, "its key"
+    match = _BATCH_KEY.search(key)
+    if match is None:
+        return None, "its key"
+    row = cur.execute("SELECT customers FROM enrichment_batches WHERE batch_id = %s", (match["batch"],)).fetchone()
+    if row is None:
+        return None, f"no enrichment batch {match['batch']}"
+    return set(row[0]), f"the manifest of enrichment batch {match['batch']}"
+
+
+def check_tenant(table: pa.Table, tenant: str | set[str] | None, where: str, source: str = "its key") -> None:
+    """Every row's ``customer_id`` is a tenant of the object; ObjectRejected otherwise."""
     if tenant is None:
         raise ObjectRejected(
-            f"{where} is not under customer=<id>/dt=<day>/, so it names no tenant: enrichment writes no such "
-            "key; delete it. This version is recorded as failed."
+            f"{where} is not under customer=<id>/dt=<day>/ and is no batch enrichment recorded ({source}), so it "
+            "names no tenant: enrichment writes no such key; delete it. This version is recorded as failed."
         )
+    tenants = {tenant} if isinstance(tenant, str) else tenant
     column = table.column("customer_id")
-    matches = pc.fill_null(pc.equal(column, pa.scalar(tenant, column.type)), False)
+    matches = pc.fill_null(pc.is_in(column, value_set=pa.array(sorted(tenants), column.type)), False)
     if not pc.all(matches).as_py():
         others = sorted({str(v) for v in pc.filter(column, pc.invert(matches)).unique().to_pylist()})[:5]
+        named = repr(next(iter(tenants))) if len(tenants) == 1 else f"the {len(tenants)} tenants"
         raise ObjectRejected(
-            f"{where} holds rows of customer_id {others}, not of {tenant!r} that its key names: rows are loaded "
-            "only into the tenant of their key. Nothing of this version was loaded; it is recorded as failed "
+            f"{where} holds rows of customer_id {others}, not of {named} that {source} names: rows are loaded "
+            "only into the tenants of their object. Nothing of this version was loaded; it is recorded as failed "
             "(re-run enrichment for its partition, which quarantines such rows)."
         )
 
@@ -447,11 +467,11 @@ def load_object(
         )
         ledger_id = cur.fetchone()[0]
         superseded = _supersede(cur, version, "superseded", run_id, worker, keep=ledger_id)
-        tenant = key_tenant(version.key)
+        tenants, source = object_tenants(cur, version.key)
         with cur.copy(COPY_SQL) as copy:
             copy.set_types(["int8", *COPY_TYPES])
             for table in fetched.batches():  # a batch of rows in memory at a time, whatever the object's size
-                check_tenant(table, tenant, fetched.where)  # a foreign row rolls the whole version back
+                check_tenant(table, tenants, fetched.where, source)  # a foreign row rolls the whole version back
                 for row in _rows(table, ledger_id):
                     copy.write_row(row)
         _remember_sequencer(cur, version)

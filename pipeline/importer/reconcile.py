@@ -107,27 +107,35 @@ def record_drift(
 
 def next_slices(s3, bucket: str, root: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
     """The next ``limit`` slices of the enriched prefix ``root`` after the slice ``cursor``: a slice
-    is one customer's day (``root/customer=X/dt=D/``), in key order. Returns the slices and the
-    cursor to continue from (None when the sweep reached the end: the next one starts over).
+    is one customer's day (``root/customer=X/dt=D/``) or one day of enrichment batches
+    (``root/dt=D/``), in key order. Returns the slices and the cursor to continue from (None
+    when the sweep reached the end: the next one starts over).
 
     Bounded: a handful of delimiter listings, never a listing of objects, whatever the history."""
     slices: list[str] = []
-    customer_after = None
+    top_after = None
     if cursor:
-        customer = cursor[: cursor.index("dt=")]
-        slices += list_prefixes(s3, bucket, customer, after(cursor), limit)
-        customer_after = after(customer)
+        relative = cursor[len(root) :]
+        if relative.startswith("customer="):
+            customer = cursor[: cursor.index("dt=")]
+            slices += list_prefixes(s3, bucket, customer, after(cursor), limit)
+            top_after = after(customer)
+        else:
+            top_after = after(cursor)
     while len(slices) < limit:
-        customers = [
-            c
-            for c in list_prefixes(s3, bucket, root, customer_after, min(limit - len(slices), 1000))
-            if c[len(root) :].startswith("customer=")
+        tops = [
+            t
+            for t in list_prefixes(s3, bucket, root, top_after, min(limit - len(slices), 1000))
+            if t[len(root) :].startswith(("customer=", "dt="))
         ]
-        if not customers:
+        if not tops:
             return slices, None
-        for customer in customers:
-            slices += [d for d in list_prefixes(s3, bucket, customer, None, limit - len(slices)) if "dt=" in d]
-            customer_after = after(customer)
+        for top in tops:
+            if top[len(root) :].startswith("dt="):
+                slices.append(top)
+            else:
+                slices += [d for d in list_prefixes(s3, bucket, top, None, limit - len(slices)) if "dt=" in d]
+            top_after = after(top)
             if len(slices) >= limit:
                 break
     return slices, slices[-1] if slices else None

@@ -14,7 +14,7 @@ from psycopg import sql
 
 from pipeline.aws import client
 from pipeline.importer import inbox
-from pipeline.importer.inventory import list_enriched, live_loads, parquet_num_rows
+from pipeline.importer.inventory import list_enriched, live_loads, parquet_num_rows, parquet_rows_of
 from pipeline.importer.queue import queue_depth
 from pipeline.settings import Settings
 
@@ -23,12 +23,33 @@ def verify(settings: Settings, customer_id: str | None = None) -> dict:
     s3, sqs = client(settings, "s3"), client(settings, "sqs")
     prefix = settings.enriched_prefix + (f"customer={customer_id}/" if customer_id else "")
     objects = list_enriched(s3, settings.enriched_bucket, prefix)
-    with ThreadPoolExecutor(8) as pool:
-        expected = dict(
-            zip((o.key for o in objects), pool.map(lambda o: parquet_num_rows(s3, o), objects), strict=True)
+    with psycopg.connect(settings.database_url) as conn:
+        batch_prefixes = (
+            [
+                f"{settings.enriched_prefix}dt={day.isoformat()}/batch={batch}/"
+                for batch, day in conn.execute(
+                    "SELECT batch_id, day FROM enrichment_batches WHERE customers ? %s ORDER BY batch_id",
+                    (customer_id,),
+                ).fetchall()
+            ]
+            if customer_id
+            else []
         )
+    with ThreadPoolExecutor(8) as pool:
+        # A batch object holds several tenants: for one customer, its rows are what counts.
+        batch_objects = [
+            o
+            for found in pool.map(lambda p: list_enriched(s3, settings.enriched_bucket, p), batch_prefixes)
+            for o in found
+        ]
+        objects += batch_objects
+        counted = list(pool.map(lambda o: parquet_num_rows(s3, o), objects[: len(objects) - len(batch_objects)]))
+        counted += list(pool.map(lambda o: parquet_rows_of(s3, o, customer_id), batch_objects))
+        expected = dict(zip((o.key for o in objects), counted, strict=True))
     with psycopg.connect(settings.database_url) as conn:
         live = live_loads(conn, settings.enriched_bucket, prefix)
+        for batch_prefix in batch_prefixes:
+            live.update(live_loads(conn, settings.enriched_bucket, batch_prefix))
         customer_filter = sql.SQL("WHERE e.customer_id = %(c)s" if customer_id else "")
         per_load = dict(
             conn.execute(

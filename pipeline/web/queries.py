@@ -370,6 +370,7 @@ def health(conn, customer_id: str, enriched_prefix: str) -> dict:
     prefix = f"{enriched_prefix}customer={customer_id}/"
     loads = conn.execute("SELECT * FROM web_recent_loads(%s)", (enriched_prefix,)).fetchall()
     failures = conn.execute("SELECT * FROM web_open_failures(%s)", (enriched_prefix,)).fetchall()
-    for row in loads + failures:
-        row["object_key"] = row["object_key"][len(prefix) :]
+    for row in loads + failures:  # keys relative to what the customer knows: its prefix, or the batch's day
+        key = row["object_key"]
+        row["object_key"] = key[len(prefix) :] if key.startswith(prefix) else key[len(enriched_prefix) :]
     return {"recent_loads": loads, "failures": failures}

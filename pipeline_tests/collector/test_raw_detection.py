@@ -52,6 +52,7 @@ def test_a_written_object_is_reported_from_its_notification_once(stack, clients)
 
 def test_a_lost_notification_is_found_by_the_sweep_of_recent_days(stack, clients, monkeypatch):
     monkeypatch.setenv("PIPELINE_RAW_SWEEP_CUSTOMERS", "100000")  # every customer of the test stack this tick
+    monkeypatch.setenv("PIPELINE_RAW_SWEEP_INTERVAL_S", "0")  # a sweep on every tick (default: every 300 s)
     instance = DagsterInstance.ephemeral()
     baseline = tick(instance)
     customer = f"l{uuid.uuid4().hex[:8]}"
@@ -63,6 +64,23 @@ def test_a_lost_notification_is_found_by_the_sweep_of_recent_days(stack, clients
     assert key in reported_keys(result)
     with psycopg.connect(stack.database_url) as conn:
         assert conn.execute("SELECT source FROM raw_inbox WHERE object_key = %s", (key,)).fetchone() == ("sweep",)
+
+
+def test_the_sweep_runs_at_its_interval_and_the_ticks_between_only_take_in(stack, clients, monkeypatch):
+    """Ticks between sweeps list nothing: their cost is the notifications', whatever S3 holds."""
+    monkeypatch.setenv("PIPELINE_RAW_SWEEP_INTERVAL_S", "3600")
+    s3 = Counting(clients("s3"))
+    state: dict = {"reported": 0, "sweep": None, "swept_at": None}
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        state["reported"] = conn.execute("SELECT coalesce(max(raw_id), 0) FROM raw_inbox").fetchone()[0]
+        detection.tick(conn, clients("sqs"), stack.raw_queue_url, s3, stack.raw_bucket, stack.raw_prefix, state)
+        assert s3.calls and state["swept_at"] is not None  # the first tick sweeps
+        swept = s3.calls
+        customer = f"s{uuid.uuid4().hex[:8]}"
+        key = put_raw(clients("s3"), stack, customer, TODAY, "between")
+        done = detection.tick(conn, clients("sqs"), stack.raw_queue_url, s3, stack.raw_bucket, stack.raw_prefix, state)
+    assert s3.calls == swept  # no listing on a tick between sweeps
+    assert key in [row.key for row in done["fresh"]]  # its notification was taken in
 
 
 class FailingDelete:

@@ -15,7 +15,13 @@ from pipeline.collector.normalize import read_raw_object
 from pipeline.collector.spool import Spool
 from pipeline.enrich.spark import enrich_days, spark_session
 from pipeline.enrich.transform import enrich_frame
-from pipeline_tests.support import receive_all
+from pipeline_tests.support import enriched_of, receive_all
+
+
+@pytest.fixture(autouse=True)
+def spark_whatever_the_size(monkeypatch):
+    """These tests are of Spark: their few reports would otherwise be enriched in process."""
+    monkeypatch.setenv("PIPELINE_ENRICH_LOCAL_BYTES", "0")
 
 
 @pytest.fixture(scope="session")
@@ -24,11 +30,12 @@ def spark():
 
 
 def enriched_objects(s3, stack, customer_id: str) -> dict[str, pd.DataFrame]:
-    listing = s3.list_objects_v2(Bucket=stack.enriched_bucket, Prefix=f"{stack.enriched_prefix}customer={customer_id}/")
+    """The customer's rows of each batch object that holds some."""
     out = {}
-    for obj in listing.get("Contents", []):
-        body = s3.get_object(Bucket=stack.enriched_bucket, Key=obj["Key"])["Body"].read()
-        out[obj["Key"]] = pq.read_table(pa_buffer(body)).to_pandas()
+    for key in enriched_of(stack, customer_id):
+        body = s3.get_object(Bucket=stack.enriched_bucket, Key=key)["Body"].read()
+        frame = pq.read_table(pa_buffer(body)).to_pandas()
+        out[key] = frame[frame["customer_id"] == customer_id]
     return out
 
 
@@ -56,7 +63,7 @@ def test_enrichment_adds_reference_data_alignment_and_categories(spark, stack, c
     results = enrich_days(spark, stack, clients("s3"), days, "test-run-1")
     assert all(r.rows_match and r.null_event_ids == 0 for r in results)
     frames = enriched_objects(clients("s3"), stack, cid)
-    assert len(frames) == len(days)  # one object per (customer, day)
+    assert len(frames) == len(days)  # one batch object per day
     enriched = pd.concat(frames.values())
     expected = [(rec.source_ip, rec.kind) for r in reports for rec in r.records]
     assert len(enriched) == len(expected)
@@ -70,12 +77,12 @@ def test_enrichment_adds_reference_data_alignment_and_categories(spark, stack, c
     assert enriched["asn"].notna().all() and enriched["country"].notna().all()
     assert enriched["event_id"].is_unique and (enriched["model_version"] == "sender-v1").all()
     # The notifications name exactly the published objects, nothing staged.
-    keys = sorted(r.key for r in _versions(clients, stack, cid))
+    keys = sorted(r.key for r in _versions(clients, stack, set(frames)))
     assert keys == sorted(frames)
 
 
-def _versions(clients, stack, customer_id: str):
-    """The object versions notified for ``customer_id`` (consumed; other tests' messages too)."""
+def _versions(clients, stack, keys: set[str]):
+    """The object versions notified for ``keys`` (consumed; other tests' messages too)."""
     from pipeline.importer.events import parse_s3_event
 
     messages = receive_all(clients("sqs"), stack.queue_url, wait=1)
@@ -83,32 +90,30 @@ def _versions(clients, stack, customer_id: str):
         v
         for m in messages
         for v in parse_s3_event(m["Body"], stack.enriched_bucket, stack.enriched_prefix).versions
-        if f"customer={customer_id}/" in v.key  # other tests' messages may come back from flight
+        if v.key in keys  # other tests' messages may come back from flight
     ]
 
 
 def test_rerun_is_byte_stable_and_removes_stale_objects(spark, stack, clients, generated, empty_queues):
     cid, _reports, days = generated
     s3 = clients("s3")
-    enrich_days(spark, stack, s3, days, "test-run-2")
-    _versions(clients, stack, cid)  # drain
-    before = {
-        o["Key"]: o["ETag"]
-        for o in s3.list_objects_v2(Bucket=stack.enriched_bucket, Prefix=f"{stack.enriched_prefix}customer={cid}/")[
-            "Contents"
-        ]
-    }
-    again = enrich_days(spark, stack, s3, days, "test-run-3")
+    enrich_days(spark, stack, s3, days, "test-run-2", customers=[cid], reprocess=True)
+    before = {k: s3.head_object(Bucket=stack.enriched_bucket, Key=k)["ETag"] for k in enriched_of(stack, cid)}
+    _versions(clients, stack, set(before))  # drain
+    again = enrich_days(spark, stack, s3, days, "test-run-3", reprocess=True)
     assert all(not r.written and not r.removed for r in again)
-    assert _versions(clients, stack, cid) == []  # nothing re-published, nobody notified
-    # The customer's raw data of the first day goes away: its enriched object must go too.
+    assert _versions(clients, stack, set(before)) == []  # nothing re-published, nobody notified
+    # The customer's raw data of the first day goes away: its rows must leave the enriched objects.
     raw = s3.list_objects_v2(Bucket=stack.raw_bucket, Prefix=f"raw/customer={cid}/dt={days[0]}/")["Contents"]
     for obj in raw:
         s3.delete_object(Bucket=stack.raw_bucket, Key=obj["Key"])
-    [first, *_] = enrich_days(spark, stack, s3, days, "test-run-4")
-    assert first.removed == [k for k in before if f"dt={days[0]}/" in k]
-    removed = [v for v in _versions(clients, stack, cid) if v.removed]
-    assert [v.key for v in removed] == first.removed
+    [first, *_] = enrich_days(spark, stack, s3, days, "test-run-4", customers=[cid])
+    first_day = sorted(k for k in before if f"dt={days[0]}/" in k)
+    assert first.reenriched_batches >= 1 and sorted(first.removed + first.written) == first_day
+    assert all(frame.empty for key, frame in enriched_objects(s3, stack, cid).items() if f"dt={days[0]}/" in key)
+    notified = _versions(clients, stack, set(first_day))
+    assert sorted(v.key for v in notified) == first_day
+    assert [v.key for v in notified if v.removed] == first.removed
 
 
 def raw_row(customer_id: str, day: str, **fields) -> dict:

@@ -8,6 +8,8 @@ import datetime as dt
 import random
 import uuid
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from dagster import DagsterInstance, build_sensor_context
 
 from pipeline.collector.collect import collect
@@ -26,8 +28,8 @@ def _report(tmp_path, day: dt.date, report_id: str, records: int):
     return path
 
 
-def _published(s3, stack, customer: str) -> dict[str, str]:
-    listed = s3.list_objects_v2(Bucket=stack.enriched_bucket, Prefix=f"{stack.enriched_prefix}customer={customer}/")
+def _published(s3, stack, day) -> dict[str, str]:
+    listed = s3.list_objects_v2(Bucket=stack.enriched_bucket, Prefix=f"{stack.enriched_prefix}dt={day}/")
     return {o["Key"]: o["ETag"] for o in listed.get("Contents", [])}
 
 
@@ -38,16 +40,22 @@ def test_a_run_for_one_customers_new_report_leaves_the_others_alone(stack, clien
     collect([_report(tmp_path, day, f"a1-{a}", 2)], a, stack, Spool(tmp_path / "sa"))
     collect([_report(tmp_path, day, f"b1-{b}", 3)], b, stack, Spool(tmp_path / "sb"))
     enrich_days_in_process(stack, s3, [day.isoformat()], f"all-{uuid.uuid4().hex[:8]}")  # a backfill: everyone
-    before_b = _published(s3, stack, b)
-    assert before_b
+    before = _published(s3, stack, day)
+    assert before
 
     collect([_report(tmp_path, day, f"a2-{a}", 4)], a, stack, Spool(tmp_path / "sa"))
+    collect([_report(tmp_path, day, f"b2-{b}", 5)], b, stack, Spool(tmp_path / "sb"))  # not in the run's scope
     [result] = enrich_days_in_process(stack, s3, [day.isoformat()], f"one-{uuid.uuid4().hex[:8]}", customers=[a])
-    assert result.rows_read == 2 + 4  # a's day, and nothing of b's
+    assert result.rows_read == 4  # a's new report, and nothing of b's, nor a's first one
+    assert result.listed_objects == 2 and result.skipped_objects == 1
     assert result.customers == [a] and result.rows_match
-    touched = result.written + result.unchanged + result.removed
-    assert touched and all(f"customer={a}/" in key for key in touched)
-    assert _published(s3, stack, b) == before_b  # b's objects: not rewritten, not removed
+    assert len(result.written) == 1 and not result.unchanged and not result.removed
+    after = _published(s3, stack, day)
+    assert {k: after[k] for k in before} == before  # published objects: not rewritten, not removed
+    frame = pq.read_table(
+        pa.BufferReader(s3.get_object(Bucket=stack.enriched_bucket, Key=result.written[0])["Body"].read())
+    )
+    assert set(frame.column("customer_id").to_pylist()) == {a}
 
 
 def test_the_raw_sensor_names_the_customers_with_new_reports(stack, clients, tmp_path):

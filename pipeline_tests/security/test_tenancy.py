@@ -24,7 +24,7 @@ from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
 from pipeline.importer.events import ObjectVersion
 from pipeline.importer.load import ObjectRejected, load_object
 from pipeline_tests.security import hostile
-from pipeline_tests.support import new_customer
+from pipeline_tests.support import enriched_of, new_customer
 
 
 def unique_day() -> dt.date:
@@ -40,10 +40,16 @@ def report_file(tmp_path, day: dt.date, report_id: str, records: int = 3):
 
 
 def enriched(s3, settings, customer: str) -> list[str]:
-    listed = s3.list_objects_v2(
-        Bucket=settings.enriched_bucket, Prefix=f"{settings.enriched_prefix}customer={customer}/"
+    return enriched_of(settings, customer)
+
+
+def quarantined(s3, settings, customer: str, day) -> str:
+    """Everything enrichment quarantined of a customer's day (one file per batch)."""
+    listed = s3.list_objects_v2(Bucket=settings.enriched_bucket, Prefix=f"quarantine/customer={customer}/dt={day}/")
+    return "".join(
+        gzip.decompress(s3.get_object(Bucket=settings.enriched_bucket, Key=o["Key"])["Body"].read()).decode()
+        for o in listed.get("Contents", [])
     )
-    return sorted(o["Key"] for o in listed.get("Contents", []))
 
 
 def load_all(settings, s3, keys: list[str]) -> list:
@@ -79,24 +85,15 @@ def test_a_raw_object_claiming_another_tenant_never_reaches_it(stack, clients, t
 
     [result] = enrich_days_in_process(stack, s3, [day.isoformat()], f"tenancy-{uuid.uuid4().hex[:8]}")
     assert result.foreign_rows == 3 and result.rows_match
-    quarantined = s3.get_object(
-        Bucket=stack.enriched_bucket, Key=f"quarantine/customer={a}/dt={day}/rescued-sender-v1.jsonl.gz"
-    )["Body"].read()
-    assert gzip.decompress(quarantined).decode().count("is not the tenant its object key names (customer=") == 3
+    assert quarantined(s3, stack, a, day).count("is not the tenant its object key names (customer=") == 3
 
-    outcomes = load_all(stack, s3, enriched(s3, stack, a) + enriched(s3, stack, b))
-    assert [o.outcome for o in outcomes] == ["loaded", "loaded"]  # b's real load is not blocked
+    outcomes = load_all(stack, s3, sorted(set(enriched(s3, stack, a) + enriched(s3, stack, b))))
+    assert [o.outcome for o in outcomes] == ["loaded"]  # one batch of the day; b's real load is not blocked
     assert rows_of(stack, a) == 2  # only a's own records
     assert rows_of(stack, b) == 3  # exactly b's real report, once
     with psycopg.connect(stack.database_url) as conn:
-        ledger = dict(
-            conn.execute(
-                "SELECT e.customer_id, l.object_key FROM telemetry_events e JOIN load_ledger l USING (ledger_id) "
-                "WHERE e.customer_id = ANY(%s) GROUP BY 1, 2",
-                ([a, b],),
-            ).fetchall()
-        )
-    assert ledger[b].startswith(f"{stack.enriched_prefix}customer={b}/")  # b's rows came from b's key only
+        [(manifest,)] = conn.execute("SELECT customers FROM enrichment_batches WHERE customers ? %s", (a,)).fetchall()
+    assert manifest == {a: 2, b: 3}  # the tenants of the batch are the raw keys', with their own rows
 
 
 def test_an_enriched_object_with_a_foreign_row_is_refused_whole(stack, clients):
@@ -120,6 +117,41 @@ def test_an_object_whose_key_names_no_tenant_is_refused(stack, clients):
     s3.put_object(Bucket=stack.enriched_bucket, Key=key, Body=parquet_bytes(table))
     [outcome] = load_all(stack, s3, [key])
     assert isinstance(outcome, ObjectRejected) and "names no tenant" in str(outcome)
+
+
+def _batch_object(stack, s3, day: str, customers: list[str], manifest: dict | None) -> str:
+    """A batch object holding 3 rows of each of ``customers``, and (unless None) its manifest."""
+    batch = f"20261101T000000Z-{uuid.uuid4().hex[:12]}"
+    tables = [
+        synthetic_enriched_table(3, seed=n, customer_id=c, report_id=f"batch-{c}-{batch}")
+        for n, c in enumerate(customers)
+    ]
+    key = f"{stack.enriched_prefix}dt={day}/batch={batch}/part-00000.parquet"
+    s3.put_object(Bucket=stack.enriched_bucket, Key=key, Body=parquet_bytes(pa.concat_tables(tables)))
+    if manifest is not None:
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO enrichment_batches (batch_id, day, customers) VALUES (%s, %s, %s)",
+                (batch, day, psycopg.types.json.Jsonb(manifest)),
+            )
+    return key
+
+
+def test_a_batch_object_loads_only_into_the_tenants_of_its_manifest(stack, clients):
+    """Batch objects hold several tenants; the manifest enrichment records before publishing
+    names them. A row of a tenant it does not name, or an object no batch was planned for
+    (someone else wrote it), is refused whole."""
+    s3 = clients("s3")
+    a, b, c = new_customer(), new_customer(), new_customer()
+    good = _batch_object(stack, s3, "2026-11-01", [a, b], {a: 3, b: 3})
+    foreign = _batch_object(stack, s3, "2026-11-01", [a, c], {a: 3})
+    orphan = _batch_object(stack, s3, "2026-11-01", [a], None)
+    loaded, refused, unplanned = load_all(stack, s3, [good, foreign, orphan])
+    assert loaded.outcome == "loaded" and rows_of(stack, a) == 3 and rows_of(stack, b) == 3
+    assert isinstance(refused, ObjectRejected) and "the manifest of enrichment batch" in str(refused)
+    assert c in str(refused) and rows_of(stack, c) == 0
+    assert isinstance(unplanned, ObjectRejected) and "no enrichment batch" in str(unplanned)
+    assert rows_of(stack, a) == 3  # nothing of the refused versions, not even a's rows
 
 
 def test_event_ids_never_collide_across_tenants(stack, clients):
@@ -154,12 +186,8 @@ def test_raw_objects_are_decompressed_within_a_bound(stack, clients, tmp_path, m
 
     [result] = enrich_days_in_process(stack, s3, [day.isoformat()], f"bound-{uuid.uuid4().hex[:8]}")
     assert result.quarantined_objects == 2 and result.enriched_rows == 2 and result.rows_match
-    quarantined = gzip.decompress(
-        s3.get_object(Bucket=stack.enriched_bucket, Key=f"quarantine/customer={a}/dt={day}/rescued-sender-v1.jsonl.gz")[
-            "Body"
-        ].read()
-    ).decode()
-    assert "expands past 1048576 bytes" in quarantined and "is not gzip" in quarantined
+    found = quarantined(s3, stack, a, day)
+    assert "expands past 1048576 bytes" in found and "is not gzip" in found
 
 
 @pytest.mark.parametrize("claimed", ["", None])

@@ -24,9 +24,13 @@ from pipeline.enrich.spark import enrich_days
 
 class EnrichConfig(Config):
     """customers: only these customers' raw objects of the run's days (the raw sensor names the
-    customers with new reports); empty, as a backfill from the UI leaves it: every customer."""
+    customers with new reports); empty, as a backfill from the UI leaves it: every customer.
+    reprocess: enrich every batch of the days again (a fix with no new model or reference data);
+    without it a run, a sensor's or a backfill's, enriches only what no run has enriched under
+    the current model and reference data."""
 
     customers: list[str] = []
+    reprocess: bool = False
 
 
 ROWS_MATCH = "enriched_rows_match_raw"
@@ -65,8 +69,11 @@ ROWS_MATCH_KEY = "rows_match_their_object_key"
     description=(
         "Raw telemetry enriched by Spark: country/ASN/AS organisation (ipinfo lite), known sending service, DMARC "
         "alignment (RFC 7489, public suffix list), a sender category and trust score (model "
-        f"{MODEL_VERSION}), and a deterministic event_id. Parquet at enriched/customer=<id>/dt=<day>/part-N.parquet; "
-        "each publish stages first and removes objects the new output no longer has. Every write notifies the "
+        f"{MODEL_VERSION}), and a deterministic event_id. A run enriches only the raw objects no run enriched under "
+        "the current model and "
+        "reference data (config reprocess: true enriches the days again), as batches published at "
+        "enriched/dt=<day>/batch=<id>/part-N.parquet; each publish stages first, and re-enriching a batch "
+        "overwrites its own objects only. Every write notifies the "
         "import queue through SNS."
     ),
 )
@@ -77,7 +84,15 @@ def enriched_telemetry(
     days = list(context.partition_keys)
     settings = object_store.stack.settings()
     customers = list(config.customers) or None
-    results = enrich_days(pyspark.spark_session, settings, object_store.s3, days, context.run_id, customers)
+    results = enrich_days(
+        lambda: pyspark.spark_session,  # started only for a run too big to enrich in this process
+        settings,
+        object_store.s3,
+        days,
+        context.run_id,
+        customers,
+        config.reprocess,
+    )
     for result in results:
         context.log_event(
             AssetMaterialization(
@@ -91,6 +106,10 @@ def enriched_telemetry(
                     "foreign_rows": result.foreign_rows,
                     "quarantined_objects": result.quarantined_objects,
                     "ip_coverage": result.ip_coverage,
+                    "listed_objects": result.listed_objects,
+                    "skipped_objects": result.skipped_objects,
+                    "new_batches": result.new_batches,
+                    "reenriched_batches": result.reenriched_batches,
                     "objects_written": len(result.written),
                     "objects_unchanged": len(result.unchanged),
                     "objects_removed": len(result.removed),

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 from dagster import (
     AssetKey,
@@ -24,20 +25,20 @@ from pipeline.defs.partitions import FIRST_DAY
 from pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from pipeline.importer.batch import connect
 
-MAX_OBJECTS_PER_TICK = 500
+HEAD_THREADS = 16
 RAW_INBOX_RETENTION_DAYS = 7.0  # past the sweep's reach (a few recent days): history
 
 
 def _read_cursor(cursor: str | None) -> dict:
     doc = json.loads(cursor) if cursor else {}
     if not isinstance(doc, dict) or "reported" not in doc:  # a cursor of the listing sensor before
-        return {"reported": 0, "sweep": None}
-    return {"reported": int(doc["reported"]), "sweep": doc.get("sweep")}
+        return {"reported": 0, "sweep": None, "swept_at": None}
+    return {"reported": int(doc["reported"]), "sweep": doc.get("sweep"), "swept_at": doc.get("swept_at")}
 
 
 @sensor(
     name=names.RAW_SENSOR,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=30,  # each tick with new objects is a run and a batch a day: the partition bound
     default_status=DefaultSensorStatus.RUNNING,
     # The target of its run requests: without it the daemon refuses them (in-process driving
     # does not check, so only `pipeline dev` showed it).
@@ -53,22 +54,23 @@ def raw_telemetry_sensor(
     settings = object_store.stack.settings()
     bucket = object_store.raw_bucket_name()
     state = _read_cursor(context.cursor)
+    if not settings.raw_queue_url:
+        context.log.warning(
+            "raw_telemetry: no raw queue (PIPELINE_RAW_QUEUE_URL; `pipeline down && pipeline up` makes one): "
+            "new objects are found by the sweep of recent days only"
+        )
     with connect(warehouse.database_url()) as conn:
-        if settings.raw_queue_url:
-            taken = detection.take_in(
-                conn, object_store.stack.client("sqs"), settings.raw_queue_url, bucket, settings.raw_prefix
-            )
-        else:
-            taken = {"messages": 0, "recorded": 0, "foreign": 0}
-            context.log.warning(
-                "raw_telemetry: no raw queue (PIPELINE_RAW_QUEUE_URL; `pipeline down && pipeline up` makes one): "
-                "new objects are found by the sweep of recent days only"
-            )
-        swept, state["sweep"] = detection.sweep(conn, object_store.s3, bucket, settings.raw_prefix, state["sweep"])
-        fresh = detection.new_since(conn, state["reported"], MAX_OBJECTS_PER_TICK)
+        done = detection.tick(
+            conn,
+            object_store.stack.client("sqs") if settings.raw_queue_url else None,
+            settings.raw_queue_url,
+            object_store.s3,
+            bucket,
+            settings.raw_prefix,
+            state,
+        )
         detection.prune(conn, RAW_INBOX_RETENTION_DAYS)
-    if fresh:
-        state["reported"] = fresh[-1].raw_id
+    fresh, taken, swept = done["fresh"], done, done["swept"]
     cursor = json.dumps(state)
     by_day: dict[str, list] = defaultdict(list)
     outside: dict[str, int] = defaultdict(int)
@@ -84,10 +86,13 @@ def raw_telemetry_sensor(
             "PIPELINE_FIRST_DAY): not reported or enriched; set PIPELINE_FIRST_DAY earlier to include them"
         )
     events = []
+    s3 = object_store.s3
+    with ThreadPoolExecutor(HEAD_THREADS) as pool:  # a HEAD per new object: round trips, not work
+        found_of = dict(zip(fresh, pool.map(lambda o: raw_object_stats(s3, bucket, o.key), fresh), strict=True))
     for day in sorted(by_day):
         stats, objects = [], []
         for obj in by_day[day]:
-            found = raw_object_stats(object_store.s3, bucket, obj.key)
+            found = found_of[obj]
             if found is None:
                 context.log.info(f"raw_telemetry: {obj.key} is gone since its notification; not reported")
                 continue
