@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from pipeline.aws import client
+from pipeline.bench import forget_enrichment
 from pipeline.bench.importer import drain_queue_silently
 from pipeline.collector.collect import collect
 from pipeline.collector.generate import generate_reports
@@ -66,7 +67,8 @@ def run(settings: Settings, customers: int = 10, reports: int = 40, master: str 
     finally:
         for cid in cids:
             _delete_prefix(s3, settings.raw_bucket, f"raw/customer={cid}/")
-            _delete_prefix(s3, settings.enriched_bucket, f"{settings.enriched_prefix}customer={cid}/")
+            _delete_prefix(s3, settings.enriched_bucket, f"quarantine/customer={cid}/")
+        forget_enrichment(settings, days)
         drain_queue_silently(settings)
     return {
         "master": master,

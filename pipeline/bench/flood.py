@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from pipeline import config
 from pipeline.aws import client
-from pipeline.bench import verdicts
+from pipeline.bench import forget_enrichment, verdicts
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.bench")
@@ -136,11 +136,15 @@ def _import_through_dagster(settings: Settings, bench: Settings, expected_object
     raise RuntimeError(f"the import did not load {expected_objects} objects in an hour")
 
 
-def _enrich_process(settings: Settings, days: list[str], master: str, run_id: str) -> tuple[list[dict], float]:
+def _enrich_process(
+    settings: Settings, days: list[str], master: str, run_id: str, reprocess: bool = False
+) -> tuple[list[dict], float]:
     """The enrichment of ``days`` as its own driver process (as a Dagster run is), the way
-    `pipeline enrich` runs it; returns its per-day results and the driver's peak RSS (MiB)."""
+    `pipeline enrich` runs it; returns its per-day results and the driver's peak RSS (MiB).
+    ``reprocess``: the days again (a baseline over what a run before enriched)."""
     env = {**os.environ, **settings.process_env()}
     args = [sys.executable, "-m", "pipeline", "enrich", "--days", ",".join(days), "--master", master]
+    args += ["--reprocess"] if reprocess else []
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         child = subprocess.Popen([*args, "--run-id", run_id, "--json"], env=env, stdout=out, stderr=err)
         with PeakRss(child.pid) as rss:
@@ -204,6 +208,7 @@ def w5(settings: Settings, customers: int, reports: int, master: str, progress: 
             + [(settings.enriched_bucket, f"{settings.enriched_prefix}customer={c}/") for c in names.values()]
             + [(settings.enriched_bucket, f"quarantine/customer={c}/") for c in names.values()],
         )
+        forget_enrichment(settings, days)
         _purge_queue(settings)
     slowest = max(timings, key=timings.get)
     return {
@@ -243,7 +248,7 @@ def w6(settings: Settings, reports: int, records: int, master: str, progress: bo
             results, driver_mb = _enrich_process(settings, days, master, f"w6-{tag}")
         rows = sum(r["enriched_rows"] for r in results)
         with stage(timings, "w6_one_process", say):
-            baseline, _ = _enrich_process(settings, days, "none", f"w6one-{tag}")
+            baseline, _ = _enrich_process(settings, days, "none", f"w6one-{tag}", reprocess=True)
         assert sum(r["enriched_rows"] for r in baseline) == rows
         objects = sum(len(r["written"]) + len(r["unchanged"]) for r in results)
         with scratch_warehouse(settings) as bench, stage(timings, "w6_import", say):
@@ -259,6 +264,7 @@ def w6(settings: Settings, reports: int, records: int, master: str, progress: bo
                 (settings.enriched_bucket, f"quarantine/customer={customer}/"),
             ],
         )
+        forget_enrichment(settings, days)
         _purge_queue(settings)
     enrich_rate = rows / timings["w6_enrich"]
     import_rate = rows / timings["w6_import"]

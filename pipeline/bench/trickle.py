@@ -100,7 +100,7 @@ def waves(settings: Settings, customers: int, reports: int, wave_size: int, prog
 
     tag = uuid.uuid4().hex[:6]
     rng = random.Random(tag)
-    first_day = dt.date(2014, 1, 1) + dt.timedelta(days=2 * rng.randrange(180))  # a calendar only this run uses
+    first_day = dt.date(2017, 1, 1) + dt.timedelta(days=2 * rng.randrange(180))  # a calendar only this run uses
     days = [first_day.isoformat(), (first_day + dt.timedelta(days=1)).isoformat()]
     prefixes = [f"{settings.enriched_prefix}dt={d}/" for d in days]
     instance = local_instance()
@@ -202,6 +202,7 @@ def waves(settings: Settings, customers: int, reports: int, wave_size: int, prog
     from pipeline.importer.verify import verify
 
     checks = [verify(settings, c) for c in names_of.values()]
+    _clean_up(settings, instance, days, list(names_of.values()))
     first, last = seconds[:5], seconds[-5:]
     out.update(
         {
@@ -225,6 +226,26 @@ def waves(settings: Settings, customers: int, reports: int, wave_size: int, prog
         }
     )
     return out
+
+
+def _clean_up(settings: Settings, instance, days: list[str], customers: list[str]) -> None:
+    """The run's calendar goes: raw and enriched objects, the rows (tombstoned by the importer,
+    as any deletion), the ledger's batches."""
+    from pipeline.bench import forget_enrichment
+    from pipeline.enrich.publish import delete_keys
+    from pipeline.local.inprocess import drain_import_queue
+
+    s3 = client(settings, "s3")
+    paginator = s3.get_paginator("list_objects_v2")
+    for bucket, prefix in [(settings.enriched_bucket, f"{settings.enriched_prefix}dt={d}/") for d in days] + [
+        (b, f"{p}customer={c}/")
+        for c in customers
+        for b, p in ((settings.raw_bucket, settings.raw_prefix), (settings.enriched_bucket, "quarantine/"))
+    ]:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            delete_keys(s3, bucket, [o["Key"] for o in page.get("Contents", [])])
+    drain_import_queue(instance)
+    forget_enrichment(settings, days)
 
 
 def raw_tick_growth(settings: Settings, held: int, progress: bool) -> dict:
