@@ -39,8 +39,11 @@ def test_small_chaos_run_loses_nothing_and_doubles_nothing(stack):
         "reversion",
         "run_queue_delay",
         "versioned_bucket",
+        "trickle_during_backfill",
     ):
         assert faults[planned] > 0, planned
+    trickle = summary["trickle_during_backfill"]
+    assert trickle["ok"] and trickle["rows_loaded"] == trickle["records"] > 0, trickle
     kills = ("kill_between_copy_and_commit", "kill_between_commit_and_delete", "kill_during_heartbeat")
     assert sum(faults[k] for k in kills) >= 2, faults
     assert summary["dead_lettered"] >= 2  # the poison object and the malformed one, at least

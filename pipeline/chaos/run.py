@@ -12,7 +12,8 @@ the late load must come out ``stale``. Importers are the Dagster path (the impor
 runs, some held queued past the visibility timeout, in a child process) and `pipeline importer`
 children that are killed at chosen points, lose their claims, or reach PostgreSQL through a
 proxy that resets connections or goes silent; the embedded PostgreSQL is restarted (immediate)
-mid-load.
+mid-load. Then ``trickle_during_backfill`` (pipeline/chaos/trickle.py): reports arrive for a
+day while its reprocessing runs.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ FAULT_KINDS = (
     "late_older_load",
     "run_queue_delay",
     "versioned_bucket",
+    "trickle_during_backfill",
 )
 WORKER_FAULTS = {
     "kill-copy": "kill_between_copy_and_commit",
@@ -587,6 +589,16 @@ def run_chaos(settings: Settings, objects: int, seed: int, rows: int = 200, prog
         fixed = run.recover()
         redriven = run.redrive_dead_letters()
         run.settle(budget)
-        return run.check(fixed, redriven, time.monotonic() - started)
+        summary = run.check(fixed, redriven, time.monotonic() - started)
     finally:
         run.cleanup()
+    from pipeline.chaos.trickle import trickle_during_backfill
+
+    trickle = trickle_during_backfill(settings, seed, say)
+    summary["faults"]["trickle_during_backfill"] = trickle["runs_during_backfill"]
+    summary["trickle_during_backfill"] = trickle
+    for key in ("lost", "duplicated", "wrong_version"):
+        summary[key] += trickle[key]
+    summary["ok"] = summary["ok"] and trickle["ok"]
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    return summary
