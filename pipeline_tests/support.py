@@ -49,7 +49,9 @@ def enriched_of(settings, customer_id: str) -> list[str]:
         batches = [
             key
             for (key,) in conn.execute(
-                "SELECT unnest(objects) FROM enrichment_batches WHERE customers ? %s", (customer_id,)
+                "SELECT unnest(b.objects) FROM enrichment_batches b JOIN enrichment_manifest m USING (batch_id) "
+                "WHERE m.customer_id = %s",
+                (customer_id,),
             ).fetchall()
         ]
     return sorted(batches)

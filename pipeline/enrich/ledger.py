@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import re
 from collections import defaultdict
@@ -232,9 +231,14 @@ def plan(
 def record_manifest(conn: psycopg.Connection, rows: dict[str, dict[str, int]]) -> None:
     """batch -> customer -> rows, before publishing: the importer's tenancy check reads it."""
     with conn.transaction(), conn.cursor() as cur:
+        cur.execute("DELETE FROM enrichment_manifest WHERE batch_id = ANY(%s)", (list(rows),))
         cur.executemany(
-            "UPDATE enrichment_batches SET customers = %s::jsonb WHERE batch_id = %s",
-            [(json.dumps(per_customer, sort_keys=True), batch) for batch, per_customer in rows.items()],
+            "INSERT INTO enrichment_manifest (batch_id, customer_id, rows) VALUES (%s, %s, %s)",
+            [
+                (batch, customer, n)
+                for batch, per_customer in rows.items()
+                for customer, n in sorted(per_customer.items())
+            ],
         )
 
 
@@ -267,5 +271,9 @@ def mark_published(
 
 def manifest(conn_or_cursor, batch: str) -> dict[str, int] | None:
     """customer -> rows of a batch, or None when no batch of that id was planned."""
-    row = conn_or_cursor.execute("SELECT customers FROM enrichment_batches WHERE batch_id = %s", (batch,)).fetchone()
-    return dict(row[0]) if row else None
+    if conn_or_cursor.execute("SELECT 1 FROM enrichment_batches WHERE batch_id = %s", (batch,)).fetchone() is None:
+        return None
+    rows = conn_or_cursor.execute(
+        "SELECT customer_id, rows FROM enrichment_manifest WHERE batch_id = %s", (batch,)
+    ).fetchall()
+    return {customer: n for customer, n in rows}

@@ -88,10 +88,10 @@ def object_tenants(cur, key: str) -> tuple[set[str] | None, str]:
     match = _BATCH_KEY.search(key)
     if match is None:
         return None, "its key"
-    row = cur.execute("SELECT customers FROM enrichment_batches WHERE batch_id = %s", (match["batch"],)).fetchone()
-    if row is None:
+    if cur.execute("SELECT 1 FROM enrichment_batches WHERE batch_id = %s", (match["batch"],)).fetchone() is None:
         return None, f"no enrichment batch {match['batch']}"
-    return set(row[0]), f"the manifest of enrichment batch {match['batch']}"
+    rows = cur.execute("SELECT customer_id FROM enrichment_manifest WHERE batch_id = %s", (match["batch"],))
+    return {customer for (customer,) in rows.fetchall()}, f"the manifest of enrichment batch {match['batch']}"
 
 
 def check_tenant(table: pa.Table, tenant: str | set[str] | None, where: str, source: str = "its key") -> None:

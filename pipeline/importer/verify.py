@@ -28,7 +28,8 @@ def verify(settings: Settings, customer_id: str | None = None) -> dict:
             [
                 f"{settings.enriched_prefix}dt={day.isoformat()}/batch={batch}/"
                 for batch, day in conn.execute(
-                    "SELECT batch_id, day FROM enrichment_batches WHERE customers ? %s ORDER BY batch_id",
+                    "SELECT m.batch_id, b.day FROM enrichment_manifest m JOIN enrichment_batches b USING (batch_id) "
+                    "WHERE m.customer_id = %s ORDER BY m.batch_id",
                     (customer_id,),
                 ).fetchall()
             ]

@@ -92,7 +92,8 @@ def test_a_raw_object_claiming_another_tenant_never_reaches_it(stack, clients, t
     assert rows_of(stack, a) == 2  # only a's own records
     assert rows_of(stack, b) == 3  # exactly b's real report, once
     with psycopg.connect(stack.database_url) as conn:
-        [(manifest,)] = conn.execute("SELECT customers FROM enrichment_batches WHERE customers ? %s", (a,)).fetchall()
+        [batch] = {b for (b,) in conn.execute("SELECT batch_id FROM enrichment_manifest WHERE customer_id = %s", (a,))}
+        manifest = dict(conn.execute("SELECT customer_id, rows FROM enrichment_manifest WHERE batch_id = %s", (batch,)))
     assert manifest == {a: 2, b: 3}  # the tenants of the batch are the raw keys', with their own rows
 
 
@@ -130,10 +131,12 @@ def _batch_object(stack, s3, day: str, customers: list[str], manifest: dict | No
     s3.put_object(Bucket=stack.enriched_bucket, Key=key, Body=parquet_bytes(pa.concat_tables(tables)))
     if manifest is not None:
         with psycopg.connect(stack.database_url, autocommit=True) as conn:
-            conn.execute(
-                "INSERT INTO enrichment_batches (batch_id, day, customers) VALUES (%s, %s, %s)",
-                (batch, day, psycopg.types.json.Jsonb(manifest)),
-            )
+            conn.execute("INSERT INTO enrichment_batches (batch_id, day) VALUES (%s, %s)", (batch, day))
+            for customer, rows in manifest.items():
+                conn.execute(
+                    "INSERT INTO enrichment_manifest (batch_id, customer_id, rows) VALUES (%s, %s, %s)",
+                    (batch, customer, rows),
+                )
     return key
 
 
@@ -241,3 +244,43 @@ def test_a_copy_of_a_guessable_report_neither_replaces_the_real_one_nor_blocks_i
             ).fetchall()
         )
     assert by_day[day] == 9  # the real report's three records of 3 messages, not the forged 99,999
+
+
+def test_the_health_page_shows_a_tenant_its_batches_and_hides_other_tenants_failures(stack, clients):
+    """A batch object concerns every tenant of its manifest: each sees its load with its own rows,
+    and a failure of the batch with a generic text (the real one may name another tenant)."""
+    from pipeline.web.queries import Warehouse, health
+
+    s3 = clients("s3")
+    a, b, c = new_customer(), new_customer(), new_customer()
+    good = _batch_object(stack, s3, "2026-11-02", [a, b], {a: 3, b: 3})
+    foreign = _batch_object(stack, s3, "2026-11-02", [a, c], {a: 3})
+    load_all(stack, s3, [good, foreign])
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:  # what the importer records of a failure
+        conn.execute(
+            "INSERT INTO import_failures (bucket, object_key, object_version, error_class, error) "
+            "VALUES (%s, %s, 'v', 'ObjectRejected', %s)",
+            (stack.enriched_bucket, foreign, f"holds rows of customer_id ['{c}']"),
+        )
+        conn.execute(
+            "UPDATE enrichment_batches SET objects = ARRAY[%s] WHERE batch_id = %s",
+            (foreign, foreign.split("batch=")[1].split("/")[0]),
+        )
+        conn.execute(
+            "UPDATE enrichment_batches SET objects = ARRAY[%s] WHERE batch_id = %s",
+            (good, good.split("batch=")[1].split("/")[0]),
+        )
+    warehouse = Warehouse(stack.database_url, pool_size=1)
+    try:
+        with warehouse.tenant(a) as conn:
+            seen = health(conn, a, stack.enriched_prefix)
+        with warehouse.tenant(c) as conn:
+            other = health(conn, c, stack.enriched_prefix)
+    finally:
+        warehouse.close()
+    loads = {row["object_key"]: row for row in seen["recent_loads"]}
+    good_key = good[len(stack.enriched_prefix) :]
+    assert loads[good_key]["rows"] == 3  # a's rows of the batch, not the batch's six
+    [failure] = [f for f in seen["failures"] if f["object_key"] == foreign[len(stack.enriched_prefix) :]]
+    assert c not in failure["error"] and "retries it" in failure["error"]
+    assert not other["recent_loads"] and not other["failures"]  # c is in no manifest

@@ -9,15 +9,12 @@
 --              (the same keys, the same bytes)
 --   published  every object is at its final key; model_version / reference_version say what
 --              its bytes were enriched with
--- customers: customer -> rows in the batch, written before the objects are published. The
--- importer loads a row of a batch object only into a tenant the manifest names.
 CREATE TABLE enrichment_batches (
     batch_id          text PRIMARY KEY,
     day               date NOT NULL,
     state             text NOT NULL DEFAULT 'planned' CHECK (state IN ('planned', 'published')),
     model_version     text,
     reference_version text,
-    customers         jsonb NOT NULL DEFAULT '{}',
     objects           text[] NOT NULL DEFAULT '{}',
     raw_objects       integer NOT NULL DEFAULT 0,
     raw_records       bigint NOT NULL DEFAULT 0,
@@ -28,6 +25,17 @@ CREATE TABLE enrichment_batches (
 );
 CREATE INDEX enrichment_batches_by_day ON enrichment_batches (day);
 CREATE INDEX enrichment_batches_planned ON enrichment_batches (day) WHERE state = 'planned';
+
+-- The manifest: the customers of a batch and their rows, written before its objects are
+-- published. The importer loads a row of a batch object only into a tenant its manifest names;
+-- a tenant's health page finds its recent batches here.
+CREATE TABLE enrichment_manifest (
+    batch_id    text   NOT NULL REFERENCES enrichment_batches (batch_id) ON DELETE CASCADE,
+    customer_id text   NOT NULL,
+    rows        bigint NOT NULL,
+    PRIMARY KEY (batch_id, customer_id)
+);
+CREATE INDEX enrichment_manifest_by_customer ON enrichment_manifest (customer_id, batch_id DESC);
 
 -- Every raw object belongs to exactly one batch. etag: the version enriched; a new version of
 -- the key (a collector that rewrote it) makes its batch due again.
@@ -44,8 +52,9 @@ CREATE TABLE enrichment_inputs (
 CREATE INDEX enrichment_inputs_by_batch ON enrichment_inputs (batch_id);
 CREATE INDEX enrichment_inputs_by_customer_day ON enrichment_inputs (customer_id, day);
 
--- The health page: a batch object concerns every tenant its manifest names. Its failure text
--- may name other tenants (a forged row's customer id), so a tenant sees a generic one.
+-- The health page: a batch object concerns every tenant its manifest names (its ten most recent
+-- batches are what the page looks at). Its failure text may name other tenants (a forged row's
+-- customer id), so a tenant sees a generic one.
 CREATE OR REPLACE FUNCTION web_recent_loads(p_enriched_prefix text)
     RETURNS TABLE (event text, object_key text, rows bigint, recorded_at timestamptz)
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
@@ -53,12 +62,13 @@ CREATE OR REPLACE FUNCTION web_recent_loads(p_enriched_prefix text)
      WHERE starts_with(object_key, p_enriched_prefix || 'customer=' || current_setting('pipeline.customer', true) || '/')
      ORDER BY ledger_id DESC LIMIT 10)
     UNION ALL
-    (SELECT l.event, l.object_key, CASE WHEN l.event = 'loaded'
-                THEN (b.customers ->> current_setting('pipeline.customer', true))::bigint END, l.recorded_at
-     FROM load_ledger l
-     JOIN enrichment_batches b ON b.batch_id = substring(l.object_key FROM '/batch=([A-Za-z0-9-]+)/')
-     WHERE starts_with(l.object_key, p_enriched_prefix || 'dt=')
-       AND b.customers ? current_setting('pipeline.customer', true)
+    (SELECT l.event, l.object_key, CASE WHEN l.event = 'loaded' THEN m.rows END, l.recorded_at
+     FROM (SELECT batch_id, rows FROM enrichment_manifest
+           WHERE customer_id = current_setting('pipeline.customer', true) ORDER BY batch_id DESC LIMIT 10) m
+     JOIN enrichment_batches b USING (batch_id)
+     CROSS JOIN LATERAL unnest(b.objects) AS o(key)
+     JOIN LATERAL (SELECT event, object_key, recorded_at, ledger_id FROM load_ledger
+                   WHERE object_key = o.key ORDER BY ledger_id DESC LIMIT 1) l ON true
      ORDER BY l.ledger_id DESC LIMIT 10)
     ORDER BY recorded_at DESC LIMIT 10
 $$;
@@ -73,11 +83,12 @@ CREATE OR REPLACE FUNCTION web_open_failures(p_enriched_prefix text)
     UNION ALL
     (SELECT f.object_key, 'not imported yet: the pipeline retries it, and its operators see why',
             count(*), max(f.failed_at)
-     FROM import_failures f
-     JOIN enrichment_batches b ON b.batch_id = substring(f.object_key FROM '/batch=([A-Za-z0-9-]+)/')
-     WHERE starts_with(f.object_key, p_enriched_prefix || 'dt=')
-       AND b.customers ? current_setting('pipeline.customer', true)
-       AND NOT EXISTS (SELECT 1 FROM load_ledger l WHERE l.object_key = f.object_key AND l.recorded_at > f.failed_at)
+     FROM (SELECT batch_id FROM enrichment_manifest
+           WHERE customer_id = current_setting('pipeline.customer', true) ORDER BY batch_id DESC LIMIT 50) m
+     JOIN enrichment_batches b USING (batch_id)
+     CROSS JOIN LATERAL unnest(b.objects) AS o(key)
+     JOIN import_failures f ON f.object_key = o.key
+     WHERE NOT EXISTS (SELECT 1 FROM load_ledger l WHERE l.object_key = f.object_key AND l.recorded_at > f.failed_at)
      GROUP BY f.object_key)
     ORDER BY last_failed DESC LIMIT 10
 $$;
