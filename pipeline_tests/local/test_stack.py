@@ -43,6 +43,10 @@ def test_enriched_put_yields_exactly_one_message(stack, clients, empty_queues):
     versions = parse_s3_event(messages[0]["Body"], stack.enriched_bucket, stack.enriched_prefix).versions
     assert [(v.bucket, v.key, v.etag) for v in versions] == [(stack.enriched_bucket, key, etag)]
     assert json.loads(messages[0]["Body"])["Type"] == "Notification"  # it came through SNS
+    # Its object is no Parquet: the message must not come back (after its visibility timeout)
+    # into a later test's import, nor its object stay for a later sweep.
+    sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=messages[0]["ReceiptHandle"])
+    s3.delete_object(Bucket=stack.enriched_bucket, Key=key)
 
 
 def test_unacknowledged_message_ends_in_dead_letter_queue(stack, clients, empty_queues):
