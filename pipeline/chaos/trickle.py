@@ -8,7 +8,8 @@ the remaining reports keep arriving, each with its own
 enrichment run, and an importer drains the queue all along. Runs plan under one lock but stage
 and publish concurrently, and both the backfill and the sensor runs may re-enrich the same
 batch. At the end every customer's rows must be its reports' records exactly once, at the
-current version of every object: lost, duplicated and wrong_version are 0.
+current version of every object: lost, duplicated and wrong_version are 0, and no import of
+the day failed on the way (an event published in two live objects at once fails its load).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def trickle_during_backfill(settings: Settings, seed: int, progress=None) -> dic
     from pipeline.local.inprocess import drain_import_queue, local_instance
 
     say = progress or (lambda _: None)
+    started_at = dt.datetime.now(dt.UTC)
     rng = random.Random(seed)
     tag = uuid.uuid4().hex[:6]
     day = dt.date(2012, 6, 1) + dt.timedelta(days=rng.randrange(180))  # a calendar of its own
@@ -116,6 +118,10 @@ def trickle_during_backfill(settings: Settings, seed: int, progress=None) -> dic
                 (list(expected),),
             ).fetchall()
         )
+        failures = conn.execute(  # a batch loaded while another still held its rows fails on the key
+            "SELECT count(*) FROM import_failures WHERE starts_with(object_key, %s) AND failed_at >= %s",
+            (f"{settings.enriched_prefix}dt={day.isoformat()}/", started_at),
+        ).fetchone()[0]
     lost = sum(max(0, n - rows.get(c, 0)) for c, n in expected.items())
     duplicated = sum(r["duplicates"] for r in reports.values()) + sum(
         max(0, rows.get(c, 0) - n) for c, n in expected.items()
@@ -130,5 +136,10 @@ def trickle_during_backfill(settings: Settings, seed: int, progress=None) -> dic
         "lost": lost,
         "duplicated": duplicated,
         "wrong_version": wrong_version,
-        "ok": lost == 0 and duplicated == 0 and wrong_version == 0 and all(r["ok"] for r in reports.values()),
+        "import_failures": failures,
+        "ok": lost == 0
+        and duplicated == 0
+        and wrong_version == 0
+        and failures == 0
+        and all(r["ok"] for r in reports.values()),
     }

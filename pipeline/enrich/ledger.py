@@ -119,25 +119,28 @@ def plan(
     versions: tuple[str, str],
     reprocess: bool = False,
     run_id: str | None = None,
-    scope: tuple[list[str], list[str] | None] | None = None,
+    scope: tuple[list[str], list[str] | None, dt.datetime] | None = None,
 ) -> Plan:
     """The run's batches (see the module), recorded before the run stages anything.
 
-    ``scope``: the (days, customers or None for all) that ``listed`` is the complete listing of:
-    an input of the scope the listing no longer has was deleted, and its batch is due (enriched
-    again without it; a batch with no input left has its objects removed)."""
+    ``scope``: the (days, customers or None for all, when the listing began: the database's
+    clock) that ``listed`` is the complete listing of. An input of the scope recorded before the
+    listing began that the listing does not have was deleted, and its batch is due (enriched
+    again without it; a batch with no input left has its objects removed). An input recorded
+    since, by a run that listed later, is not: this listing could not see it."""
     out = Plan(listed=len(listed))
     model, reference = versions
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PLAN_LOCK,))
         due: dict[str, str] = {}
         if scope is not None:
-            days, customers = scope
+            days, customers, listed_at = scope
             present = {v.key for v in listed}
             recorded = conn.execute(
                 """SELECT object_key, batch_id FROM enrichment_inputs
-                   WHERE bucket = %s AND day = ANY(%s::date[]) AND (%s::text[] IS NULL OR customer_id = ANY(%s))""",
-                (bucket, days, customers, customers),
+                   WHERE bucket = %s AND day = ANY(%s::date[]) AND (%s::text[] IS NULL OR customer_id = ANY(%s))
+                     AND recorded_at < %s""",
+                (bucket, days, customers, customers, listed_at),
             ).fetchall()
             gone = [(key, batch) for key, batch in recorded if key not in present]
             for key, batch in gone:

@@ -211,9 +211,10 @@ def run_enrichment(
     days = sorted(set(days))
     versions = enrichment_versions()
     started = time.perf_counter()
-    listed = list_raw(s3, settings, days, customers)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        plan = ledger.plan(conn, settings.raw_bucket, listed, versions, reprocess, run_id, (days, customers))
+        listed_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # before the listing: see ledger.plan
+        listed = list_raw(s3, settings, days, customers)
+        plan = ledger.plan(conn, settings.raw_bucket, listed, versions, reprocess, run_id, (days, customers, listed_at))
         planned = time.perf_counter()
         groups = batch_groups(plan.batches)
         results: list[GroupResult] = []

@@ -214,6 +214,38 @@ def test_concurrent_planners_put_each_raw_object_in_one_batch(stack):
         ).fetchone() == (1, 50)
 
 
+def test_a_listing_older_than_an_input_never_takes_it_for_deleted(stack):
+    """Run A lists, then waits for the planning lock while run B lists later, finds a new object
+    and plans it. A's listing lacks it, but A must not call it deleted: its batch is not due,
+    and its input stays (the chaos kind trickle_during_backfill found this)."""
+    day, customer = "2021-05-06", new_customer()
+    now = dt.datetime.now(dt.UTC)
+
+    def version(n: int) -> RawVersion:
+        return RawVersion(f"raw/customer={customer}/dt={day}/o{n}.jsonl.gz", f"e{n}", 100, customer, day, now)
+
+    bucket = "listing-test"
+    facts = {"objects": [], "raw_objects": 1, "raw_records": 1, "enriched_rows": 1}
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+
+        def clock():
+            return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+        def planned_and_published(listed, listed_at):
+            plan = ledger.plan(conn, bucket, listed, ("m", "r"), scope=([day], [customer], listed_at))
+            ledger.mark_published(conn, {b.batch_id: facts for b in plan.batches}, ("m", "r"))
+            return plan
+
+        planned_and_published([version(0)], clock())
+        a_listed_at = clock()  # A's listing: o0 only
+        b = planned_and_published([version(0), version(1)], clock())
+        assert [len(x.inputs) for x in b.batches if x.new] == [1]  # B records o1
+        a = ledger.plan(conn, bucket, [version(0)], ("m", "r"), scope=([day], [customer], a_listed_at))
+        assert a.batches == []  # nothing new, nothing deleted
+        later = ledger.plan(conn, bucket, [version(0)], ("m", "r"), scope=([day], [customer], clock()))
+        assert [b.why for b in later.batches] == [f"raw/customer={customer}/dt={day}/o1.jsonl.gz was deleted"]
+
+
 def test_batches_are_cut_by_size_and_named_readably(monkeypatch):
     now = dt.datetime(2026, 11, 30, 12, 0, 5, tzinfo=dt.UTC)
     versions = [

@@ -47,6 +47,7 @@ CREATE TABLE enrichment_inputs (
     customer_id text NOT NULL,
     day         date NOT NULL,
     batch_id    text NOT NULL REFERENCES enrichment_batches (batch_id) ON DELETE CASCADE,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),  -- a listing older than this cannot miss it
     PRIMARY KEY (bucket, object_key)
 );
 CREATE INDEX enrichment_inputs_by_batch ON enrichment_inputs (batch_id);
