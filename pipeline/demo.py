@@ -100,7 +100,12 @@ def run_demo(
     if getattr(raw_tick, "cursor", None):
         cursor_file.write_text(raw_tick.cursor)
     result.failed_runs += sum(not r.success for r in runs)
-    step("enrich", started, f"{len(runs)} Spark run(s) over {len(raw_tick.asset_events)} day(s) of new raw data")
+    step(
+        "enrich",
+        started,
+        f"{len(runs)} enrichment run(s) over {len(raw_tick.asset_events)} day(s) of new raw data "
+        "(Spark from PIPELINE_ENRICH_LOCAL_BYTES of raw objects, in the run's process below)",
+    )
 
     started = time.monotonic()
     import_runs = drain_import_queue(instance)

@@ -171,10 +171,14 @@ def _recompute(conn: psycopg.Connection) -> RefreshResult:
     return RefreshResult(slices, domain_rows, source_rows)
 
 
-def refresh(database_url: str) -> RefreshResult:
-    """Recompute the slices marked dirty since the last refresh."""
+def refresh(database_url: str, wait: bool = True) -> RefreshResult | None:
+    """Recompute the slices marked dirty since the last refresh. ``wait=False``: None at once when
+    another refresh holds the lock (that one, or the next, takes the slices marked meanwhile)."""
     with psycopg.connect(database_url) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        if wait:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        elif not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOCK,)).fetchone()[0]:
+            return None
         # Take the markers in key order (imports upsert theirs in the same order, so the two never
         # deadlock); a marker an uncommitted import holds makes this wait for its commit, and the
         # recompute below, a later statement, then sees that import's rows.

@@ -131,3 +131,24 @@ def test_a_refresh_never_consumes_the_marker_of_an_import_still_in_flight(stack)
     assert projected == 2 * 5 + 3 * 7 or marked == 1  # up to date, or still marked for the next refresh
     refresh(stack.database_url)
     assert _mine(stack.database_url, customer)[0][0][4] == 2 * 5 + 3 * 7
+
+
+def test_an_import_runs_refresh_gives_way_to_a_refresh_in_progress(stack):
+    """The import run's own refresh (so that pages follow the import) never waits on another:
+    while one holds the lock it returns None at once, and the markers stay for that one."""
+    from pipeline.warehouse import projections
+
+    customer = new_customer()
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        _events(conn, customer, "held", 2, 5)
+    holder = psycopg.connect(stack.database_url)
+    holder.execute("SELECT pg_advisory_xact_lock(%s)", (projections._LOCK,))
+    try:
+        started = time.monotonic()
+        assert refresh(stack.database_url, wait=False) is None
+        assert time.monotonic() - started < 5
+    finally:
+        holder.rollback()
+        holder.close()
+    assert refresh(stack.database_url, wait=False).slices >= 1
+    assert _mine(stack.database_url, customer)[0][0][4] == 2 * 5

@@ -185,6 +185,15 @@ def telemetry_events(
             )
         )
     _log_materializations(context, materializations)
+    if any(o.ok and o.result.outcome in {"loaded", "tombstoned"} for o in outcomes):
+        # The customers' pages follow the import now, not after the automation sensor's next run
+        # of warehouse_projections (which still follows, records the refresh, and evaluates alerts).
+        # Skipped when another refresh holds the lock: that one, or the next, takes these slices.
+        from pipeline.warehouse.projections import refresh
+
+        refreshed = refresh(warehouse.database_url(), wait=False)
+        if refreshed is not None:
+            context.log.info(f"projections refreshed after the import: slices={refreshed.slices}")
     if failed:
         raise Failure(
             description=f"{len(failed)} of {len(keys)} object(s) failed to import; they wait in the import inbox "
