@@ -76,10 +76,14 @@ def _last_ledger_id(conn) -> int:
     return conn.execute("SELECT coalesce(max(ledger_id), 0) FROM load_ledger").fetchone()[0]
 
 
-def _raw_records_read(runs) -> int:
+def _raw_records_read(runs, days: list[str]) -> int:
+    """Raw records the enrichment runs read for ``days`` (a first tick may also take in objects
+    of other days that were waiting in the raw queue: they are not this workload's)."""
     total = 0
     for run in runs:
         for event in run.get_asset_materialization_events():
+            if event.materialization.partition not in days:
+                continue
             value = event.materialization.metadata.get("raw_records")
             total += int(value.value) if value is not None else 0
     return total
@@ -150,7 +154,7 @@ def waves(settings: Settings, customers: int, reports: int, wave_size: int, prog
                 raw_tick = tick(instance, raw_telemetry_sensor, cursor)
                 cursor = getattr(raw_tick, "cursor", None) or cursor
                 enrich_runs = apply(instance, raw_tick)
-                read += _raw_records_read(enrich_runs)
+                read += _raw_records_read(enrich_runs, days)
                 t_enrich = time.perf_counter()
                 import_runs = drain_import_queue(instance)
                 t_import = time.perf_counter()
@@ -185,7 +189,7 @@ def waves(settings: Settings, customers: int, reports: int, wave_size: int, prog
                         backfill = {
                             "seconds": round(time.perf_counter() - started, 1),
                             "rows_copied": int(_rows_loaded(conn, prefixes, before, after)),
-                            "raw_records_read": _raw_records_read(runs),
+                            "raw_records_read": _raw_records_read(runs, days),
                         }
                     backfill_window = (before, after)
                     _say(progress, f"model backfill of both days: {backfill}")
@@ -262,8 +266,8 @@ def raw_tick_growth(settings: Settings, held: int, progress: bool) -> dict:
     today = dt.datetime.now(dt.UTC).date()
     customers = [f"th{tag}{n:02d}" for n in range(20)]
 
-    def put(key: str) -> None:
-        s3.put_object(Bucket=bucket, Key=key, Body=b"\x1f\x8b")
+    def put(key: str) -> str:
+        return s3.put_object(Bucket=bucket, Key=key, Body=b"\x1f\x8b")["ETag"].strip('"')
 
     def ticks(n: int = 10) -> tuple[float, float]:
         """The median of ``n`` sensor ticks as the daemon runs them (the first one sweeps, the
@@ -275,8 +279,7 @@ def raw_tick_growth(settings: Settings, held: int, progress: bool) -> dict:
             for _ in range(n):
                 for c in customers[:2]:  # new objects each tick: two reports of today
                     key = f"raw/customer={c}/dt={today}/new-{uuid.uuid4().hex}.jsonl.gz"
-                    put(key)
-                    sqs.send_message(QueueUrl=queue_url, MessageBody=_s3_event(bucket, key))
+                    sqs.send_message(QueueUrl=queue_url, MessageBody=_s3_event(bucket, key, put(key)))
                 started = time.perf_counter()
                 detection.tick(conn, sqs, queue_url, s3, bucket, "raw/", state)
                 timings.append(time.perf_counter() - started)
@@ -324,13 +327,13 @@ def raw_tick_growth(settings: Settings, held: int, progress: bool) -> dict:
     }
 
 
-def _s3_event(bucket: str, key: str) -> str:
+def _s3_event(bucket: str, key: str, etag: str) -> str:
     """An S3 ObjectCreated notification as SNS delivers it to the raw queue."""
     record = {
         "eventSource": "aws:s3",
         "eventName": "ObjectCreated:Put",
         "eventTime": dt.datetime.now(dt.UTC).isoformat(),
-        "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key, safe="/="), "eTag": "e", "size": 2}},
+        "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key, safe="/="), "eTag": etag, "size": 2}},
     }
     return json.dumps({"Type": "Notification", "Message": json.dumps({"Records": [record]})})
 
