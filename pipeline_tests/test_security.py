@@ -127,7 +127,8 @@ def test_a_group_of_a_hostile_customer_is_refused(customer):
 def test_enrichment_skips_raw_prefixes_that_are_not_customer_ids(stack, clients, caplog):
     """Spark tasks read S3 keys, never local paths; keys under folders that are not customer ids
     the collector writes never become groups, staging keys or quarantine keys."""
-    from pipeline.enrich.groups import plan_groups
+    from pipeline.enrich.groups import batch_groups, list_raw
+    from pipeline.enrich.ledger import new_batches
 
     s3 = clients("s3")
     day = "2031-01-02"  # a day no other test writes
@@ -138,13 +139,13 @@ def test_enrichment_skips_raw_prefixes_that_are_not_customer_ids(stack, clients,
     for key in evil:
         s3.put_object(Bucket=stack.raw_bucket, Key=key, Body=gzip.compress(b"{}\n"))
     try:
-        groups = plan_groups(s3, stack, [day])
+        groups = batch_groups(new_batches(list_raw(s3, stack, [day])))
     finally:
         for key in evil:
             s3.delete_object(Bucket=stack.raw_bucket, Key=key)
     assert all(g.customer != "../../escape" for g in groups)
     for group in groups:
-        assert group.staging_prefix("run").startswith("staging/run/customer=")
+        assert group.staging_prefix("run").startswith(f"staging/run/dt={day}/batch=")
         assert all(k.startswith(f"{stack.raw_prefix}customer={group.customer}/dt={day}/") for k in group.keys)
         assert all("passwd" not in k for k in group.keys)
     assert "skipped raw prefix" in caplog.text

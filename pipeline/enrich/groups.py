@@ -158,17 +158,6 @@ def batch_groups(batches: list[Batch]) -> list[Group]:
     return out
 
 
-def plan_groups(s3, settings: Settings, days: list[str], customers: list[str] | None = None) -> list[Group]:
-    """Every raw object of the days as (customer, day) groups with no batch (the whole days)."""
-    by_group: dict[tuple[str, str], list[RawVersion]] = {}
-    for version in list_raw(s3, settings, days, customers):
-        by_group.setdefault((version.customer, version.day), []).append(version)
-    return [
-        Group(customer, day, tuple(v.key for v in found), sum(v.size for v in found))
-        for (customer, day), found in sorted(by_group.items())
-    ]
-
-
 def _units(groups: list[Group]) -> list[list[Group]]:
     units: dict[str, list[Group]] = {}
     for group in groups:
