@@ -232,17 +232,20 @@ def plan(
 
 
 def record_manifest(conn: psycopg.Connection, rows: dict[str, dict[str, int]]) -> None:
-    """batch -> customer -> rows, before publishing: the importer's tenancy check reads it."""
+    """batch -> customer -> rows, before publishing: the importer's tenancy check reads it.
+    Upserted (two runs may enrich one batch again at once), then the customers it no longer
+    holds are removed."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("DELETE FROM enrichment_manifest WHERE batch_id = ANY(%s)", (list(rows),))
         cur.executemany(
-            "INSERT INTO enrichment_manifest (batch_id, customer_id, rows) VALUES (%s, %s, %s)",
-            [
-                (batch, customer, n)
-                for batch, per_customer in rows.items()
-                for customer, n in sorted(per_customer.items())
-            ],
+            """INSERT INTO enrichment_manifest (batch_id, customer_id, rows) VALUES (%s, %s, %s)
+               ON CONFLICT (batch_id, customer_id) DO UPDATE SET rows = EXCLUDED.rows""",
+            [(batch, customer, n) for batch, found in sorted(rows.items()) for customer, n in sorted(found.items())],
         )
+        for batch, found in sorted(rows.items()):
+            cur.execute(
+                "DELETE FROM enrichment_manifest WHERE batch_id = %s AND NOT (customer_id = ANY(%s))",
+                (batch, sorted(found)),
+            )
 
 
 def mark_published(

@@ -275,3 +275,30 @@ def test_a_few_new_reports_are_enriched_without_starting_spark(stack, clients, t
     collect([report_file(tmp_path, day, f"big-{a}", records=2)], a, stack, Spool(tmp_path / "s"))
     with pytest.raises(AssertionError, match="Spark session was started"):
         spark_module.enrich_days(no_spark, stack, s3, [day.isoformat()], _run(), customers=[a], local_bytes=1)
+
+
+def test_two_runs_writing_one_batchs_manifest_at_once_both_succeed(stack):
+    """A backfill and a sensor run may enrich the same batch again at the same time."""
+    batch = f"20260101T000000Z-{uuid.uuid4().hex[:12]}"
+    a, b = new_customer(), new_customer()
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO enrichment_batches (batch_id, day) VALUES (%s, '2026-01-01')", (batch,))
+        ledger.record_manifest(conn, {batch: {a: 1, b: 9}})
+    errors = []
+
+    def write(n: int) -> None:
+        try:
+            with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                for _ in range(20):
+                    ledger.record_manifest(conn, {batch: {a: n}})
+        except Exception as exc:  # the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in (2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    with psycopg.connect(stack.database_url) as conn:
+        assert set(ledger.manifest(conn, batch)) == {a}  # b left the batch
