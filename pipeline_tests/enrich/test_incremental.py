@@ -302,3 +302,30 @@ def test_two_runs_writing_one_batchs_manifest_at_once_both_succeed(stack):
     assert not errors
     with psycopg.connect(stack.database_url) as conn:
         assert set(ledger.manifest(conn, batch)) == {a}  # b left the batch
+
+
+def test_the_assets_run_of_a_few_reports_starts_no_spark_session(stack, tmp_path, monkeypatch, empty_queues):
+    """Through Dagster, as the raw sensor's run: the pyspark resource must not start a session
+    (10 s on this machine, most of a report's time to the page) for a run enriched in process."""
+    import dagster_pyspark.resources
+    from dagster import AssetKey, DagsterInstance, RunRequest, SensorResult
+
+    from pipeline import names
+    from pipeline.local.inprocess import apply
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("a Spark session was started for a few reports")
+
+    monkeypatch.setattr(dagster_pyspark.resources, "spark_session_from_config", no_session)
+    a, on = new_customer(), unique_day()
+    day = on.isoformat()
+    collect([report_file(tmp_path, on, f"lazy-{a}", records=2)], a, stack, Spool(tmp_path / "s"))
+    request = RunRequest(
+        asset_selection=[AssetKey(names.ENRICHED_TELEMETRY)],
+        tags={names.RANGE_START_TAG: day, names.RANGE_END_TAG: day},
+        run_config={"ops": {names.ENRICHED_TELEMETRY: {"config": {"customers": [a]}}}},
+    )
+    [run] = apply(DagsterInstance.ephemeral(), SensorResult(run_requests=[request]))
+    failures = [e.message for e in run.all_events if e.event_type_value in ("STEP_FAILURE", "RUN_FAILURE")]
+    assert run.success, failures
+    assert enriched_of(stack, a)

@@ -11,7 +11,7 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 
 from pipeline import names
 from pipeline.defs.partitions import telemetry_days
@@ -78,14 +78,21 @@ ROWS_MATCH_KEY = "rows_match_their_object_key"
     ),
 )
 def enriched_telemetry(
-    context: AssetExecutionContext, config: EnrichConfig, pyspark: PySparkResource, object_store: ObjectStoreResource
+    context: AssetExecutionContext,
+    config: EnrichConfig,
+    pyspark: LazyPySparkResource,
+    object_store: ObjectStoreResource,
 ):
-    require_java()  # say what is missing before Spark fails obscurely
     days = list(context.partition_keys)
+
+    def spark_session():  # started only for a run too big to enrich in this process
+        require_java()  # say what is missing before Spark fails obscurely
+        return pyspark.spark_session
+
     settings = object_store.stack.settings()
     customers = list(config.customers) or None
     results = enrich_days(
-        lambda: pyspark.spark_session,  # started only for a run too big to enrich in this process
+        spark_session,
         settings,
         object_store.s3,
         days,

@@ -1,5 +1,5 @@
 from dagster import Definitions
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 
 from pipeline.defs.enriched.assets import enriched_telemetry
 from pipeline.enrich.spark import spark_conf
@@ -7,5 +7,7 @@ from pipeline.enrich.spark import spark_conf
 defs = Definitions(
     assets=[enriched_telemetry],
     # local[*] by default; PIPELINE_SPARK_MASTER names a cluster (spark://…, yarn, k8s://…): pipeline/config.py.
-    resources={"pyspark": PySparkResource(spark_config=spark_conf())},
+    # Lazy: the session (about 10 s to start here) is made only for a run too big to enrich in its
+    # own process (PIPELINE_ENRICH_LOCAL_BYTES), not at every run's resource initialization.
+    resources={"pyspark": LazyPySparkResource(spark_config=spark_conf())},
 )
