@@ -114,6 +114,8 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_IMAP_TLS", "bool", True, "collector", "IMAPS (TLS from the first byte); 0 only for a server on the same host."),
     _k("PIPELINE_RAW_SWEEP_CUSTOMERS", "int", 50, "collector", "Customers whose recent day prefixes one raw sensor tick lists, for notifications that were lost (round-robin).", minimum=1),
     _k("PIPELINE_RAW_SWEEP_INTERVAL_S", "float", 300.0, "collector", "Seconds between the raw sensor's sweeps of recent day prefixes (0: every tick); the ticks between only take in notifications.", minimum=0),
+    _k("PIPELINE_RAW_RUN_INTERVAL_S", "float", 30.0, "collector", "Average seconds between two raw sensor ticks that report new objects and request their enrichment, under a steady load (the sensor ticks every 5 s). It bounds the batches a day gets, and so the Dagster partitions (bench trickle's simulation).", minimum=0),
+    _k("PIPELINE_RAW_RUN_BURST", "int", 10, "collector", "Reports the raw sensor may make in a row, 5 s apart, after a quiet spell, before PIPELINE_RAW_RUN_INTERVAL_S spaces them (a token bucket): a report arriving after a quiet spell is enriched at once.", minimum=1),
     _k("PIPELINE_RAW_SWEEP_DAYS", "int", 3, "collector", "Recent days (to tomorrow) the raw sensor's sweep lists per customer.", minimum=1),
     _k("PIPELINE_COLLECT_WORKERS", "int", None, "collector", "Processes that parse reports when a collection holds 16 MB of reports or more (default: the machine's cores; a smaller batch is parsed faster in one process than worker processes start).", minimum=1),
     # -- enrichment (Spark) ----------------------------------------------------------------------------

@@ -24,6 +24,9 @@ os.environ.setdefault("PIPELINE_ALERTS_SCHEDULE", "0")
 # Likewise the automation sensor and the digest schedule (their defaults are tested, and a
 # real daemon test turns them on).
 os.environ.setdefault("PIPELINE_AUTOMATION", "0")
+# The raw sensor reports what is new at every tick (tests tick it back to back); the gate that
+# spaces its reports in production is tested with its own value.
+os.environ.setdefault("PIPELINE_RAW_RUN_INTERVAL_S", "0")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -37,3 +37,16 @@ def test_a_small_trickle_copies_and_reads_each_record_once(stack, empty_queues):
     assert figures["backfill"]["rows_copied"] > 0 and figures["runs_failed"] == 0
     for key in ("wave_cost_growth", "raw_tick_growth", "partitions_at_production_load"):
         assert figures[key] > 0 and key in figures["targets_met"]
+
+
+def test_the_run_interval_is_what_bounds_the_partitions_in_the_simulation():
+    """The raw sensor ticks every 5 s; its real gate (PIPELINE_RAW_RUN_INTERVAL_S) spaces the
+    reports that make batches. Without it, the partitions held grow with the tick rate."""
+    from pipeline.bench.partitions import simulate
+
+    load = {"customers": 1000, "reports_per_day": 200, "retention_days": 0.5, "arrival_hours": 12.0}
+    gated = simulate(**load, run_interval_s=30)
+    ungated = simulate(**load, run_interval_s=0)
+    assert gated["model"]["tick_seconds"] == 5
+    assert gated["partitions_per_raw_object"] == ungated["partitions_per_raw_object"]  # the same arrivals
+    assert gated["partitions_at_production_load"] * 4 < ungated["partitions_at_production_load"]

@@ -2,7 +2,9 @@
 
 The load model: ``customers`` customers, each with ``reports_per_day`` reports a day, a report
 of day D arriving at a uniformly random time in [D, D + ``arrival_hours``). Every
-``tick_seconds`` (the raw sensor's interval) the raw sensor takes what arrived; the simulation then runs the **real**
+``tick_seconds`` (the raw sensor's interval) the raw sensor ticks; when the **real** gate
+(``detection.may_report``: ``PIPELINE_RAW_RUN_INTERVAL_S``, ``PIPELINE_RAW_RUN_BURST``) lets it
+report, it takes what arrived since its last report, and the simulation runs the **real**
 planning and naming code on it: ``enrichment_requests`` (the raw sensor's run requests),
 ``new_batches`` (the batches a run records for what is new), ``Batch.prefix`` and
 ``partition_key`` (the enriched object's key and its Dagster partition). A partition is held
@@ -35,13 +37,19 @@ def simulate(
     arrival_hours: float = 48.0,
     retention_days: float | None = None,
     tick_seconds: int | None = None,
+    run_interval_s: float | None = None,
     seed: int = 8,
     progress=None,
 ) -> dict:
     retention_days = config.get("PIPELINE_PARTITION_RETENTION_DAYS") if retention_days is None else retention_days
     from pipeline.defs.raw.sensors import enrichment_requests, raw_telemetry_sensor
+    from pipeline.enrich.detection import may_report, spend
 
     tick_seconds = tick_seconds or raw_telemetry_sensor.minimum_interval_seconds  # as the daemon ticks it
+    run_interval_s = config.get("PIPELINE_RAW_RUN_INTERVAL_S") if run_interval_s is None else run_interval_s
+    burst = config.get("PIPELINE_RAW_RUN_BURST")
+    gate: dict = {}
+    pending: list[tuple[int, int, int]] = []  # (customer, day index, tick) arrived since the last report
 
     rng = np.random.default_rng(seed)
     rate = customers * reports_per_day / 86_400 * tick_seconds  # arrivals per tick
@@ -62,14 +70,22 @@ def simulate(
         who = rng.integers(customers, size=n)
         # A report arriving now is of a day whose start lies within the arrival window before now.
         report_day = np.floor((now_s - rng.uniform(0, arrival_hours * 3600, size=n)) / 86_400).astype(int)
-        modified = epoch + dt.timedelta(seconds=now_s)
+        pending.extend(zip(who.tolist(), report_day.tolist(), [tick] * n, strict=True))
+        per_object.append(n)
+        if not may_report(gate, float(now_s), run_interval_s, burst):
+            created.append(0)
+            per_customer_day.append(0)
+            continue
+        spend(gate, float(now_s), run_interval_s, burst)
+        arrived, pending = pending, []
         versions = []
-        for customer, day_index in zip(who.tolist(), report_day.tolist(), strict=True):
+        for customer, day_index, at in arrived:
             day = days.get(day_index) or days.setdefault(
                 day_index, (epoch.date() + dt.timedelta(days=day_index)).isoformat()
             )
             cid = f"c{customer:05d}"
             serial += 1
+            modified = epoch + dt.timedelta(seconds=(at + 1) * tick_seconds)
             versions.append(
                 RawVersion(f"raw/customer={cid}/dt={day}/r{serial}.jsonl.gz", "e", RAW_OBJECT_BYTES, cid, day, modified)
             )
@@ -88,9 +104,8 @@ def simulate(
                 key = batch.prefix("enriched/") + "part-00000.parquet"
                 keys.add(partition_key("enriched-bucket", key, "enriched/"))
         created.append(len(keys))
-        per_object.append(n)
         per_customer_day.append(len({(v.customer, v.day) for v in versions}))
-        if progress and tick % 2880 == 0:
+        if progress and tick % (86_400 // tick_seconds) == 0:
             progress(f"simulated {tick * tick_seconds / 86_400:.1f} of {total_s / 86_400:.1f} days")
     held_ticks = int(retention_days * 86_400 // tick_seconds)
     warm = int(warmup_s // tick_seconds)
@@ -106,10 +121,11 @@ def simulate(
             "arrival_hours": arrival_hours,
             "retention_days": retention_days,
             "tick_seconds": tick_seconds,
+            "run_interval_s": run_interval_s,
         },
         "partitions_at_production_load": held(created),
         "partitions_per_raw_object": held(per_object),
         "partitions_per_customer_day_batch": held(per_customer_day),
-        "raw_objects_per_tick": round(rate, 1),
+        "raw_objects_per_report": round(rate * max(run_interval_s, tick_seconds) / tick_seconds, 1),
         "simulation_s": round(time.perf_counter() - started, 1),
     }

@@ -12,7 +12,12 @@
    way. (Its listings are bounded by the recent objects on S3; moto's server filters a listing
    by scanning the whole bucket, so locally a sweep's seconds grow with the bucket, which is
    why it does not run on every tick.)
-3. **Report.** Rows past the sensor's cursor (a ``raw_id``) are the new objects.
+3. **Report.** Rows past the sensor's cursor (a ``raw_id``) are the new objects. The sensor
+   ticks every few seconds, so that a report arriving after a quiet spell is enriched at once;
+   but it reports (and requests runs) once per ``PIPELINE_RAW_RUN_INTERVAL_S`` on average (a
+   token bucket of ``PIPELINE_RAW_RUN_BURST``): under a steady load what arrives meanwhile waits
+   for the next report, so the batches (and the Dagster partitions) a day gets stay bounded by
+   that interval, not by the tick's.
 
 A tick's cost follows the new objects and the customers swept, never the objects held: no
 listing ever covers an older day.
@@ -121,10 +126,45 @@ def sweep(conn: psycopg.Connection, s3, bucket: str, prefix: str, cursor: str | 
     return recorded, next_cursor
 
 
-def tick(conn: psycopg.Connection, sqs, queue_url: str | None, s3, bucket: str, prefix: str, state: dict) -> dict:
+def _tokens(state: dict, now: float, interval: float, burst: int) -> float:
+    """The gate is a token bucket: one report per ``interval`` seconds on average, up to ``burst``
+    in a row after a quiet spell."""
+    at = state.get("tokens_at")
+    if interval <= 0 or at is None or now < float(at):  # no gate, a first tick, or a clock gone back
+        return float(burst)
+    return min(float(burst), float(state.get("tokens", burst)) + (now - float(at)) / interval)
+
+
+def may_report(state: dict, now: float, interval: float, burst: int) -> bool:
+    """Step 3's gate: may this tick report what is new? Reports are spaced by ``interval``
+    seconds on average (what bounds the batches a day gets under a steady load), but a report
+    after a quiet spell, and up to ``burst`` of them in a row, goes at once."""
+    return _tokens(state, now, interval, burst) >= 1.0
+
+
+def spend(state: dict, now: float, interval: float, burst: int) -> None:
+    """Record a report in ``state`` (the sensor's cursor)."""
+    state["tokens"] = round(_tokens(state, now, interval, burst) - 1.0, 6)
+    state["tokens_at"] = now
+    state["reported_at"] = now
+
+
+def tick(
+    conn: psycopg.Connection,
+    sqs,
+    queue_url: str | None,
+    s3,
+    bucket: str,
+    prefix: str,
+    state: dict,
+    report_interval: float = 0.0,
+    report_burst: int = 1,
+) -> dict:
     """One raw sensor tick without Dagster: intake, the sweep when it is due, the rows past the
-    cursor. ``state``: {"reported": raw_id, "sweep": customer cursor, "swept_at": epoch seconds},
-    updated in place. Returns the counts and ``fresh`` (the new rows, oldest first)."""
+    cursor unless the gate (``may_report``) holds them. ``state``: {"reported": raw_id,
+    "reported_at", "tokens", "tokens_at": the gate's, "sweep": customer cursor, "swept_at":
+    epoch seconds}, updated in place. Returns the counts, ``fresh`` (the new rows, oldest
+    first) and ``held`` (True when the gate kept them for a later tick)."""
     import time
 
     taken = take_in(conn, sqs, queue_url, bucket, prefix) if queue_url else {"messages": 0, "recorded": 0, "foreign": 0}
@@ -135,13 +175,16 @@ def tick(conn: psycopg.Connection, sqs, queue_url: str | None, s3, bucket: str, 
     if last is None or now - float(last) >= interval:
         swept, state["sweep"] = sweep(conn, s3, bucket, prefix, state.get("sweep"))
         state["swept_at"] = now
+    if not may_report(state, now, report_interval, report_burst):
+        return {**taken, "swept": swept, "fresh": [], "held": True}
     fresh = new_since(conn, int(state.get("reported") or 0), MAX_ROWS_PER_TICK)
     if fresh:
         state["reported"] = fresh[-1].raw_id
-    return {**taken, "swept": swept, "fresh": fresh}
+        spend(state, now, report_interval, report_burst)
+    return {**taken, "swept": swept, "fresh": fresh, "held": False}
 
 
-MAX_ROWS_PER_TICK = 5000  # production load is ~700 new objects a 30 s tick (bench trickle's simulation)
+MAX_ROWS_PER_TICK = 5000  # production load is ~700 new objects a 30 s report (bench trickle's simulation)
 
 
 def new_since(conn: psycopg.Connection, raw_id: int, limit: int) -> list[RawSeen]:

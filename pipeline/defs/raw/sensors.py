@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +20,7 @@ from dagster import (
     sensor,
 )
 
-from pipeline import names
+from pipeline import config, names
 from pipeline.collector.catalog import raw_object_stats
 from pipeline.defs.partitions import FIRST_DAY
 from pipeline.defs.resources import ObjectStoreResource, WarehouseResource
@@ -33,12 +34,21 @@ def _read_cursor(cursor: str | None) -> dict:
     doc = json.loads(cursor) if cursor else {}
     if not isinstance(doc, dict) or "reported" not in doc:  # a cursor of the listing sensor before
         return {"reported": 0, "sweep": None, "swept_at": None}
-    return {"reported": int(doc["reported"]), "sweep": doc.get("sweep"), "swept_at": doc.get("swept_at")}
+    return {
+        "reported": int(doc["reported"]),
+        "reported_at": doc.get("reported_at"),
+        "tokens": doc.get("tokens"),
+        "tokens_at": doc.get("tokens_at"),
+        "sweep": doc.get("sweep"),
+        "swept_at": doc.get("swept_at"),
+    }
 
 
 @sensor(
     name=names.RAW_SENSOR,
-    minimum_interval_seconds=30,  # each tick with new objects is a run and a batch a day: the partition bound
+    # A report after a quiet spell waits at most this; PIPELINE_RAW_RUN_INTERVAL_S (detection.may_report)
+    # spaces the ticks that report under a steady load, which is what bounds the batches and partitions.
+    minimum_interval_seconds=5,
     default_status=DefaultSensorStatus.RUNNING,
     # The target of its run requests: without it the daemon refuses them (in-process driving
     # does not check, so only `pipeline dev` showed it).
@@ -68,10 +78,21 @@ def raw_telemetry_sensor(
             bucket,
             settings.raw_prefix,
             state,
+            config.get("PIPELINE_RAW_RUN_INTERVAL_S"),
+            config.get("PIPELINE_RAW_RUN_BURST"),
         )
         detection.prune(conn, RAW_INBOX_RETENTION_DAYS)
     fresh, taken, swept = done["fresh"], done, done["swept"]
     cursor = json.dumps(state)
+    if done["held"]:
+        interval = config.get("PIPELINE_RAW_RUN_INTERVAL_S")
+        ago = time.time() - float(state["reported_at"])
+        return SensorResult(
+            cursor=cursor,
+            skip_reason=f"new objects were reported {ago:.0f} s ago, and reports are spaced by "
+            f"PIPELINE_RAW_RUN_INTERVAL_S ({interval:g} s, bursts of PIPELINE_RAW_RUN_BURST): what is new since is "
+            f"reported within {interval:g} s ({taken['messages']} notification(s) taken in meanwhile)",
+        )
     by_day: dict[str, list] = defaultdict(list)
     outside: dict[str, int] = defaultdict(int)
     last = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
