@@ -84,6 +84,6 @@ def enrich(
                 f"{r.day}  listed {r.listed_objects}  already enriched {r.skipped_objects}  batches {len(r.batches)}  "
                 f"raw objects read {r.raw_objects}  records {r.raw_records}  enriched {r.enriched_rows}  "
                 f"rescued {r.rescued_rows}  written {len(r.written)}  unchanged {len(r.unchanged)}  "
-                f"removed {len(r.removed)}"
+                f"removed {len(r.removed)}" + (f"  gone since planned {r.gone_objects}" if r.gone_objects else "")
             )
     sys.exit(0 if all(r.rows_match and not r.null_event_ids for r in results) else 1)

@@ -22,20 +22,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pipeline import config
+from pipeline.batches import BATCH_ID, BATCH_KEY, manifest  # noqa: F401 (the ledger's own names too)
 
 if TYPE_CHECKING:  # Spark tasks import this module for its types: no database driver there
     import psycopg
 
 log = logging.getLogger(__name__)
-BATCH_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{12}")
-BATCH_KEY = re.compile(r"(?:^|/)dt=(?P<day>\d{4}-\d{2}-\d{2})/batch=(?P<batch>\d{8}T\d{6}Z-[0-9a-f]{12})/[^/]+$")
 _PLAN_LOCK = 0x656E7269636800  # pg_advisory_xact_lock key of the planners ("enrich")
 
 
@@ -59,10 +57,6 @@ class Batch:
     new: bool = True  # False: an existing batch enriched again
     why: str = "new"
 
-    @property
-    def size(self) -> int:
-        return sum(v.size for v in self.inputs)
-
     def prefix(self, root: str) -> str:
         return f"{root}dt={self.day}/batch={self.batch_id}/"
 
@@ -72,13 +66,7 @@ class Batch:
 
 @dataclass
 class Plan:
-    batches: list[Batch] = field(default_factory=list)
-    listed: int = 0  # raw objects of the scope
-    skipped: int = 0  # of them, enriched already under the current versions
-
-    @property
-    def new_inputs(self) -> int:
-        return sum(len(b.inputs) for b in self.batches if b.new)
+    batches: list[Batch] = field(default_factory=list)  # new and due: what the run enriches
 
 
 def batch_id(keys: Iterable[str], newest: dt.datetime) -> str:
@@ -128,7 +116,7 @@ def plan(
     listing began that the listing does not have was deleted, and its batch is due (enriched
     again without it; a batch with no input left has its objects removed). An input recorded
     since, by a run that listed later, is not: this listing could not see it."""
-    out = Plan(listed=len(listed))
+    out = Plan()
     model, reference = versions
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PLAN_LOCK,))
@@ -217,8 +205,6 @@ def plan(
                     [(bucket, v.key, v.etag, v.size, v.customer, v.day, batch.batch_id) for v in batch.inputs],
                 )
         out.batches += fresh
-        redone = sum(1 for v in listed if v.key in known and known[v.key][2] in due)
-        out.skipped = len(listed) - out.new_inputs - redone
     for batch in out.batches:
         log.info(
             "enrichment batch=%s day=%s inputs=%d customers=%d %s",
@@ -273,13 +259,3 @@ def mark_published(
                 for batch, facts in published.items()
             ],
         )
-
-
-def manifest(conn_or_cursor, batch: str) -> dict[str, int] | None:
-    """customer -> rows of a batch, or None when no batch of that id was planned."""
-    if conn_or_cursor.execute("SELECT 1 FROM enrichment_batches WHERE batch_id = %s", (batch,)).fetchone() is None:
-        return None
-    rows = conn_or_cursor.execute(
-        "SELECT customer_id, rows FROM enrichment_manifest WHERE batch_id = %s", (batch,)
-    ).fetchall()
-    return {customer: n for customer, n in rows}

@@ -84,8 +84,9 @@ def publish_batches(s3, bucket: str, final_prefix: str, staging_prefix: str, bat
     """Publish the batches a run staged under ``staging_prefix``, each at
     ``<final_prefix>dt=<day>/batch=<id>/``: an object is copied unless its bytes are there
     already (re-enriching a batch with the same inputs and versions notifies nobody), and a
-    batch's final objects its new output no longer has are removed. No other batch is listed or
-    touched. The staging prefix is emptied last."""
+    batch's final objects its new output no longer has are removed. Only the batches enriched
+    again are listed (a new one's keys hold nothing yet); no other batch is listed or touched.
+    The staging prefix is emptied last."""
     staged: dict[str, dict[str, str]] = {}
     staged_keys = []
     for page in _listing(s3, bucket, staging_prefix):
@@ -96,6 +97,8 @@ def publish_batches(s3, bucket: str, final_prefix: str, staging_prefix: str, bat
                 staged.setdefault(match["batch"], {})[match["name"]] = obj["ETag"].strip('"')
 
     def existing_of(batch) -> dict[str, str]:
+        if batch.new:  # recorded by this run's plan, under the planning lock: nothing can be at its keys
+            return {}
         found = {}
         for page in _listing(s3, bucket, batch.prefix(final_prefix)):
             for obj in page.get("Contents", []):

@@ -96,6 +96,9 @@ class DayResult:
     ip_coverage: float = 1.0
     listed_objects: int = 0  # raw objects of the run's scope on this day
     skipped_objects: int = 0  # of them, enriched already under the current versions: not read
+    gone_objects: int = 0  # planned, but deleted from the raw bucket before this run read them
+    model_version: str = ""  # what this run enriched with
+    reference_data: str = ""
     new_batches: int = 0
     reenriched_batches: int = 0
     batches: list[str] = field(default_factory=list)
@@ -147,10 +150,9 @@ def enrich_days(
     objects reach ``local_bytes`` (default ``PIPELINE_ENRICH_LOCAL_BYTES``): a few new reports
     are enriched in this process, by the same task code, in less time than a session takes to
     start."""
-    model_version = enrichment_versions()[0]  # the label the tasks write is the one the ledger records
     limit = config.get("PIPELINE_ENRICH_LOCAL_BYTES") if local_bytes is None else local_bytes
 
-    def execute(groups: list[Group]) -> tuple[list[GroupResult], int]:
+    def execute(groups: list[Group], model_version: str) -> tuple[list[GroupResult], int]:
         size = sum(g.size for g in groups)
         if size < limit:
             log.info(
@@ -187,8 +189,8 @@ def enrich_days_in_process(
 ) -> list[DayResult]:
     """The same job without Spark, one group after another (the benchmarks' baseline)."""
 
-    def execute(groups: list[Group]) -> tuple[list[GroupResult], int]:
-        return enrich_groups(task_settings(settings), run_id, groups, s3, enrichment_versions()[0]), 1
+    def execute(groups: list[Group], model_version: str) -> tuple[list[GroupResult], int]:
+        return enrich_groups(task_settings(settings), run_id, groups, s3, model_version), 1
 
     return run_enrichment(settings, s3, days, run_id, customers, reprocess, execute)
 
@@ -203,7 +205,8 @@ def run_enrichment(
     execute,
 ) -> list[DayResult]:
     """List the scope, plan from the ledger (pipeline.enrich.ledger), enrich the batches with
-    ``execute``, write their manifests, publish them, mark them published."""
+    ``execute(groups, model_version)``, write their manifests, publish them, mark them published.
+    The versions are read once: the label the tasks write is the one the ledger records."""
     import psycopg
 
     from pipeline.enrich import ledger
@@ -220,7 +223,7 @@ def run_enrichment(
         results: list[GroupResult] = []
         tasks = 0
         if groups:
-            results, tasks = execute(groups)
+            results, tasks = execute(groups, versions[0])
         ran = time.perf_counter()
         rows: dict[str, dict[str, int]] = {b.batch_id: {} for b in plan.batches}
         for result in results:
@@ -245,14 +248,14 @@ def run_enrichment(
                 if k.startswith(batch.prefix(settings.enriched_prefix))
             )
         ledger.mark_published(conn, facts, versions)
-    out = summarize(days, plan, listed, results, published)
+    out = summarize(days, plan, listed, results, published, versions)
     log.info(
         "enrichment run=%s days=%d listed=%d skipped=%d batches=%d groups=%d spark_tasks=%d plan_s=%.2f tasks_s=%.2f "
         "publish_s=%.2f",
         run_id,
         len(days),
         len(listed),
-        plan.skipped,
+        sum(day.skipped_objects for day in out),
         len(plan.batches),
         len(groups),
         tasks,
@@ -263,8 +266,10 @@ def run_enrichment(
     return out
 
 
-def summarize(days: list[str], plan, listed, results: list[GroupResult], published) -> list[DayResult]:
-    by_day = {day: DayResult(day) for day in days}
+def summarize(
+    days: list[str], plan, listed, results: list[GroupResult], published, versions: tuple[str, str]
+) -> list[DayResult]:
+    by_day = {day: DayResult(day, model_version=versions[0], reference_data=versions[1]) for day in days}
     categories: dict[str, Counter] = {day: Counter() for day in days}
     with_asn: Counter = Counter()
     for version in listed:
@@ -292,6 +297,7 @@ def summarize(days: list[str], plan, listed, results: list[GroupResult], publish
         day.quarantined_records += result.quarantined_records
         day.foreign_rows += result.foreign_rows
         day.null_event_ids += result.null_event_ids
+        day.gone_objects += result.gone_objects
         with_asn[result.day] += result.with_asn
         categories[result.day].update(result.categories)
         if result.enriched_rows:
@@ -307,13 +313,14 @@ def summarize(days: list[str], plan, listed, results: list[GroupResult], publish
             published.removed.get(day, []),
         )
         log.info(
-            "enriched day=%s listed=%d skipped=%d batches=%d raw_objects=%d raw_records=%d enriched=%d rescued=%d "
-            "written=%d unchanged=%d removed=%d",
+            "enriched day=%s listed=%d skipped=%d batches=%d raw_objects=%d gone=%d raw_records=%d enriched=%d "
+            "rescued=%d written=%d unchanged=%d removed=%d",
             day,
             result.listed_objects,
             result.skipped_objects,
             len(result.batches),
             result.raw_objects,
+            result.gone_objects,
             result.raw_records,
             result.enriched_rows,
             result.rescued_rows,

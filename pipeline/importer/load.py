@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 from psycopg import sql
 
+from pipeline.batches import batch_of, manifest
 from pipeline.importer import inbox
 from pipeline.importer.events import ObjectVersion, compare_sequencers, version_identity
 from pipeline.telemetry import ENRICHED_FIELDS
@@ -71,7 +72,6 @@ class ObjectRejected(ValueError):
 # which enrichment records in the warehouse before it publishes the batch. The importer checks
 # every row against them again: an object in the enriched bucket is not trusted for its key.
 _KEY_TENANT = re.compile(r"(?:^|/)customer=(?P<customer>[a-z0-9][a-z0-9_-]{0,62})/dt=\d{4}-\d{2}-\d{2}/")
-_BATCH_KEY = re.compile(r"(?:^|/)dt=\d{4}-\d{2}-\d{2}/batch=(?P<batch>\d{8}T\d{6}Z-[0-9a-f]{12})/[^/]+$")
 
 
 def key_tenant(key: str) -> str | None:
@@ -85,13 +85,13 @@ def object_tenants(cur, key: str) -> tuple[set[str] | None, str]:
     tenant = key_tenant(key)
     if tenant is not None:
         return {tenant}, "its key"
-    match = _BATCH_KEY.search(key)
-    if match is None:
+    batch = batch_of(key)
+    if batch is None:
         return None, "its key"
-    if cur.execute("SELECT 1 FROM enrichment_batches WHERE batch_id = %s", (match["batch"],)).fetchone() is None:
-        return None, f"no enrichment batch {match['batch']}"
-    rows = cur.execute("SELECT customer_id FROM enrichment_manifest WHERE batch_id = %s", (match["batch"],))
-    return {customer for (customer,) in rows.fetchall()}, f"the manifest of enrichment batch {match['batch']}"
+    tenants = manifest(cur, batch)
+    if tenants is None:
+        return None, f"no enrichment batch {batch}"
+    return set(tenants), f"the manifest of enrichment batch {batch}"
 
 
 def check_tenant(table: pa.Table, tenant: str | set[str] | None, where: str, source: str = "its key") -> None:

@@ -18,7 +18,6 @@ from pipeline.defs.partitions import telemetry_days
 from pipeline.defs.resources import ObjectStoreResource
 from pipeline.enrich.java import require_java
 from pipeline.enrich.model import MODEL_VERSION
-from pipeline.enrich.reference import reference_version
 from pipeline.enrich.spark import enrich_days
 
 
@@ -122,8 +121,9 @@ def enriched_telemetry(
                     "objects_removed": len(result.removed),
                     "customers": MetadataValue.json(result.customers),
                     "categories": MetadataValue.json(result.categories),
-                    "model_version": MODEL_VERSION,
-                    "reference_data": reference_version(),
+                    "gone_objects": result.gone_objects,
+                    "model_version": result.model_version,
+                    "reference_data": result.reference_data,
                 },
             )
         )
