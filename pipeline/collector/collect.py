@@ -70,6 +70,7 @@ class CollectSummary:
     already_in_s3: list[str] = field(default_factory=list)
     upload_errors: list[str] = field(default_factory=list)
     pending_in_spool: int = 0
+    parsedmarc_fallbacks: int = 0  # reports the streaming reader handed to parsedmarc (logged each)
 
     @property
     def exit_code(self) -> int:
@@ -90,6 +91,7 @@ class CollectSummary:
             "already_in_s3": self.already_in_s3,
             "upload_errors": self.upload_errors,
             "pending_in_spool": self.pending_in_spool,
+            "parsedmarc_fallbacks": self.parsedmarc_fallbacks,
             "exit_code": self.exit_code,
         }
 
@@ -310,6 +312,8 @@ def collect(
             summary.rejected.append({"input": str(path), "reason": reason})
             log.warning("collector rejected input=%s reason=%s", path, reason)
             continue
+        if report.reader == "parsedmarc":
+            summary.parsedmarc_fallbacks += 1
         try:  # a report's own values become its key and body: one that cannot is that report's fault
             rank = (len(report.problems), hashlib.sha256(report.body()).hexdigest())
             key = report.key(settings.raw_prefix)
@@ -338,7 +342,7 @@ def collect(
     )
     log.info(
         "collector done files=%d reports=%d records=%d messages=%d duplicates=%d rejected=%d "
-        "written=%d replaced=%d pending=%d",
+        "written=%d replaced=%d pending=%d parsedmarc_fallbacks=%d",
         summary.files,
         summary.reports,
         summary.records,
@@ -348,5 +352,6 @@ def collect(
         len(summary.objects_written),
         len(summary.objects_replaced),
         summary.pending_in_spool,
+        summary.parsedmarc_fallbacks,
     )
     return summary

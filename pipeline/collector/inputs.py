@@ -2,7 +2,9 @@
 
 Checks come first so that a hostile or broken file is rejected with a reason naming it, without
 being decompressed into memory: size limits, compression-ratio limits (archive bombs), and
-readability. Everything that passes goes to parsedmarc, offline (no DNS, no network).
+readability. Everything that passes is read by the collector's streaming reader
+(pipeline.collector.stream); a shape it does not handle goes to parsedmarc, offline (no DNS,
+no network), and is counted.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.collector.normalize import NormalizedReport, ReportRefused, normalize
@@ -279,8 +281,29 @@ def read_report(path: Path, customer_id: str, limits: Limits = DEFAULT_LIMITS) -
         ) from None
 
 
-def _read(path: Path, customer_id: str, limits: Limits) -> NormalizedReport:
+# How many reports each reader read, in this process (``pipeline.collector.stream`` first;
+# parsedmarc for a shape it does not handle). ``collect`` reports the fallbacks too.
+READS = {"stream": 0, "parsedmarc": 0}
+
+
+def _parsedmarc(data: bytes, name: str, why: str) -> dict:
     import parsedmarc
+
+    READS["parsedmarc"] += 1
+    log.info("collector reader=parsedmarc input=%s why=%s", name, why)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = parsedmarc.parse_report_file(data, offline=True, always_use_local_files=True)
+    except Exception as exc:
+        raise Rejected(f"{name}: not a DMARC aggregate report ({str(exc).strip() or type(exc).__name__})") from None
+    if parsed.get("report_type") != "aggregate":
+        raise Rejected(f"{name}: a {parsed.get('report_type')} report, not an aggregate report; not collected")
+    return parsed["report"]
+
+
+def _read(path: Path, customer_id: str, limits: Limits) -> NormalizedReport:
+    from pipeline.collector import stream
 
     name = str(path)
     try:
@@ -290,18 +313,20 @@ def _read(path: Path, customer_id: str, limits: Limits) -> NormalizedReport:
     if not data.strip():
         raise Rejected(f"{name}: empty file, not a DMARC aggregate report")
     check_payload(data, limits, name)
-    if path.suffix.lower() in {".eml", ".msg"} or _HEADER_LINE.match(data):
+    is_email = path.suffix.lower() in {".eml", ".msg"} or bool(_HEADER_LINE.match(data))
+    if is_email:
         _check_email(data, limits, name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parsed = parsedmarc.parse_report_file(data, offline=True, always_use_local_files=True)
-    except Exception as exc:
-        raise Rejected(f"{name}: not a DMARC aggregate report ({str(exc).strip() or type(exc).__name__})") from None
-    if parsed.get("report_type") != "aggregate":
-        raise Rejected(f"{name}: a {parsed.get('report_type')} report, not an aggregate report; not collected")
-    try:
-        return normalize(parsed["report"], customer_id, _encoding_problems(data))
+        try:
+            problems = _encoding_problems(data)
+            read = stream.read(data, name, customer_id, limits.max_uncompressed_bytes, is_email, problems)
+            READS["stream"] += 1
+            return read
+        except stream.Refused as exc:
+            raise Rejected(f"{name}: not a DMARC aggregate report ({exc})") from None
+        except stream.Unhandled as exc:
+            report = _parsedmarc(data, name, str(exc))
+        return replace(normalize(report, customer_id, _encoding_problems(data)), reader="parsedmarc")
     except ReportRefused as exc:
         raise Rejected(f"{name}: {exc}") from None
     except (KeyError, ValueError, TypeError) as exc:

@@ -42,6 +42,7 @@ class NormalizedReport:
     begin: dt.datetime
     records: list[dict]
     problems: list[str]  # what was damaged in this copy (parse errors, bad bytes)
+    reader: str = "stream"  # which reader read it: pipeline.collector.stream, or parsedmarc (a fallback)
 
     @property
     def identity(self) -> str:
@@ -132,11 +133,80 @@ def clean_text(value):
     return value
 
 
-def normalize(
-    report: dict, customer_id: str, problems: list[str] | None = None, now: dt.datetime | None = None
-) -> NormalizedReport:
-    meta = report["report_metadata"]
-    policy = report.get("policy_published") or {}
+def report_fields(customer_id: str, org: str, report_id: str, meta: dict, policy: dict, begin, end) -> dict:
+    """The fields every record of a report shares, cleaned once per report."""
+    pct = policy.get("pct")
+    common = {
+        "schema_version": SCHEMA_VERSION,
+        "customer_id": customer_id,
+        "report_org": org,
+        "report_id": report_id,
+        "report_email": meta.get("org_email"),
+        "report_begin": begin.isoformat() if begin else None,
+        "report_end": end.isoformat() if end else None,
+        "policy_domain": _lower(policy.get("domain")),
+        "policy_adkim": _lower(policy.get("adkim")),
+        "policy_aspf": _lower(policy.get("aspf")),
+        "policy_p": _lower(policy.get("p")),
+        "policy_sp": _lower(policy.get("sp")),
+        "policy_pct": int(pct) if str(pct or "").isdigit() else None,
+    }
+    return {name: clean_text(value) for name, value in common.items()}
+
+
+def record_fields(
+    common: dict,
+    index: int,
+    source_ip,
+    count,
+    evaluated: dict,
+    reasons: list,
+    ids: dict,
+    dkim: list[dict],
+    spf: list[dict],
+) -> dict:
+    """One raw record: the report's ``common`` fields and this record's (as parsedmarc renders a
+    record: ``evaluated`` disposition/dkim/spf, ``ids`` header_from/envelope_from/envelope_to,
+    ``dkim``/``spf`` its auth results), cleaned. The collector's reader and parsedmarc's output
+    both end here."""
+    dkim = [
+        {"domain": _lower(d.get("domain")), "selector": d.get("selector"), "result": _lower(d.get("result"))}
+        for d in dkim
+    ]
+    spf = [
+        {"domain": _lower(x.get("domain")), "scope": _lower(x.get("scope")), "result": _lower(x.get("result"))}
+        for x in spf
+    ]
+    dkim_main, spf_main = _pick(dkim), _pick(spf)
+    reasons = [r for r in reasons if r.get("type")]
+    own = {
+        "record_index": index,
+        "source_ip": source_ip,
+        "message_count": int(count or 0),
+        "disposition": _lower(evaluated.get("disposition")),
+        "policy_dkim": _lower(evaluated.get("dkim")),
+        "policy_spf": _lower(evaluated.get("spf")),
+        "override_reasons": json.dumps(reasons) if reasons else None,
+        "header_from": _lower(ids.get("header_from")),
+        "envelope_from": _lower(ids.get("envelope_from")),
+        "envelope_to": _lower(ids.get("envelope_to")),
+        "dkim_domain": dkim_main.get("domain"),
+        "dkim_selector": dkim_main.get("selector"),
+        "dkim_result": dkim_main.get("result"),
+        "spf_domain": spf_main.get("domain"),
+        "spf_scope": spf_main.get("scope"),
+        "spf_result": spf_main.get("result"),
+        "dkim_auth": json.dumps(dkim),
+        "spf_auth": json.dumps(spf),
+    }
+    for name, value in own.items():
+        if isinstance(value, str) and _UNSTORABLE.search(value):
+            own[name] = _UNSTORABLE.sub("\ufffd", value)
+    return {**common, **own}
+
+
+def report_identity(meta: dict) -> tuple[str, str, dt.datetime | None, dt.datetime | None]:
+    """(org, report id, begin, end) of parsedmarc's report_metadata; refused when it has none."""
     org = clean_text(str(meta.get("org_name") or "").strip())
     report_id = clean_text(str(meta.get("report_id") or "").strip())
     if not org or not report_id:
@@ -146,68 +216,34 @@ def normalize(
             f"the report's org name ({len(org)} characters) or id ({len(report_id)}) is over {MAX_IDENTITY_CHARS} "
             "characters: no receiver names a report so; not collected"
         )
-    begin = _utc(meta.get("begin_date"))
-    end = _utc(meta.get("end_date"))
+    return org, report_id, _utc(meta.get("begin_date")), _utc(meta.get("end_date"))
+
+
+def normalize(
+    report: dict, customer_id: str, problems: list[str] | None = None, now: dt.datetime | None = None
+) -> NormalizedReport:
+    meta = report["report_metadata"]
+    policy = report.get("policy_published") or {}
+    org, report_id, begin, end = report_identity(meta)
     problems = list(problems or []) + [str(e) for e in meta.get("errors") or []]
-    pct = policy.get("pct")
+    common = report_fields(customer_id, org, report_id, meta, policy, begin, end)
     records = []
     for index, rec in enumerate(report.get("records") or []):
-        evaluated = rec.get("policy_evaluated") or {}
-        ids = rec.get("identifiers") or {}
         auth = rec.get("auth_results") or {}
-        dkim = [
-            {
-                "domain": _lower(d.get("domain")),
-                "selector": d.get("selector"),
-                "result": _lower(d.get("result")),
-            }
-            for d in auth.get("dkim") or []
-        ]
-        spf = [
-            {
-                "domain": _lower(s.get("domain")),
-                "scope": _lower(s.get("scope")),
-                "result": _lower(s.get("result")),
-            }
-            for s in auth.get("spf") or []
-        ]
-        dkim_main, spf_main = _pick(dkim), _pick(spf)
-        reasons = [r for r in evaluated.get("policy_override_reasons") or [] if r.get("type")]
-        record = {
-            "schema_version": SCHEMA_VERSION,
-            "customer_id": customer_id,
-            "report_org": org,
-            "report_id": report_id,
-            "report_email": meta.get("org_email"),
-            "report_begin": begin.isoformat() if begin else None,
-            "report_end": end.isoformat() if end else None,
-            "policy_domain": _lower(policy.get("domain")),
-            "policy_adkim": _lower(policy.get("adkim")),
-            "policy_aspf": _lower(policy.get("aspf")),
-            "policy_p": _lower(policy.get("p")),
-            "policy_sp": _lower(policy.get("sp")),
-            "policy_pct": int(pct) if str(pct or "").isdigit() else None,
-            "record_index": index,
-            "source_ip": (rec.get("source") or {}).get("ip_address"),
-            "message_count": int(rec.get("count") or 0),
-            "disposition": _lower(evaluated.get("disposition")),
-            "policy_dkim": _lower(evaluated.get("dkim")),
-            "policy_spf": _lower(evaluated.get("spf")),
-            "override_reasons": json.dumps(reasons) if reasons else None,
-            "header_from": _lower(ids.get("header_from")),
-            "envelope_from": _lower(ids.get("envelope_from")),
-            "envelope_to": _lower(ids.get("envelope_to")),
-            "dkim_domain": dkim_main.get("domain"),
-            "dkim_selector": dkim_main.get("selector"),
-            "dkim_result": dkim_main.get("result"),
-            "spf_domain": spf_main.get("domain"),
-            "spf_scope": spf_main.get("scope"),
-            "spf_result": spf_main.get("result"),
-            "dkim_auth": json.dumps(dkim),
-            "spf_auth": json.dumps(spf),
-        }
-        assert record.keys() == RAW_FIELDS.keys()
-        records.append({name: clean_text(value) for name, value in record.items()})
+        record = record_fields(
+            common,
+            index,
+            (rec.get("source") or {}).get("ip_address"),
+            rec.get("count"),
+            rec.get("policy_evaluated") or {},
+            (rec.get("policy_evaluated") or {}).get("policy_override_reasons") or [],
+            rec.get("identifiers") or {},
+            auth.get("dkim") or [],
+            auth.get("spf") or [],
+        )
+        records.append(record)
+    if records:
+        assert records[0].keys() == RAW_FIELDS.keys()
     if begin is None:
         raise ValueError("the report has no date range")
     check_period(begin, end, now)
