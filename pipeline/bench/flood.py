@@ -2,11 +2,14 @@
 that moved the bottleneck elsewhere shows.
 
 * **W5** (4,000 reports, 10 customers, 100 days): collect -> one Spark run -> the import sensor
-  and its runs -> projections, each stage timed; ``max_stage_vs_import`` = slowest stage / import.
+  and its runs -> projections, each stage timed; ``max_stage_vs_import`` = slowest stage / import;
+  ``w5_collect_vs_import`` = the collector's records/s over the import's rows/s.
 * **W6** (one customer, 20 gzip reports of 50,000 records, 1M records): Spark enrichment rows/s
   against the importer's rows/s on the same rows (``enrich_vs_import``), against the same
   transform in one process (``spark_vs_one_process``); the driver's peak RSS in W5 and W6
-  (``driver_rss_ratio``: the driver must not hold the data).
+  (``driver_rss_ratio``: the driver must not hold the data); ``w6_collect_vs_import``; and
+  ``reader_vs_parsedmarc``: the collector's streaming reader's records/s over parsedmarc's, two
+  of W6's reports, one process.
 * **W7** (enriched objects of 100,000 and 1,000,000 rows, same row-group size, written straight
   to the enriched prefix): the importer's peak RSS increase loading each, one stream, each in a
   fresh process (``importer_rss_growth``: memory flat in the object's size).
@@ -43,6 +46,9 @@ log = logging.getLogger("pipeline.bench")
 
 TARGETS = {
     "max_stage_vs_import": ("<=", 2.0),
+    "w5_collect_vs_import": (">=", 0.8),
+    "w6_collect_vs_import": (">=", 0.5),
+    "reader_vs_parsedmarc": (">=", 10.0),
     "enrich_vs_import": (">=", 0.5),
     "spark_vs_one_process": (">=", 1.0),
     "driver_rss_ratio": ("<=", 1.5),
@@ -221,6 +227,10 @@ def w5(settings: Settings, customers: int, reports: int, master: str, progress: 
         "end_to_end_seconds": round(sum(timings.values()), 2),
         "slowest_stage": slowest,
         "max_stage_vs_import": round(timings[slowest] / timings["import"], 2),
+        # the collector's records/s over the import's rows/s, same rows, same run
+        "w5_collect_vs_import": round(
+            (collected["records"] / timings["collect"]) / (imported["rows"] / timings["import"]), 2
+        ),
         "w5_driver_peak_rss_mb": driver_mb,
     }
 
@@ -268,7 +278,11 @@ def w6(settings: Settings, reports: int, records: int, master: str, progress: bo
         _purge_queue(settings)
     enrich_rate = rows / timings["w6_enrich"]
     import_rate = rows / timings["w6_import"]
+    reader = reader_speed(sorted(folder.rglob("*.xml*"))[:2], say)
     return {
+        **reader,
+        "collect_rows_per_s": round(rows / timings["w6_collect"]),
+        "w6_collect_vs_import": round((rows / timings["w6_collect"]) / import_rate, 2),
         "w6_records": rows,
         "w6_seconds": timings,
         "enrich_rows_per_s": round(enrich_rate),
@@ -277,6 +291,39 @@ def w6(settings: Settings, reports: int, records: int, master: str, progress: bo
         "one_process_rows_per_s": round(rows / timings["w6_one_process"]),
         "spark_vs_one_process": round(timings["w6_one_process"] / timings["w6_enrich"], 2),
         "w6_driver_peak_rss_mb": driver_mb,
+    }
+
+
+def reader_speed(files: list[Path], say) -> dict:
+    """``reader_vs_parsedmarc``: records/s of the collector's streaming reader and of parsedmarc
+    (each followed by the same normalization), the same files, one after another in this process."""
+    import warnings
+
+    from pipeline.collector import stream
+    from pipeline.collector.normalize import normalize
+
+    def read_stream(data: bytes) -> int:
+        return len(stream.read(data, "bench", "bench", 1 << 31, False).records)
+
+    def read_parsedmarc(data: bytes) -> int:
+        import parsedmarc
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = parsedmarc.parse_report_file(data, offline=True, always_use_local_files=True)
+        return len(normalize(parsed["report"], "bench").records)
+
+    rates = {}
+    for label, read in (("stream", read_stream), ("parsedmarc", read_parsedmarc)):
+        records, started = 0, time.perf_counter()
+        for path in files:
+            records += read(path.read_bytes())
+        rates[label] = records / (time.perf_counter() - started)
+        say(f"reader {label}: {rates[label]:.0f} records/s over {len(files)} file(s)")
+    return {
+        "reader_records_per_s": round(rates["stream"]),
+        "parsedmarc_records_per_s": round(rates["parsedmarc"]),
+        "reader_vs_parsedmarc": round(rates["stream"] / rates["parsedmarc"], 1),
     }
 
 
