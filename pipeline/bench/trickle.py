@@ -90,6 +90,23 @@ def _raw_records_read(runs, days: list[str]) -> int:
 
 
 def waves(settings: Settings, customers: int, reports: int, wave_size: int, progress: bool) -> dict:
+    """Each wave is one report of the raw sensor: PIPELINE_RAW_RUN_INTERVAL_S, which spaces the
+    daemon's reports under a steady load, is the waves' own spacing here (otherwise a held wave's
+    reports would be read by the next wave, or by the backfill, and the figures would mix waves)."""
+    import os
+
+    held = os.environ.get("PIPELINE_RAW_RUN_INTERVAL_S")
+    os.environ["PIPELINE_RAW_RUN_INTERVAL_S"] = "0"
+    try:
+        return _waves(settings, customers, reports, wave_size, progress)
+    finally:
+        if held is None:
+            os.environ.pop("PIPELINE_RAW_RUN_INTERVAL_S", None)
+        else:
+            os.environ["PIPELINE_RAW_RUN_INTERVAL_S"] = held
+
+
+def _waves(settings: Settings, customers: int, reports: int, wave_size: int, progress: bool) -> dict:
     from dagster import AssetKey, RunRequest, SensorResult
 
     from pipeline import names
