@@ -9,7 +9,8 @@ that moved the bottleneck elsewhere shows.
   transform in one process (``spark_vs_one_process``); the driver's peak RSS in W5 and W6
   (``driver_rss_ratio``: the driver must not hold the data); ``w6_collect_vs_import``; and
   ``reader_vs_parsedmarc``: the collector's streaming reader's records/s over parsedmarc's, two
-  of W6's reports, one process.
+  of W6's reports, one process; ``collector_rss_growth``: the collector's peak RSS on a report of
+  1,000,000 records over one of 10,000.
 * **W7** (enriched objects of 100,000 and 1,000,000 rows, same row-group size, written straight
   to the enriched prefix): the importer's peak RSS increase loading each, one stream, each in a
   fresh process (``importer_rss_growth``: memory flat in the object's size).
@@ -24,6 +25,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,7 @@ TARGETS = {
     "w5_collect_vs_import": (">=", 0.8),
     "w6_collect_vs_import": (">=", 0.5),
     "reader_vs_parsedmarc": (">=", 10.0),
+    "collector_rss_growth": ("<=", 1.5),
     "enrich_vs_import": (">=", 0.5),
     "spark_vs_one_process": (">=", 1.0),
     "driver_rss_ratio": ("<=", 1.5),
@@ -327,6 +330,47 @@ def reader_speed(files: list[Path], say) -> dict:
     }
 
 
+_RSS_WRAPPER = (
+    "import resource, subprocess, sys; "
+    "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+    "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); "
+    "sys.stderr.write(r.stderr[-3000:])"
+)
+
+
+def collector_rss(settings: Settings, small: int, large: int, say) -> dict:
+    """``collector_rss_growth``: the collector's peak RSS collecting one report of ``large``
+    records over one of ``small``, each `pipeline collect` alone in a fresh process."""
+    from pipeline.collector.generate import generate_reports
+
+    out: dict = {}
+    folder = Path(tempfile.mkdtemp(prefix="bench-rss-"))
+    customer = f"rss{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, **settings.process_env(), "PIPELINE_COLLECT_WORKERS": "1"}
+    try:
+        for label, records in (("small", small), ("large", large)):
+            say(f"collector RSS: generating a report of {records} records")
+            [report] = generate_reports(
+                folder / label, 1, 1, seed=11, start=dt.date(2015, 6, 1), records_per_report=(records, records)
+            )
+            command = [sys.executable, "-m", "pipeline", "collect", "--customer", customer, report.path]
+            started = time.perf_counter()
+            wrapped = [sys.executable, "-c", _RSS_WRAPPER, *command]
+            run = subprocess.run(wrapped, capture_output=True, text=True, env=env)
+            code, peak = (int(x) for x in run.stdout.split())
+            if code != 0:
+                raise RuntimeError(f"collect of {records} records failed ({code}): {run.stderr}")
+            out[f"collector_{label}_records"] = records
+            out[f"collector_{label}_peak_rss_mb"] = peak
+            out[f"collector_{label}_seconds"] = round(time.perf_counter() - started, 1)
+            say(f"collector RSS: {records} records, peak {peak} MB")
+    finally:
+        _delete_prefixes(settings, [(settings.raw_bucket, f"{settings.raw_prefix}customer={customer}/")])
+        shutil.rmtree(folder, ignore_errors=True)
+    out["collector_rss_growth"] = round(out["collector_large_peak_rss_mb"] / out["collector_small_peak_rss_mb"], 2)
+    return out
+
+
 def _collect_parallel(settings: Settings, folders: list[Path], customer: str) -> None:
     """W6's large reports are collected two at a time, each in its own process (the parse is
     CPU-bound Python)."""
@@ -439,6 +483,8 @@ def run(
         figures.update(w5(settings, 10, max(4, int(400 * scale)), master, progress, say))
     if "w6" in chosen:
         figures.update(w6(settings, 20, max(1000, int(50_000 * scale)), master, progress, say))
+    if "w6" in chosen:
+        figures.update(collector_rss(settings, 10_000, max(20_000, int(1_000_000 * scale)), say))
     if "w5" in chosen and "w6" in chosen:
         figures["driver_rss_ratio"] = round(figures["w6_driver_peak_rss_mb"] / figures["w5_driver_peak_rss_mb"], 2)
     if "w7" in chosen:

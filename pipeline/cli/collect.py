@@ -42,12 +42,12 @@ from pipeline.settings import load_settings, pipeline_home
     help="With --maildir or --imap: run as a service, collecting every this many seconds until SIGTERM.",
 )
 @click.option("--status", "show_status", is_flag=True, help="What the collector service did last (its status file).")
-@click.option("--max-file-mb", default=25.0, show_default=True, help="Largest report file accepted.")
+@click.option("--max-file-mb", default=100.0, show_default=True, help="Largest report file accepted.")
 @click.option(
     "--max-records",
-    default=50_000,
+    default=5_000_000,
     show_default=True,
-    help="Most records in one report (parsed in memory, about 7 MB per 1,000).",
+    help="Most records in one report: a policy (the reader streams; memory does not grow with a report).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def collect(

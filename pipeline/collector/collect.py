@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -157,12 +156,14 @@ class Uploader:
             self.sleep(self.base_delay * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
-    def _put(self, item: PendingObject, body: bytes, only_if_new: bool) -> bool:
-        """PUT the object; with ``only_if_new`` S3 refuses it when the key exists (False)."""
+    def _put(self, item: PendingObject, only_if_new: bool) -> bool:
+        """PUT the object, its body streamed from the spool file (a large report's body is never
+        in memory); with ``only_if_new`` S3 refuses it when the key exists (False)."""
         extra = {"IfNoneMatch": "*"} if only_if_new else {}
-        try:
-            self._retrying(
-                lambda: self.s3.put_object(
+
+        def put() -> None:
+            with open(item.body_path, "rb") as body:
+                self.s3.put_object(
                     Bucket=self.bucket,
                     Key=item.key,
                     Body=body,
@@ -170,9 +171,10 @@ class Uploader:
                     ContentType="application/x-ndjson",
                     ContentEncoding="gzip",
                     **extra,
-                ),
-                item.key,
-            )
+                )
+
+        try:
+            self._retrying(put, item.key)
         except ClientError as exc:
             if only_if_new and exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
                 return False
@@ -185,14 +187,13 @@ class Uploader:
         A conditional PUT (If-None-Match) writes a new key in one request; only when the key
         exists is the stored copy looked at, and replaced when this one has fewer problems.
         """
-        body = item.body()
-        if self._put(item, body, only_if_new=True):
+        if self._put(item, only_if_new=True):
             return "written"
         stored = self._retrying(lambda: self.stored_problems(item.key), item.key)
         ours = int(item.metadata.get("problems", "0"))
         if stored is not None and stored <= ours:
             return "exists"
-        self._put(item, body, only_if_new=False)
+        self._put(item, only_if_new=False)
         return "written" if stored is None else "replaced"
 
 
@@ -240,10 +241,10 @@ def flush(
 PARSE_IN_PROCESSES_FROM_BYTES = 16 * 1024 * 1024
 
 
-def _parse_one(job: tuple[Path, str, Limits]) -> tuple[Path, NormalizedReport | None, str | None]:
-    path, customer_id, limits = job
+def _parse_one(job: tuple[Path, str, Limits, Path | None]) -> tuple[Path, NormalizedReport | None, str | None]:
+    path, customer_id, limits, spill_dir = job
     try:
-        return path, read_report(path, customer_id, limits), None
+        return path, read_report(path, customer_id, limits, spill_dir), None
     except Rejected as exc:
         return path, None, str(exc)
 
@@ -258,10 +259,13 @@ def _total_bytes(files: list[Path]) -> int:
     return total
 
 
-def parse_files(files: list[Path], customer_id: str, limits: Limits, workers: int | None = None):
+def parse_files(
+    files: list[Path], customer_id: str, limits: Limits, workers: int | None = None, spill_dir: Path | None = None
+):
     """(path, report or None, reason) per file, in the files' order. Parsing is CPU-bound Python:
-    a large batch is spread over worker processes (PIPELINE_COLLECT_WORKERS, default the CPUs)."""
-    jobs = [(path, customer_id, limits) for path in files]
+    a large batch is spread over worker processes (PIPELINE_COLLECT_WORKERS, default the CPUs).
+    A large report's records are written to ``spill_dir`` as they are read (its raw body)."""
+    jobs = [(path, customer_id, limits, spill_dir) for path in files]
     workers = workers or config.get("PIPELINE_COLLECT_WORKERS") or os.cpu_count() or 1
     if workers <= 1 or len(files) < 2 or _total_bytes(files) < PARSE_IN_PROCESSES_FROM_BYTES:
         yield from map(_parse_one, jobs)
@@ -305,8 +309,13 @@ def collect(
     files = list(discover(paths))
     summary.files = len(files)
     chosen: dict[str, tuple[NormalizedReport, Path, tuple]] = {}
+    incoming = spool.incoming()  # large reports' bodies, written as they are read; the spool adopts them
     for path, report, reason in tqdm(
-        parse_files(files, customer_id, limits), total=len(files), desc="parse", unit="file", disable=not progress
+        parse_files(files, customer_id, limits, spill_dir=incoming),
+        total=len(files),
+        desc="parse",
+        unit="file",
+        disable=not progress,
     ):
         if report is None:
             summary.rejected.append({"input": str(path), "reason": reason})
@@ -315,9 +324,10 @@ def collect(
         if report.reader == "parsedmarc":
             summary.parsedmarc_fallbacks += 1
         try:  # a report's own values become its key and body: one that cannot is that report's fault
-            rank = (len(report.problems), hashlib.sha256(report.body()).hexdigest())
+            rank = (len(report.problems), report.body_digest())
             key = report.key(settings.raw_prefix)
         except Exception as exc:
+            report.discard()
             reason = f"{path}: its records cannot be written as raw telemetry ({type(exc).__name__}: {exc})"
             summary.rejected.append({"input": str(path), "reason": reason})
             log.warning("collector rejected input=%s reason=%s", path, reason)
@@ -327,6 +337,7 @@ def collect(
             if rank > chosen[key][2]:
                 keep, drop = chosen[key][:2], (report, path)
             summary.duplicates.append(str(drop[1]))
+            drop[0].discard()
             chosen[key] = (*keep, min(rank, chosen[key][2]))
         else:
             chosen[key] = (report, path, rank)
@@ -334,7 +345,10 @@ def collect(
         summary.reports += 1
         summary.records += len(report.records)
         summary.messages += report.messages
-        spool.put(key, report.body(), _metadata(report, path))
+        if report.spilled is not None:
+            spool.adopt(key, report.spilled, _metadata(report, path))
+        else:
+            spool.put(key, report.body(), _metadata(report, path))
     s3 = s3 or client(settings, "s3", COLLECTOR_CLIENT)
     flush(spool, Uploader(s3, settings.raw_bucket), summary, progress)
     summary.duplicates.extend(

@@ -33,19 +33,18 @@ _HEADER_LINE = re.compile(rb"^[A-Za-z][A-Za-z0-9-]*:[ \t]")  # an e-mail message
 
 @dataclass(frozen=True)
 class Limits:
-    max_file_bytes: int = 25 * 1024 * 1024
-    max_uncompressed_bytes: int = 200 * 1024 * 1024
+    # A report of 1,000,000 records is about 60 MB of gzip and 700 MB of XML: both fit. The reader
+    # streams, so these are archive-bomb guards (with the ratio), not a bound on memory.
+    max_file_bytes: int = 100 * 1024 * 1024
+    max_uncompressed_bytes: int = 2 * 1024 * 1024 * 1024
     max_compression_ratio: float = 300.0
-    # parsedmarc holds a whole report in memory, about 7 MB per 1,000 records here (a 50,000-record
-    # report peaks near 420 MB): larger reports are refused, counted while the bytes stream by
-    max_records: int = 50_000
+    # A policy, not a memory guard: the streaming reader holds at most SPILL_RECORDS records and
+    # writes the rest to the raw object's body on disk as it reads them.
+    max_records: int = 5_000_000
     # Report e-mails are a few parts deep (a forwarded report: three levels) and a few parts wide.
     max_mime_depth: int = 8
     max_mime_parts: int = 100
     max_archive_members: int = 16
-
-
-MB_PER_1000_RECORDS = 7
 
 
 DEFAULT_LIMITS = Limits()
@@ -135,8 +134,8 @@ class _XmlScanner:
         if self.records > limits.max_records:
             raise Rejected(
                 f"{self.name}: {self.records} records, over the collector's limit of {limits.max_records} per "
-                f"report: a report is parsed in memory (about {MB_PER_1000_RECORDS} MB per 1,000 records); raise "
-                "--max-records on a machine with that memory, or ask the reporter for daily reports"
+                "report (--max-records, a policy: the reader streams, memory does not grow with a report); "
+                "raise it if such reports are expected"
             )
 
 
@@ -260,7 +259,9 @@ def _encoding_problems(data: bytes) -> list[str]:
     return []
 
 
-def read_report(path: Path, customer_id: str, limits: Limits = DEFAULT_LIMITS) -> NormalizedReport:
+def read_report(
+    path: Path, customer_id: str, limits: Limits = DEFAULT_LIMITS, spill_dir: Path | None = None
+) -> NormalizedReport:
     """Check, parse (offline) and normalize one report file; Rejected with a reason otherwise.
 
     Every input ends here as a report or a ``Rejected``: a file is attacker-controlled, so an
@@ -269,7 +270,7 @@ def read_report(path: Path, customer_id: str, limits: Limits = DEFAULT_LIMITS) -
     logged with its type, and never the end of the collection or the mailbox.
     """
     try:
-        return _read(path, customer_id, limits)
+        return _read(path, customer_id, limits, spill_dir)
     except Rejected:
         raise
     except Exception as exc:  # see above: the input is refused, the collector goes on
@@ -302,7 +303,7 @@ def _parsedmarc(data: bytes, name: str, why: str) -> dict:
     return parsed["report"]
 
 
-def _read(path: Path, customer_id: str, limits: Limits) -> NormalizedReport:
+def _read(path: Path, customer_id: str, limits: Limits, spill_dir: Path | None) -> NormalizedReport:
     from pipeline.collector import stream
 
     name = str(path)
@@ -319,7 +320,7 @@ def _read(path: Path, customer_id: str, limits: Limits) -> NormalizedReport:
     try:
         try:
             problems = _encoding_problems(data)
-            read = stream.read(data, name, customer_id, limits.max_uncompressed_bytes, is_email, problems)
+            read = stream.read(data, name, customer_id, limits.max_uncompressed_bytes, is_email, problems, spill_dir)
             READS["stream"] += 1
             return read
         except stream.Refused as exc:

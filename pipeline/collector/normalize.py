@@ -6,12 +6,18 @@ collected twice, from any copy, maps to the same key, so re-sending never duplic
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import hashlib
+import itertools
 import json
+import os
 import re
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline import config
 from pipeline.config import ConfigurationError
@@ -34,13 +40,74 @@ def check_customer_id(customer_id: str) -> str:
     return customer_id
 
 
+class SpilledRecords(Sequence):
+    """A large report's records on disk: the raw object's body itself (gzip NDJSON), written as
+    the reader read them (``BodyWriter``), so that memory follows a batch of records, not the
+    report. Iterating reads them back one at a time."""
+
+    def __init__(self, path: Path, count: int, messages: int, first: dict):
+        self.path, self.count, self.messages, self.first = Path(path), count, messages, first
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[dict]:
+        with gzip.open(self.path, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                yield json.loads(line)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(itertools.islice(iter(self), *index.indices(self.count)))
+        if index < 0:
+            index += self.count
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.first if index == 0 else next(itertools.islice(iter(self), index, None))
+
+
+class BodyWriter:
+    """Writes a raw object's body record by record: the same bytes as ``NormalizedReport.body``
+    of the same records (gzip without a timestamp, the same deflate stream)."""
+
+    def __init__(self, folder: Path | None):
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix="report-", suffix=".jsonl.gz", dir=folder)
+        self.path = Path(name)
+        self._file = os.fdopen(handle, "wb")
+        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._file, mtime=0)
+        self.count = self.messages = 0
+        self.first: dict | None = None
+
+    def write(self, records: list[dict]) -> None:
+        if records and self.first is None:
+            self.first = records[0]
+        self._gzip.write("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records).encode())
+        self.count += len(records)
+        self.messages += sum(r["message_count"] or 0 for r in records)
+
+    def close(self) -> SpilledRecords:
+        self._gzip.close()
+        self._file.seek(9)
+        self._file.write(b"\x03")  # the OS byte gzip.compress writes (GzipFile writes 255)
+        self._file.close()
+        return SpilledRecords(self.path, self.count, self.messages, self.first or {})
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._gzip.close()
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class NormalizedReport:
     customer_id: str
     report_org: str
     report_id: str
     begin: dt.datetime
-    records: list[dict]
+    records: list[dict] | SpilledRecords  # spilled to disk past a batch (pipeline.collector.stream)
     problems: list[str]  # what was damaged in this copy (parse errors, bad bytes)
     reader: str = "stream"  # which reader read it: pipeline.collector.stream, or parsedmarc (a fallback)
 
@@ -54,6 +121,8 @@ class NormalizedReport:
 
     @property
     def messages(self) -> int:
+        if isinstance(self.records, SpilledRecords):
+            return self.records.messages
         return sum(record["message_count"] or 0 for record in self.records)
 
     def key(self, raw_prefix: str = "raw/") -> str:
@@ -63,8 +132,30 @@ class NormalizedReport:
 
     def body(self) -> bytes:
         """Newline-delimited JSON, gzip without a timestamp: the same report gives the same bytes."""
+        if isinstance(self.records, SpilledRecords):
+            return self.records.path.read_bytes()
         lines = "".join(json.dumps(record, sort_keys=True, default=str) + "\n" for record in self.records)
         return gzip.compress(lines.encode(), mtime=0)
+
+    def body_digest(self) -> str:
+        """sha256 of ``body()``, read from disk a piece at a time for a spilled report."""
+        if not isinstance(self.records, SpilledRecords):
+            return hashlib.sha256(self.body()).hexdigest()
+        digest = hashlib.sha256()
+        with open(self.records.path, "rb") as body:
+            while piece := body.read(1 << 20):
+                digest.update(piece)
+        return digest.hexdigest()
+
+    @property
+    def spilled(self) -> Path | None:
+        """The body's file of a spilled report (the spool takes it over), else None."""
+        return self.records.path if isinstance(self.records, SpilledRecords) else None
+
+    def discard(self) -> None:
+        """Remove a spilled body that will not be spooled (a duplicate, a refused report)."""
+        if self.spilled is not None:
+            self.spilled.unlink(missing_ok=True)
 
 
 def _utc(human: str | None) -> dt.datetime | None:

@@ -7,9 +7,11 @@ answered. A crash at any point leaves either nothing or a complete pending objec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,28 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True)
         body_path, meta_path = self._paths(key)
         _atomic_write(body_path, body)
+        _atomic_write(meta_path, json.dumps({"key": key, "metadata": metadata}).encode())
+        return PendingObject(key, metadata, body_path, meta_path)
+
+    def incoming(self) -> Path:
+        """Where a collection writes large reports' bodies as it reads them, before ``adopt``.
+        What a crashed collection left there a day ago is removed."""
+        folder = self.root / "incoming"
+        folder.mkdir(parents=True, exist_ok=True)
+        stale = time.time() - 86_400
+        for leftover in folder.glob("report-*"):
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < stale:
+                    leftover.unlink()
+        return folder
+
+    def adopt(self, key: str, body: Path, metadata: dict[str, str]) -> PendingObject:
+        """Like ``put``, for a body already on disk (written under ``incoming()``): moved, not copied."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        body_path, meta_path = self._paths(key)
+        with open(body, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(body, body_path)
         _atomic_write(meta_path, json.dumps({"key": key, "metadata": metadata}).encode())
         return PendingObject(key, metadata, body_path, meta_path)
 

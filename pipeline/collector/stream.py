@@ -31,9 +31,11 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from xml.parsers import expat
 
 from pipeline.collector.normalize import (
+    BodyWriter,
     NormalizedReport,
     check_period,
     record_fields,
@@ -400,10 +402,31 @@ def _prepared(text: str, first: bool) -> str:
     return _XS_SCHEMA.sub("", text) if "xs:schema" in text else text
 
 
+# Records held in memory at most: past this many a report's records go to its raw object's body
+# on disk as they are read (normalize.BodyWriter), so memory follows this batch, not the report.
+SPILL_RECORDS = 10_000
+
+
 def read_xml(
-    chunks: Iterator[bytes], name: str, customer_id: str, problems: list[str], now: dt.datetime | None = None
+    chunks: Iterator[bytes],
+    name: str,
+    customer_id: str,
+    problems: list[str],
+    now: dt.datetime | None = None,
+    spill_dir: Path | None = None,
 ) -> NormalizedReport:
-    """Stream-parse one aggregate report's XML into a normalized report."""
+    """Stream-parse one aggregate report's XML into a normalized report (its records spilled to
+    ``spill_dir`` past ``SPILL_RECORDS``)."""
+    opened: list[BodyWriter] = []
+    try:
+        return _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened)
+    except BaseException:
+        for writer in opened:  # a report refused half way: nothing of it stays on disk
+            writer.discard()
+        raise
+
+
+def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list) -> NormalizedReport:
     from lxml import etree
     from parsedmarc import _bucket_interval_by_day
 
@@ -422,11 +445,13 @@ def read_xml(
     split = None  # (begin, end) of a report over more than a day: parsedmarc's per-day records
     pending: list[tuple] = []  # records read before the metadata or the policy (out of RFC order)
     records: list[dict] = []
-    dropped = seen = 0
+    dropped = seen = index = 0
+    writer = None
 
     def start_records() -> None:
         nonlocal common, split
         org, report_id, begin, end = report_identity(meta)
+        check_period(begin, end, now)  # before any record: a refused report costs no more than its metadata
         common = report_fields(customer_id, org, report_id, meta, policy, begin, end)
         if meta["end_ts"] - meta["begin_ts"] > 24 * 3600:
             split = (
@@ -435,12 +460,18 @@ def read_xml(
             )
 
     def take(args: tuple) -> None:
+        nonlocal index, writer
         source_ip, count, *rest = args
-        if split is None:
-            records.append(record_fields(common, len(records), source_ip, count, *rest))
-            return
-        for bucket in _bucket_interval_by_day(split[0], split[1], count):
-            records.append(record_fields(common, len(records), source_ip, bucket["count"], *rest))
+        counts = [count] if split is None else [b["count"] for b in _bucket_interval_by_day(*split, count)]
+        for part in counts:
+            records.append(record_fields(common, index, source_ip, part, *rest))
+            index += 1
+        if len(records) >= SPILL_RECORDS:
+            if writer is None:
+                writer = BodyWriter(spill_dir)
+                opened.append(writer)
+            writer.write(records)
+            records.clear()
 
     def handle(element) -> None:
         nonlocal meta, policy, seen, dropped
@@ -523,28 +554,36 @@ def read_xml(
         log.warning(
             "collector input=%s: %d record(s) dropped (no source IP, count or results), as parsedmarc", name, dropped
         )
-    begin, end = common["report_begin"], common["report_end"]
-    begin = dt.datetime.fromisoformat(begin) if begin else None
-    check_period(begin, dt.datetime.fromisoformat(end) if end else None, now)
+    begin = dt.datetime.fromisoformat(common["report_begin"])
+    kept = records
+    if writer is not None:
+        writer.write(records)
+        kept = writer.close()
     return NormalizedReport(
-        customer_id, common["report_org"], common["report_id"], begin, records, problems + damaged + meta["errors"]
+        customer_id, common["report_org"], common["report_id"], begin, kept, problems + damaged + meta["errors"]
     )
 
 
 def read(
-    data: bytes, name: str, customer_id: str, max_bytes: int, is_email: bool, problems: list[str] | None = None
+    data: bytes,
+    name: str,
+    customer_id: str,
+    max_bytes: int,
+    is_email: bool,
+    problems: list[str] | None = None,
+    spill_dir: Path | None = None,
 ) -> NormalizedReport:
     """The aggregate report in ``data`` (XML, gzip, zip, or an e-mail carrying one of them)."""
     problems = list(problems or [])
     if not is_email:
-        return read_xml(payload_stream(data, max_bytes), name, customer_id, problems)
+        return read_xml(payload_stream(data, max_bytes), name, customer_id, problems, spill_dir=spill_dir)
     payloads = email_payloads(data)
     if not payloads:
         raise Unhandled("no report attachment found in the e-mail")
     last: Exception | None = None
     for payload in payloads:
         try:
-            return read_xml(payload_stream(payload, max_bytes), name, customer_id, problems)
+            return read_xml(payload_stream(payload, max_bytes), name, customer_id, problems, spill_dir=spill_dir)
         except (Refused, Unhandled) as exc:
             last = exc
     raise Unhandled(f"no attachment of the e-mail was read ({last})")

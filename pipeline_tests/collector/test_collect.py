@@ -240,27 +240,52 @@ def test_read_report_rejects_empty(tmp_path):
         read_report(SAMPLES / "empty.xml", "acme")
 
 
-def test_a_report_over_the_record_limit_is_refused_with_the_collectors_memory_flat(stack, tmp_path):
-    """A 200,000-record report: refused by name with the limit and what to do, counted while the
-    bytes stream by, so that the collector's peak memory stays near its baseline (parsing it
-    would take about 1.4 GB). Peak RSS is measured in a wrapper whose only child is the collector."""
-    from pipeline.collector.generate import generate_reports
-
-    [big] = generate_reports(tmp_path / "big", 1, 1, seed=9, records_per_report=(200_000, 200_000))
+def _collect_measured(path: str, *flags: str) -> tuple[int, int, dict]:
+    """`pipeline collect` of one file in a wrapper whose only child is the collector: (exit code,
+    peak RSS in MB, the --json summary)."""
     wrapper = (
         "import resource, subprocess, sys; "
         "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
         "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); "
         "print(r.stdout)"
     )
-    command = [sys.executable, "-m", "pipeline", "collect", "--customer", customer(), big.path, "--json"]
+    command = [sys.executable, "-m", "pipeline", "collect", "--customer", customer(), path, "--json", *flags]
     env = {**os.environ, "PIPELINE_HOME": os.environ["PIPELINE_HOME"], "PIPELINE_COLLECT_WORKERS": "1"}
     run = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True, env=env)
     first, _, rest = run.stdout.partition("\n")
     code, peak_mb = (int(x) for x in first.split())
-    summary = json.loads(rest)
+    return code, peak_mb, json.loads(rest)
+
+
+def test_a_report_over_the_record_limit_is_refused_with_the_collectors_memory_flat(stack, tmp_path):
+    """--max-records is a policy: a report over it is refused by name with the limit and what to
+    do, counted while the bytes stream by, before it is read."""
+    from pipeline.collector.generate import generate_reports
+
+    [big] = generate_reports(tmp_path / "big", 1, 1, seed=9, records_per_report=(200_000, 200_000))
+    code, peak_mb, summary = _collect_measured(big.path, "--max-records", "50000")
     [rejected] = summary["rejected"]
     assert code == 1 and summary["reports"] == 0
     assert "200000 records, over the collector's limit of 50000" in rejected["reason"]
     assert "--max-records" in rejected["reason"] and big.path in rejected["reason"]
     assert peak_mb < 250, f"the collector peaked at {peak_mb} MB on a report it refuses"
+
+
+def test_a_large_report_is_collected_whole_in_the_memory_of_a_small_one(stack, clients, tmp_path):
+    """The reader streams and spills past SPILL_RECORDS to the raw object's body on disk: a
+    200,000-record report is collected end to end, its object holds every record, and the
+    collector's peak memory is that of a 10,000-record report (issue #23: within 1.5x)."""
+    from pipeline.collector.generate import generate_reports
+    from pipeline.collector.normalize import read_raw_object
+
+    [small] = generate_reports(tmp_path / "small", 1, 1, seed=8, records_per_report=(10_000, 10_000))
+    [big] = generate_reports(tmp_path / "big", 1, 1, seed=9, records_per_report=(200_000, 200_000))
+    _, small_mb, _ = _collect_measured(small.path)
+    code, big_mb, summary = _collect_measured(big.path)
+    assert code == 0 and summary["records"] == 200_000 and summary["messages"] == big.messages
+    [key] = summary["objects_written"]
+    body = clients("s3").get_object(Bucket=stack.raw_bucket, Key=key)["Body"].read()
+    records = read_raw_object(body)
+    assert len(records) == 200_000 and [r["record_index"] for r in records[:3]] == [0, 1, 2]
+    assert records[-1]["record_index"] == 199_999
+    assert big_mb <= 1.5 * small_mb, f"a 200,000-record report peaked at {big_mb} MB, a 10,000-record one {small_mb} MB"

@@ -223,3 +223,23 @@ def test_a_shape_the_reader_does_not_handle_falls_back_to_parsedmarc_counted(tmp
         read_report(path, "acme")
     assert inputs.READS["parsedmarc"] == before + 1
     assert any("reader=parsedmarc" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+def test_a_spilled_report_is_the_same_report_and_a_refused_one_leaves_nothing(tmp_path, monkeypatch):
+    """Past SPILL_RECORDS the records go to disk as they are read: the same records, count,
+    messages and body bytes as in memory; a report refused half way leaves no file behind."""
+    data = shapes()["rfc7489.xml.gz"]
+    kept = stream.read(data, "kept", "acme", 1 << 30, False, spill_dir=tmp_path)
+    monkeypatch.setattr(stream, "SPILL_RECORDS", 7)
+    spilled = stream.read(data, "spilled", "acme", 1 << 30, False, spill_dir=tmp_path)
+    assert kept.spilled is None and spilled.spilled is not None and spilled.spilled.parent == tmp_path
+    assert len(spilled.records) == len(kept.records) == 40 and spilled.messages == kept.messages
+    assert list(spilled.records) == kept.records and spilled.records[0] == kept.records[0]
+    assert spilled.records[39] == kept.records[39] and spilled.records[-1] == kept.records[-1]
+    assert spilled.body() == kept.body() and spilled.body_digest() == kept.body_digest()
+    spilled.discard()
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(stream, "CHUNK", 256)  # the refusal comes after records were spilled
+    with pytest.raises(stream.Refused, match="expands past"):
+        stream.read(data, "bomb", "acme", len(gzip.decompress(data)) - 100, False, spill_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
