@@ -14,24 +14,29 @@ def test_every_benchmark_target_names_a_direction():
         assert targets and all(op in {">=", "<="} for op, _ in targets.values())
 
 
-def test_a_small_trickle_copies_and_reads_each_record_once(stack, empty_queues):
-    """`pipeline bench trickle` at a small scale (no daemon): its JSON keys, and the figures the
-    incremental design promises, exactly: each record enriched and copied once outside the backfill."""
+def _bench(*args: str) -> dict:
+    """`pipeline bench ... --json` in its own process: its figures."""
     import json
     import os
     import subprocess
     import sys
 
-    args = ["--customers", "3", "--reports", "8", "--wave-size", "4", "--held", "500", "--page-reports", "0"]
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "bench", "trickle", *args, "--production-customers", "20", "--json"],
+        [sys.executable, "-m", "pipeline", "bench", *args, "--json"],
         capture_output=True,
         text=True,
         env=dict(os.environ),
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_a_small_trickle_copies_and_reads_each_record_once(stack, empty_queues):
+    """`pipeline bench trickle` at a small scale (no daemon): its JSON keys, and the figures the
+    incremental design promises, exactly: each record enriched and copied once outside the backfill."""
+    args = ["--customers", "3", "--reports", "8", "--wave-size", "4", "--held", "500", "--page-reports", "0"]
+    figures = _bench("trickle", *args, "--production-customers", "20")
     assert figures["write_amplification"] == figures["enrich_amplification"] == 1.0
     assert figures["rows_copied"] == figures["records_received"] > 0 and figures["verify_ok"]
     assert figures["backfill"]["rows_copied"] > 0 and figures["runs_failed"] == 0
@@ -50,3 +55,14 @@ def test_the_run_interval_is_what_bounds_the_partitions_in_the_simulation():
     assert gated["model"]["tick_seconds"] == 5
     assert gated["partitions_per_raw_object"] == ungated["partitions_per_raw_object"]  # the same arrivals
     assert gated["partitions_at_production_load"] * 4 < ungated["partitions_at_production_load"]
+
+
+def test_a_small_flood_runs_the_whole_flow_and_prints_its_keys(stack, empty_queues):
+    """`pipeline bench flood --workloads w5` at a small scale: every stage runs (the import into
+    its scratch warehouse needs the batches' manifests, which a test of the figures alone missed),
+    every record is imported, and the collector's figures of issue 23 are printed."""
+    figures = _bench("flood", "--workloads", "w5", "--scale", "0.01")
+    assert figures["w5_reports"] == 40 and figures["w5_records"] > 0 and figures["w5_objects"] > 0
+    assert set(figures["stage_seconds"]) == {"collect", "enrich", "import", "project"}
+    for key in ("max_stage_vs_import", "w5_collect_vs_import"):
+        assert figures[key] > 0 and key in figures["targets_met"]

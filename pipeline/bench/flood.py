@@ -165,6 +165,57 @@ def _enrich_process(
         return json.loads(out.read())["days"], rss.peak_mb
 
 
+@contextmanager
+def _raw_queue_drained(settings: Settings):
+    """While the block runs, take in the raw queue as the raw sensor does in production (receive,
+    then delete): the bench runs no raw sensor, and moto's SendMessage slows with every message
+    a queue holds, so an undrained raw queue would bill each upload for the queue's depth."""
+    if not settings.raw_queue_url:
+        yield
+        return
+    sqs = client(settings, "sqs")
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            got = sqs.receive_message(QueueUrl=settings.raw_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []
+            )
+            if got:
+                sqs.delete_message_batch(
+                    QueueUrl=settings.raw_queue_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)],
+                )
+
+    worker = threading.Thread(target=drain, name="raw-queue", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+
+
+def _copy_batch_ledger(settings: Settings, bench: Settings, days: list[str]) -> None:
+    """The import stage loads into a scratch warehouse, but the enrichment wrote its batches'
+    ledger (and the manifests that name each batch object's tenants, without which the importer
+    refuses the object) into the main one: copy the rows of ``days`` across first."""
+    import psycopg
+
+    with psycopg.connect(settings.database_url) as source, psycopg.connect(bench.database_url) as target:
+        of_days = "SELECT batch_id FROM enrichment_batches WHERE day = ANY(%s::date[])"
+        for table, where in (
+            ("enrichment_batches", "day = ANY(%s::date[])"),
+            ("enrichment_manifest", f"batch_id IN ({of_days})"),
+        ):
+            rows = source.execute(f"SELECT * FROM {table} WHERE {where}", (days,))
+            columns = [c.name for c in rows.description]
+            data = rows.fetchall()
+            with target.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in data:
+                    copy.write_row(row)
+
+
 def _purge_queue(settings: Settings) -> None:
     """Empty the import queue without importing (receive and delete: PurgeQueue allows one call
     a minute, and the bench empties the queue more often than that)."""
@@ -199,12 +250,13 @@ def w5(settings: Settings, customers: int, reports: int, master: str, progress: 
     days = sorted({dt.datetime.fromtimestamp(r.begin, dt.UTC).date().isoformat() for r in generated})
     _purge_queue(settings)
     try:
-        with stage(timings, "collect", say):
+        with stage(timings, "collect", say), _raw_queue_drained(settings):
             collected = _collect_all(settings, folder, names)
         with stage(timings, "enrich", say):
             results, driver_mb = _enrich_process(settings, days, master, f"flood-{tag}")
         objects = sum(len(r["written"]) + len(r["unchanged"]) for r in results)
         with scratch_warehouse(settings) as bench:
+            _copy_batch_ledger(settings, bench, days)
             with stage(timings, "import", say):
                 imported = _import_through_dagster(settings, bench, objects)
             with stage(timings, "project", say):
@@ -255,7 +307,7 @@ def w6(settings: Settings, reports: int, records: int, master: str, progress: bo
     timings: dict[str, float] = {}
     _purge_queue(settings)
     try:
-        with stage(timings, "w6_collect", say):
+        with stage(timings, "w6_collect", say), _raw_queue_drained(settings):
             _collect_parallel(settings, [folder / f"r{n}" / "customer-001" for n in range(reports)], customer)
         with stage(timings, "w6_enrich", say):
             results, driver_mb = _enrich_process(settings, days, master, f"w6-{tag}")
@@ -264,8 +316,10 @@ def w6(settings: Settings, reports: int, records: int, master: str, progress: bo
             baseline, _ = _enrich_process(settings, days, "none", f"w6one-{tag}", reprocess=True)
         assert sum(r["enriched_rows"] for r in baseline) == rows
         objects = sum(len(r["written"]) + len(r["unchanged"]) for r in results)
-        with scratch_warehouse(settings) as bench, stage(timings, "w6_import", say):
-            imported = _import_through_dagster(settings, bench, objects)
+        with scratch_warehouse(settings) as bench:
+            _copy_batch_ledger(settings, bench, days)
+            with stage(timings, "w6_import", say):
+                imported = _import_through_dagster(settings, bench, objects)
         assert imported["rows"] == rows, (imported, rows)
     finally:
         _purge_queue(settings)
@@ -281,7 +335,8 @@ def w6(settings: Settings, reports: int, records: int, master: str, progress: bo
         _purge_queue(settings)
     enrich_rate = rows / timings["w6_enrich"]
     import_rate = rows / timings["w6_import"]
-    reader = reader_speed(sorted(folder.rglob("*.xml*"))[:2], say)
+    reports_written = sorted(p for p in folder.rglob("*") if p.suffix in {".xml", ".gz", ".zip"})
+    reader = reader_speed(reports_written[:2], say)
     return {
         **reader,
         "collect_rows_per_s": round(rows / timings["w6_collect"]),
@@ -316,6 +371,8 @@ def reader_speed(files: list[Path], say) -> dict:
             parsed = parsedmarc.parse_report_file(data, offline=True, always_use_local_files=True)
         return len(normalize(parsed["report"], "bench").records)
 
+    if not files:
+        raise RuntimeError("reader_vs_parsedmarc: no report files to read")
     rates = {}
     for label, read in (("stream", read_stream), ("parsedmarc", read_parsedmarc)):
         records, started = 0, time.perf_counter()
