@@ -277,9 +277,12 @@ def test_a_large_report_is_collected_whole_in_the_memory_of_a_small_one(stack, c
     collector's peak memory is that of a 10,000-record report (issue #23: within 1.5x)."""
     from pipeline.collector.generate import generate_reports
     from pipeline.collector.normalize import read_raw_object
+    from pipeline_tests.security.test_tenancy import unique_day
 
-    [small] = generate_reports(tmp_path / "small", 1, 1, seed=8, records_per_report=(10_000, 10_000))
-    [big] = generate_reports(tmp_path / "big", 1, 1, seed=9, records_per_report=(200_000, 200_000))
+    # A calendar of its own: enrichment tests re-enrich whole recent days, and would meet these.
+    on = {"start": unique_day(), "records_per_report": (10_000, 10_000)}
+    [small] = generate_reports(tmp_path / "small", 1, 1, seed=8, **on)
+    [big] = generate_reports(tmp_path / "big", 1, 1, seed=9, **{**on, "records_per_report": (200_000, 200_000)})
     _, small_mb, _ = _collect_measured(small.path)
     code, big_mb, summary = _collect_measured(big.path)
     assert code == 0 and summary["records"] == 200_000 and summary["messages"] == big.messages
