@@ -348,7 +348,15 @@ def test_verify_counts_one_tenants_rows_of_a_batch_object_without_downloading_it
     load_all(stack, s3, [key])
     [obj] = list_enriched(s3, stack.enriched_bucket, key)
     fetched: list[int] = []
-    s3.meta.events.register("after-call.s3.GetObject", lambda parsed, **_: fetched.append(parsed["ContentLength"]))
-    assert parquet_rows_of(s3, obj, a) == 2 and parquet_rows_of(s3, obj, b) == 20_000
+
+    def count(parsed, **_) -> None:
+        fetched.append(parsed.get("ContentLength", 0))
+
+    # The session's shared client: the hook must not outlive this test (other tests' GETs fail).
+    s3.meta.events.register("after-call.s3.GetObject", count)
+    try:
+        assert parquet_rows_of(s3, obj, a) == 2 and parquet_rows_of(s3, obj, b) == 20_000
+    finally:
+        s3.meta.events.unregister("after-call.s3.GetObject", count)
     assert sum(fetched) < obj.size / 2, (sum(fetched), obj.size)
     assert verify(stack, a)["ok"] and verify(stack, b)["ok"]
