@@ -94,16 +94,10 @@ def waves(settings: Settings, customers: int, reports: int, wave_size: int, prog
     daemon's reports under a steady load, is the waves' own spacing here (otherwise a held wave's
     reports would be read by the next wave, or by the backfill, and the figures would mix waves)."""
     import os
+    from unittest import mock
 
-    held = os.environ.get("PIPELINE_RAW_RUN_INTERVAL_S")
-    os.environ["PIPELINE_RAW_RUN_INTERVAL_S"] = "0"
-    try:
+    with mock.patch.dict(os.environ, {"PIPELINE_RAW_RUN_INTERVAL_S": "0"}):
         return _waves(settings, customers, reports, wave_size, progress)
-    finally:
-        if held is None:
-            os.environ.pop("PIPELINE_RAW_RUN_INTERVAL_S", None)
-        else:
-            os.environ["PIPELINE_RAW_RUN_INTERVAL_S"] = held
 
 
 def _waves(settings: Settings, customers: int, reports: int, wave_size: int, progress: bool) -> dict:
