@@ -130,7 +130,7 @@ def _import_through_dagster(settings: Settings, bench: Settings, expected_object
     from pipeline.local.inprocess import drain_import_queue
 
     runs = 0
-    with _database(bench), scratch_dagster_instance(settings) as instance:
+    with _database(bench), scratch_dagster_instance(settings, capture_logs=False) as instance:
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
             done = drain_import_queue(instance, concurrent_runs=True)
@@ -201,17 +201,24 @@ def _copy_batch_ledger(settings: Settings, bench: Settings, days: list[str]) -> 
     ledger (and the manifests that name each batch object's tenants, without which the importer
     refuses the object) into the main one: copy the rows of ``days`` across first."""
     import psycopg
+    from psycopg import sql
 
+    of_days = sql.SQL("day = ANY(%s::date[])")
+    wheres = {
+        "enrichment_batches": of_days,
+        "enrichment_manifest": sql.SQL("batch_id IN (SELECT batch_id FROM enrichment_batches WHERE {})").format(
+            of_days
+        ),
+    }
     with psycopg.connect(settings.database_url) as source, psycopg.connect(bench.database_url) as target:
-        of_days = "SELECT batch_id FROM enrichment_batches WHERE day = ANY(%s::date[])"
-        for table, where in (
-            ("enrichment_batches", "day = ANY(%s::date[])"),
-            ("enrichment_manifest", f"batch_id IN ({of_days})"),
-        ):
-            rows = source.execute(f"SELECT * FROM {table} WHERE {where}", (days,))
+        for table, where in wheres.items():
+            rows = source.execute(sql.SQL("SELECT * FROM {} WHERE {}").format(sql.Identifier(table), where), (days,))
             columns = [c.name for c in rows.description]
             data = rows.fetchall()
-            with target.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+            )
+            with target.cursor() as cur, cur.copy(statement) as copy:
                 for row in data:
                     copy.write_row(row)
 

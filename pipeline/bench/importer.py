@@ -282,9 +282,13 @@ def _daemon_progress(warehouse_url: str, dagster_url: str) -> tuple[int, int]:
 
 
 @contextmanager
-def scratch_dagster_instance(settings: Settings):
+def scratch_dagster_instance(settings: Settings, capture_logs: bool = True):
     """A Dagster instance with its storage in a scratch PostgreSQL database, as deployed
-    (the shipped storage, PooledPostgresStorage), so that event writes cost what they cost there."""
+    (the shipped storage, PooledPostgresStorage), so that event writes cost what they cost there.
+
+    ``capture_logs=False`` turns compute-log capture off: runs executed in threads of one process
+    (the flood's import harness) otherwise each wait on the local manager's ``tail`` subprocesses
+    (up to 30 s per run at exit), which is the harness's cost, not the import's."""
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
@@ -296,6 +300,11 @@ def scratch_dagster_instance(settings: Settings):
     with tempfile.TemporaryDirectory() as home:
         storage = {"module": "pipeline.instance", "class": "PooledPostgresStorage", "config": {"postgres_url": url}}
         overrides = {"storage": {"custom": storage}, "telemetry": {"enabled": False}}
+        if not capture_logs:
+            overrides["compute_logs"] = {
+                "module": "dagster._core.storage.noop_compute_log_manager",
+                "class": "NoOpComputeLogManager",
+            }
         instance = DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=overrides))
         try:
             yield instance
