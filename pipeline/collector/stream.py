@@ -24,8 +24,10 @@ import codecs
 import datetime as dt
 import email
 import email.policy
+import gc
 import io
 import ipaddress
+import json
 import logging
 import re
 import zipfile
@@ -35,10 +37,12 @@ from pathlib import Path
 from xml.parsers import expat
 
 from pipeline.collector.normalize import (
+    _UNSTORABLE,
     BodyWriter,
     NormalizedReport,
+    _pick,
+    _results_json,
     check_period,
-    record_fields,
     report_fields,
     report_identity,
 )
@@ -150,16 +154,37 @@ _LISTED = frozenset({"dkim", "spf", "reason"})
 
 def _kids(element) -> tuple[dict, dict]:
     """An element's children by local name in one pass: the first of each name, and every one of
-    the names a record repeats (dkim, spf, reason)."""
+    the names a record repeats (dkim, spf, reason). (The reader's inner loop: ``_local`` inlined.)"""
     first: dict = {}
     listed: dict = {}
     for child in element:
-        name = _local(child.tag)
+        name = child.tag
+        if name.__class__ is not str:  # an entity reference: no name
+            continue
+        if name[0] == "{":
+            name = name[name.index("}") + 1 :]
         if name not in first:
             first[name] = child
         if name in _LISTED:
-            listed.setdefault(name, []).append(child)
+            if name in listed:
+                listed[name].append(child)
+            else:
+                listed[name] = [child]
     return first, listed
+
+
+def _named(element) -> dict:
+    """An element's children by local name, the first of each (``_kids`` without the lists)."""
+    first: dict = {}
+    for child in element:
+        name = child.tag
+        if name.__class__ is not str:
+            continue
+        if name[0] == "{":
+            name = name[name.index("}") + 1 :]
+        if name not in first:
+            first[name] = child
+    return first
 
 
 def _text(element) -> str | None:
@@ -265,25 +290,38 @@ def _lower(value):
     return value.lower() if isinstance(value, str) else value
 
 
+# exactly what ipaddress.IPv4Address accepts: four ASCII decimal octets to 255, no leading zeros
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
 class _Dropped(Exception):
     """A record parsedmarc drops (with a warning) and so does this reader."""
 
 
-def _record(element) -> tuple:
-    """One <record> as parsedmarc's _parse_report_record renders it, as the arguments of
-    ``normalize.record_fields``: (source_ip, count, evaluated, reasons, identifiers, dkim, spf)."""
-    kids, _ = _kids(element)
+def _low(text: str | None) -> str | None:
+    """``normalize._lower`` of a value ``_text`` gave (stripped already, never blank)."""
+    return None if text is None else text.lower()
+
+
+def _own(element) -> tuple[int, dict]:
+    """One <record>: its message count, and its own fields exactly as ``normalize.record_fields``
+    writes them from parsedmarc's rendering of it (``_parse_report_record``'s defaults and drops),
+    built in one pass without the rendering between (the reader's inner loop; the differential
+    test holds the two equal). The caller adds ``record_index`` and ``message_count``."""
+    kids = _named(element)
     row = kids.get("row")
     if row is None:
         raise _Dropped("'row'")
-    cells, _ = _kids(row)
+    cells = _named(row)
     source_ip = _text(cells.get("source_ip"))
     if source_ip is None:
         raise _Dropped("Source IP address is empty")
-    try:
-        ipaddress.ip_address(source_ip)  # parsedmarc's lookup of the address refuses anything else
-    except ValueError:
-        raise _Dropped(f"{source_ip[:60]!r} does not appear to be an IPv4 or IPv6 address") from None
+    if _IPV4.fullmatch(source_ip) is None:  # the common case at a regex's cost; anything else as parsedmarc
+        try:
+            ipaddress.ip_address(source_ip)  # parsedmarc's lookup of the address refuses anything else
+        except ValueError:
+            raise _Dropped(f"{source_ip[:60]!r} does not appear to be an IPv4 or IPv6 address") from None
     try:
         count = int(_text(cells.get("count")) or "x")
     except ValueError:
@@ -294,11 +332,6 @@ def _record(element) -> tuple:
     verdict, repeated = _kids(evaluated)
     if "spf" not in verdict or "dkim" not in verdict:
         raise _Dropped("'spf'")
-    policy = {
-        "disposition": _lower(_text(verdict["disposition"])) if "disposition" in verdict else "none",
-        "dkim": _lower(_text(verdict["dkim"])),
-        "spf": _lower(_text(verdict["spf"])),
-    }
     reasons = []
     for reason in repeated.get("reason", ()):
         if len(reason) == 0:
@@ -309,19 +342,15 @@ def _record(element) -> tuple:
             if name and name not in entry:
                 entry[name] = _text(child)
         entry["comment"] = entry.get("comment")
-        reasons.append(entry)
+        if entry.get("type"):
+            reasons.append(entry)
     ids = kids.get("identities")
     if ids is None:
         ids = kids.get("identifiers")
     if ids is None or not len(ids):
         raise _Dropped("'identifiers'")
-    named, _ = _kids(ids)
-    header_from = _text(named.get("header_from"))
-    identifiers = {
-        "header_from": header_from.lower() if header_from is not None else "",
-        "envelope_from": _text(named.get("envelope_from")),
-        "envelope_to": _text(named.get("envelope_to")),
-    }
+    named = _named(ids)
+    envelope_from = _low(_text(named.get("envelope_from")))
     auth = kids.get("auth_results")
     if auth is None:
         raise _Dropped("'auth_results'")
@@ -332,14 +361,14 @@ def _record(element) -> tuple:
             if _text(result) is None:
                 raise _Dropped("dkim")  # an empty <dkim/>: parsedmarc's `"domain" in None` fails
             continue
-        fields, _ = _kids(result)
+        fields = _named(result)
         domain = _text(fields.get("domain"))
         if domain is not None:
             dkim.append(
                 {
-                    "domain": domain,
+                    "domain": domain.lower(),
                     "selector": _text(fields.get("selector")) or "none",
-                    "result": _lower(_text(fields.get("result"))) or "none",
+                    "result": _low(_text(fields.get("result"))) or "none",
                 }
             )
     raw_spf = results.get("spf", ())
@@ -349,23 +378,45 @@ def _record(element) -> tuple:
             if _text(result) is None:
                 raise _Dropped("spf")
             continue
-        fields, _ = _kids(result)
+        fields = _named(result)
         last_spf = fields
         domain = _text(fields.get("domain"))
         if domain is not None:
             spf.append(
                 {
-                    "domain": domain,
-                    "scope": _text(fields.get("scope")) or "mfrom",
-                    "result": _lower(_text(fields.get("result"))) or "none",
+                    "domain": domain.lower(),
+                    "scope": (_text(fields.get("scope")) or "mfrom").lower(),
+                    "result": _low(_text(fields.get("result"))) or "none",
                 }
             )
     # parsedmarc's backfill: the last SPF result's domain, when the identifiers have no envelope_from
-    backfill = identifiers["envelope_from"] is None and raw_spf and len(raw_spf[-1])
+    backfill = envelope_from is None and raw_spf and len(raw_spf[-1])
     if backfill and last_spf is not None and "domain" in last_spf:
-        domain = _text(last_spf["domain"])
-        identifiers["envelope_from"] = domain.lower() if domain is not None else None
-    return source_ip, count, policy, reasons, identifiers, dkim, spf
+        envelope_from = _low(_text(last_spf["domain"]))
+    dkim_main, spf_main = _pick(dkim), _pick(spf)
+    own = {
+        "source_ip": source_ip,
+        "disposition": _low(_text(verdict["disposition"])) if "disposition" in verdict else "none",
+        "policy_dkim": _low(_text(verdict["dkim"])),
+        "policy_spf": _low(_text(verdict["spf"])),
+        "override_reasons": json.dumps(reasons) if reasons else None,
+        "header_from": _low(_text(named.get("header_from"))),
+        "envelope_from": envelope_from,
+        "envelope_to": _low(_text(named.get("envelope_to"))),
+        "dkim_domain": dkim_main.get("domain"),
+        "dkim_selector": dkim_main.get("selector"),
+        "dkim_result": dkim_main.get("result"),
+        "spf_domain": spf_main.get("domain"),
+        "spf_scope": spf_main.get("scope"),
+        "spf_result": spf_main.get("result"),
+        "dkim_auth": _results_json(dkim, "selector"),
+        "spf_auth": _results_json(spf, "scope"),
+    }
+    if _UNSTORABLE.search("".join([v for v in own.values() if v is not None])):
+        for name, value in own.items():
+            if value is not None and _UNSTORABLE.search(value):
+                own[name] = _UNSTORABLE.sub("\ufffd", value)
+    return count, own
 
 
 def _decoded(chunks: Iterator[bytes]) -> Iterator[tuple[str, str]]:
@@ -418,29 +469,22 @@ def read_xml(
     """Stream-parse one aggregate report's XML into a normalized report (its records spilled to
     ``spill_dir`` past ``SPILL_RECORDS``)."""
     opened: list[BodyWriter] = []
+    collecting = gc.isenabled()
+    gc.disable()  # a read allocates acyclic records and elements by the thousand: nothing to collect
     try:
         return _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened)
     except BaseException:
         for writer in opened:  # a report refused half way: nothing of it stays on disk
             writer.discard()
         raise
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list) -> NormalizedReport:
-    from lxml import etree
     from parsedmarc import _bucket_interval_by_day
 
-    parser = etree.XMLPullParser(
-        events=("end",),
-        tag=("{*}report_metadata", "{*}policy_published", "{*}record"),
-        recover=True,
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
     meta = policy = common = None
     split = None  # (begin, end) of a report over more than a day: parsedmarc's per-day records
     pending: list[tuple] = []  # records read before the metadata or the policy (out of RFC order)
@@ -459,16 +503,16 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list)
                 dt.datetime.fromtimestamp(meta["end_ts"], dt.UTC),
             )
 
-    def take(args: tuple) -> None:
+    def take(read: tuple[int, dict]) -> None:
         nonlocal index, writer
-        source_ip, count, *rest = args
+        count, own = read
         counts = [count] if split is None else [b["count"] for b in _bucket_interval_by_day(*split, count)]
         for part in counts:
-            records.append(record_fields(common, index, source_ip, part, *rest))
+            records.append({**common, **own, "record_index": index, "message_count": part})
             index += 1
         if len(records) >= SPILL_RECORDS:
             if writer is None:
-                writer = BodyWriter(spill_dir)
+                writer = BodyWriter(spill_dir, common)
                 opened.append(writer)
             writer.write(records)
             records.clear()
@@ -483,7 +527,7 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list)
         elif local == "record":
             seen += 1
             try:
-                args = _record(element)
+                args = _own(element)
             except _Dropped:
                 dropped += 1
                 return
@@ -498,10 +542,59 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list)
                 take(early)
             pending.clear()
 
+    damaged: list[str] = []
+    _parse(chunks, handle, damaged)
+    if meta is None:
+        raise Refused("Missing field: 'report_metadata'")
+    if policy is None:
+        raise Refused("Missing field: 'policy_published'")
+    if not seen:
+        raise Refused("Missing field: 'record'")
+    if seen == 1 and dropped:  # parsedmarc drops a bad record of many, but refuses a report of one
+        raise Refused("Unexpected error: its one record has no source IP, count or results")
+    if dropped:
+        log.warning(
+            "collector input=%s: %d record(s) dropped (no source IP, count or results), as parsedmarc", name, dropped
+        )
+    begin = dt.datetime.fromisoformat(common["report_begin"])
+    kept = records
+    if writer is not None:
+        writer.write(records)
+        kept = writer.close()
+    return NormalizedReport(
+        customer_id,
+        common["report_org"],
+        common["report_id"],
+        begin,
+        kept,
+        problems + damaged + meta["errors"],
+        common=common,
+    )
+
+
+def _parse(chunks: Iterator[bytes], handle, damaged: list[str]) -> None:
+    """Call ``handle`` with each ended child of the root: lxml's recovering pull parser reads the
+    prepared text (as parsedmarc's second parse), and expat the text as decoded beside it, to say
+    (in ``damaged``) that the copy is not well-formed.
+
+    (A one-pass expat reader with Python callbacks, tried for speed, was slower: twenty callbacks
+    a record cost more than lxml's C tree and the ``_named`` walk of it.)"""
+    from lxml import etree
+
+    parser = etree.XMLPullParser(
+        events=("end",),
+        tag=("{*}report_metadata", "{*}policy_published", "{*}record"),
+        recover=True,
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
     # lxml recovers from what is not well-formed and keeps no error log doing so; expat, strict as
     # parsedmarc's first parse, reads the same text beside it to say the copy is damaged.
     strict = expat.ParserCreate("utf-8")  # the text is decoded already, whatever it declares
-    damaged: list[str] = []
 
     def check(text: str, final: bool = False) -> None:
         if damaged:
@@ -542,26 +635,6 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list)
         raise Refused(f"the document is <{_local(root.tag)}>, not an aggregate report's <feedback>")
     for rest in list(root):  # what ended without an end event at the close
         handle(rest)
-    if meta is None:
-        raise Refused("Missing field: 'report_metadata'")
-    if policy is None:
-        raise Refused("Missing field: 'policy_published'")
-    if not seen:
-        raise Refused("Missing field: 'record'")
-    if seen == 1 and dropped:  # parsedmarc drops a bad record of many, but refuses a report of one
-        raise Refused("Unexpected error: its one record has no source IP, count or results")
-    if dropped:
-        log.warning(
-            "collector input=%s: %d record(s) dropped (no source IP, count or results), as parsedmarc", name, dropped
-        )
-    begin = dt.datetime.fromisoformat(common["report_begin"])
-    kept = records
-    if writer is not None:
-        writer.write(records)
-        kept = writer.close()
-    return NormalizedReport(
-        customer_id, common["report_org"], common["report_id"], begin, kept, problems + damaged + meta["errors"]
-    )
 
 
 def read(
@@ -583,7 +656,13 @@ def read(
     last: Exception | None = None
     for payload in payloads:
         try:
-            return read_xml(payload_stream(payload, max_bytes), name, customer_id, problems, spill_dir=spill_dir)
+            return read_xml(
+                payload_stream(payload, max_bytes),
+                name,
+                customer_id,
+                problems,
+                spill_dir=spill_dir,
+            )
         except (Refused, Unhandled) as exc:
             last = exc
     raise Unhandled(f"no attachment of the e-mail was read ({last})")

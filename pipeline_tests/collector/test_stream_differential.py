@@ -6,8 +6,10 @@ both refuse. parsedmarc is the oracle here and the reader's fallback for what it
 from __future__ import annotations
 
 import datetime as dt
+import email.message
 import gzip
 import io
+import json
 import logging
 import tempfile
 import warnings
@@ -19,7 +21,7 @@ import pytest
 from pipeline.collector import inputs, stream
 from pipeline.collector.generate import generate_reports, mail_shapes
 from pipeline.collector.inputs import _HEADER_LINE, Rejected, read_report
-from pipeline.collector.normalize import normalize
+from pipeline.collector.normalize import LineEncoder, normalize
 from pipeline_tests.security import hostile
 from pipeline_tests.support import SAMPLES
 
@@ -162,6 +164,45 @@ def ours(data: bytes, name: str):
         return None
 
 
+def _lines(report) -> str:
+    return gzip.decompress(report.body()).decode()
+
+
+def _reference_lines(records) -> str:
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
+
+
+def test_the_line_encoder_writes_what_json_dumps_writes():
+    """The body's template encoder against json.dumps, on values a hostile report can carry and
+    on records of another shape than the report's."""
+    common = {"customer_id": "acme", "report_org": 'o"r%g\\', "report_begin": dt.datetime(2020, 1, 1), "pct": 50}
+    odd = ["%s", "%(x)s", '"', "\\", "é日本", "\ud800", "\x00", "", " a ", "\u2028", "%%"]
+    records = []
+    for n, text in enumerate(odd):
+        own = {"record_index": n, "source_ip": text, "header_from": None, "message_count": n * 7, "x%s": text}
+        records.append({**common, **own})
+    records.append(
+        {
+            **common,
+            "record_index": 99,
+            "source_ip": True,
+            "header_from": 1.5,
+            "message_count": [1, {"a": None}],
+            "x%s": {},
+        }
+    )
+    records.append(
+        {**common, "record_index": 1, "source_ip": "a", "header_from": None, "message_count": 1}
+    )  # a key short
+    records.append({**records[0], "extra": "e"})  # a key more
+    records.append({k: v for k, v in records[0].items() if k != "pct"} | {"other": 50})  # a common key swapped
+    encoder = LineEncoder(common)
+    assert encoder.encode(records) == _reference_lines(records)
+    assert encoder.encode(records[::-1]) == _reference_lines(records[::-1])  # the template from another record
+    assert LineEncoder(None).encode(records) == _reference_lines(records)
+    assert LineEncoder(common).encode([]) == ""
+
+
 def test_the_reader_and_parsedmarc_agree_field_by_field(tmp_path):
     logging.disable(logging.WARNING)
     try:
@@ -187,7 +228,11 @@ def test_the_reader_and_parsedmarc_agree_field_by_field(tmp_path):
                     mismatches.append(f"{name}: {attribute} {a!r} != {b!r}")
             if len(expected.records) != len(got.records):
                 mismatches.append(f"{name}: {len(expected.records)} records != {len(got.records)}")
+            if _lines(got) != _reference_lines(got.records) or _lines(expected) != _reference_lines(expected.records):
+                mismatches.append(f"{name}: the body's lines are not json.dumps of its records")
             for index, (a, b) in enumerate(zip(expected.records, got.records, strict=False)):
+                if a.keys() != b.keys():
+                    mismatches.append(f"{name} record {index}: keys {sorted(a.keys() ^ b.keys())} differ")
                 for key in a:
                     if a[key] != b[key]:
                         mismatches.append(f"{name} record {index} {key}: {a[key]!r} != {b[key]!r}")
@@ -223,6 +268,29 @@ def test_a_shape_the_reader_does_not_handle_falls_back_to_parsedmarc_counted(tmp
         read_report(path, "acme")
     assert inputs.READS["parsedmarc"] == before + 1
     assert any("reader=parsedmarc" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+def test_the_fallback_reads_no_more_records_than_parsedmarc_holds_in_memory(tmp_path, monkeypatch):
+    """parsedmarc builds the whole document: a shape only it reads (here an e-mail whose XML
+    attachment opens with a long comment, past where the reader looks for a report) is read by it
+    up to FALLBACK_MAX_RECORDS, and refused by name past that, whatever --max-records allows."""
+    xml = hostile.report_xml(records=6, report_id="late-feedback")
+    xml = xml.replace(b"<feedback>", b"<!--" + b" " * 5000 + b"--><feedback>", 1)
+    message = email.message.EmailMessage()
+    message["From"], message["To"], message["Subject"] = "r@example.org", "dmarc@acme.example", "Report"
+    message.set_content("report attached")
+    message.add_attachment(xml, maintype="text", subtype="xml", filename="report.xml")
+    path = tmp_path / "late.eml"
+    path.write_bytes(message.as_bytes())
+    monkeypatch.setattr(inputs, "FALLBACK_MAX_RECORDS", 5)
+    before = inputs.READS["parsedmarc"]
+    with pytest.raises(Rejected, match=r"at 6 records it is over the 5 that parsedmarc"):
+        read_report(path, "acme")
+    assert inputs.READS["parsedmarc"] == before  # parsedmarc never saw it
+    monkeypatch.setattr(inputs, "FALLBACK_MAX_RECORDS", 6)
+    report = read_report(path, "acme")
+    assert report.reader == "parsedmarc" and len(report.records) == 6
+    assert inputs.READS["parsedmarc"] == before + 1
 
 
 def test_a_spilled_report_is_the_same_report_and_a_refused_one_leaves_nothing(tmp_path, monkeypatch):
