@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import gzip
 import hashlib
 import itertools
@@ -190,6 +191,11 @@ class NormalizedReport:
         """Newline-delimited JSON, gzip without a timestamp: the same report gives the same bytes."""
         if isinstance(self.records, SpilledRecords):
             return self.records.path.read_bytes()
+        return self._body
+
+    @functools.cached_property
+    def _body(self) -> bytes:
+        """Encoded once: the spool writes it, the digest ranks copies by it, the upload sends it."""
         lines = LineEncoder(self.common).encode(self.records)
         return gzip.compress(lines.encode(), compresslevel=BODY_LEVEL, mtime=0)
 

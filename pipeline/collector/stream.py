@@ -304,6 +304,31 @@ def _low(text: str | None) -> str | None:
     return None if text is None else text.lower()
 
 
+def _auth(results, kind: str, middle: str, default: str) -> list[dict]:
+    """A record's <dkim> or <spf> auth results as record_fields writes them: those with a domain,
+    ``middle`` (selector, scope) defaulted as parsedmarc does, results lower-cased ("none" if
+    missing); an empty element drops the record (parsedmarc's ``"domain" in None`` fails), one
+    of text alone is skipped."""
+    found = []
+    for result in results:
+        if not len(result):
+            if _text(result) is None:
+                raise _Dropped(kind)
+            continue
+        fields = _named(result)
+        domain = _text(fields.get("domain"))
+        if domain is not None:
+            value = _text(fields.get(middle)) or default
+            found.append(
+                {
+                    "domain": domain.lower(),
+                    middle: value if kind == "dkim" else value.lower(),  # parsedmarc keeps a selector's case
+                    "result": _low(_text(fields.get("result"))) or "none",
+                }
+            )
+    return found
+
+
 def _own(element) -> tuple[int, dict]:
     """One <record>: its message count, and its own fields exactly as ``normalize.record_fields``
     writes them from parsedmarc's rendering of it (``_parse_report_record``'s defaults and drops),
@@ -355,44 +380,14 @@ def _own(element) -> tuple[int, dict]:
     if auth is None:
         raise _Dropped("'auth_results'")
     _, results = _kids(auth)
-    dkim, spf = [], []
-    for result in results.get("dkim", ()):
-        if not len(result):
-            if _text(result) is None:
-                raise _Dropped("dkim")  # an empty <dkim/>: parsedmarc's `"domain" in None` fails
-            continue
-        fields = _named(result)
-        domain = _text(fields.get("domain"))
-        if domain is not None:
-            dkim.append(
-                {
-                    "domain": domain.lower(),
-                    "selector": _text(fields.get("selector")) or "none",
-                    "result": _low(_text(fields.get("result"))) or "none",
-                }
-            )
+    dkim = _auth(results.get("dkim", ()), "dkim", "selector", "none")
     raw_spf = results.get("spf", ())
-    last_spf = None
-    for result in raw_spf:
-        if not len(result):
-            if _text(result) is None:
-                raise _Dropped("spf")
-            continue
-        fields = _named(result)
-        last_spf = fields
-        domain = _text(fields.get("domain"))
-        if domain is not None:
-            spf.append(
-                {
-                    "domain": domain.lower(),
-                    "scope": (_text(fields.get("scope")) or "mfrom").lower(),
-                    "result": _low(_text(fields.get("result"))) or "none",
-                }
-            )
+    spf = _auth(raw_spf, "spf", "scope", "mfrom")
     # parsedmarc's backfill: the last SPF result's domain, when the identifiers have no envelope_from
-    backfill = envelope_from is None and raw_spf and len(raw_spf[-1])
-    if backfill and last_spf is not None and "domain" in last_spf:
-        envelope_from = _low(_text(last_spf["domain"]))
+    if envelope_from is None and raw_spf and len(raw_spf[-1]):
+        last_spf = _named(raw_spf[-1])
+        if "domain" in last_spf:
+            envelope_from = _low(_text(last_spf["domain"]))
     dkim_main, spf_main = _pick(dkim), _pick(spf)
     own = {
         "source_ip": source_ip,
