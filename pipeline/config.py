@@ -134,6 +134,8 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_OBJECTS_PER_RUN", "int", 500, "import", "Objects per import run the sensor requests.", minimum=1),
     _k("PIPELINE_SENSOR_SINGLE_RUNS", "int", 100, "import", "Runs of one object (one partition each) per tick before the sensor groups objects.", minimum=0),
     _k("PIPELINE_RECONCILE_SLICES", "int", 500, "import", "Slices (one customer's day each) of the enriched prefix one import_reconciler tick sends to a reconcile run.", minimum=1),
+    _k("PIPELINE_IMPORT_REFRESH", "bool", True, "import", "An import run refreshes the customers' projections as it ends, so pages follow imports at once (0: only the automation sensor's warehouse_projections runs refresh them; `bench flood` times the refresh as a stage of its own)."),
+    _k("PIPELINE_IMPORT_FRESHNESS_HOURS", "float", 6.0, "import", "telemetry_events' freshness policy: failing when no object was imported for this long (warning at half of it); Dagster's freshness daemon evaluates it.", minimum=0.1),
     _k("PIPELINE_PARTITION_RETENTION_DAYS", "float", 7.0, "import", "Days a settled object's partition and inbox row are kept before pruning.", minimum=0),
     _k("PIPELINE_IMPORT_STREAMS", "int", 2, "import", "Objects an importer loads at once, each on its own connection.", minimum=1),
     _k("PIPELINE_IMPORT_MAX_ATTEMPTS", "int", 5, "import", "Attempts at an inbox row before it is dead-lettered.", minimum=1),
@@ -175,6 +177,9 @@ KNOBS: tuple[Knob, ...] = (
     _k("PIPELINE_WEBHOOK_TIMEOUT_S", "float", 10.0, "web", "Alerts: the overall deadline of one webhook delivery (connect, TLS, send, status line); past it, retried at the next evaluation.", minimum=0.1),
     _k("PIPELINE_WEBHOOK_ALLOW_HTTP", "bool", False, "web", "Alerts: accept plain http:// webhook URLs (default: https only)."),
     _k("PIPELINE_WEBHOOK_ALLOW_PRIVATE", "bool", False, "web", "Alerts: accept webhooks on loopback, private and link-local addresses (default: public addresses only; never on a shared deployment)."),
+    # -- operations ------------------------------------------------------------------------------------
+    _k("PIPELINE_OPS_WEBHOOK_URL", "str", None, "operations", "run_failure_alerts posts each failed Dagster run here as JSON (run id, job, stage, partitions, error); unset: logged only."),
+    _k("PIPELINE_OPS_SNS_TOPIC_ARN", "str", None, "operations", "run_failure_alerts publishes each failed Dagster run to this SNS topic (production: the template's alarm topic)."),
     # -- test support (pipeline chaos) -----------------------------------------------------------------
     _k("PIPELINE_CHAOS_LATE_S", "float", 3.0, "chaos", "`pipeline chaos`: the pause of a deliberately late importer.", minimum=0),
 )

@@ -8,6 +8,7 @@ config.validate()  # a bad knob fails the code location's load with every bad va
 
 from pipeline.defs.enriched import definitions as enriched  # noqa: E402
 from pipeline.defs.importer import definitions as importer  # noqa: E402
+from pipeline.defs.operations import definitions as operations  # noqa: E402
 from pipeline.defs.raw import definitions as raw  # noqa: E402
 from pipeline.defs.reports import definitions as reports  # noqa: E402
 from pipeline.defs.resources import resource_defs  # noqa: E402
@@ -22,5 +23,6 @@ defs = Definitions.merge(
     importer.defs,
     reports.defs,
     scaling.defs,
+    operations.defs,
     Definitions(resources=resource_defs(), executor=in_process_executor),
 )

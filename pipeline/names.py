@@ -12,6 +12,7 @@ DAILY_SOURCE_SUMMARY = "daily_source_summary"
 # Sensors
 RAW_SENSOR = "raw_telemetry_sensor"
 IMPORT_SENSOR = "import_queue_sensor"
+WORKER_LOADS_SENSOR = "worker_loads_sensor"
 CAPACITY_SENSOR = "capacity_sensor"
 
 # Partitions

@@ -88,7 +88,8 @@ def scaling_status(as_json: bool, decisions: int) -> None:
     )
     click.echo(
         f"backlog    {backlog.total}  (queue visible {backlog.visible}, in flight {backlog.in_flight}, "
-        f"import inbox {backlog.inbox}, backfill partitions {backlog.pending_partitions})"
+        f"import inbox {backlog.inbox}; not counted: backfill partitions {backlog.pending_partitions}, "
+        "imported by their runs)"
     )
     if capacity:
         click.echo(f"capacity   desired {capacity.desired}  running {capacity.running}  protected {capacity.protected}")

@@ -448,6 +448,9 @@ class InboxCounts:
     retrying: int  # failed at least once, waiting for the next attempt
     dead: int
     oldest_pending_s: float | None
+    # pending rows a worker can take or holds: not those a live lease gives to a Dagster run (or to
+    # a sensor planning runs), which run on the runs' own capacity (the worker capacity's backlog)
+    for_workers: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -459,6 +462,9 @@ class InboxCounts:
         }
 
 
+WORKER_OWNER_PREFIX = "worker:"  # pipeline.importer.worker.worker_owner
+
+
 def counts(conn: psycopg.Connection, bucket: str | None = None, prefix: str = "") -> InboxCounts:
     row = (
         _cur(conn)
@@ -468,14 +474,17 @@ def counts(conn: psycopg.Connection, bucket: str | None = None, prefix: str = ""
                                    AND lease_until >= clock_timestamp()),
                   count(*) FILTER (WHERE state = 'pending' AND last_error IS NOT NULL),
                   count(*) FILTER (WHERE state = 'dead'),
-                  extract(epoch FROM clock_timestamp() - min(received_at) FILTER (WHERE state = 'pending'))
+                  extract(epoch FROM clock_timestamp() - min(received_at) FILTER (WHERE state = 'pending')),
+                  count(*) FILTER (WHERE state = 'pending' AND (claimed_by IS NULL OR lease_until < clock_timestamp()
+                                                                OR starts_with(claimed_by, %s)))
            FROM import_inbox
            WHERE state IN ('pending', 'dead') AND (%s::text IS NULL OR bucket = %s) AND starts_with(object_key, %s)""",
-            (bucket, bucket, prefix),
+            (WORKER_OWNER_PREFIX, bucket, bucket, prefix),
         )
         .fetchone()
     )
-    return InboxCounts(row[0], row[1], row[2], row[3], round(float(row[4]), 1) if row[4] is not None else None)
+    oldest = round(float(row[4]), 1) if row[4] is not None else None
+    return InboxCounts(row[0], row[1], row[2], row[3], oldest, row[5])
 
 
 def dead_letters(conn: psycopg.Connection, limit: int = 20, bucket: str | None = None, prefix: str = "") -> list[dict]:

@@ -466,6 +466,8 @@ def load_object(
             ),
         )
         ledger_id = cur.fetchone()[0]
+        if run_id is None:  # a load no run reports: Dagster hears of it from worker_loads_sensor
+            cur.execute("INSERT INTO dagster_outbox (ledger_id) VALUES (%s)", (ledger_id,))
         superseded = _supersede(cur, version, "superseded", run_id, worker, keep=ledger_id)
         tenants, source = object_tenants(cur, version.key)
         with cur.copy(COPY_SQL) as copy:

@@ -40,12 +40,14 @@ PROTECTION_LEASE_S = 900  # a busy worker renews its lease every batch; a dead o
 class Backlog:
     visible: int  # notifications waiting on SQS for intake
     in_flight: int
-    pending_partitions: int  # partitions of backfill runs (they take no inbox rows)
-    inbox: int = 0  # objects in the import inbox not settled (due, backing off, or claimed)
+    pending_partitions: int  # partitions of backfill runs: shown, not counted (runs import them, on their own tasks)
+    inbox: int = 0  # inbox objects workers can take or hold (not those leased to runs): inbox.counts().for_workers
 
     @property
     def total(self) -> int:
-        return self.visible + self.in_flight + self.pending_partitions + self.inbox
+        """The work this capacity (``pipeline importer`` workers) can claim: notifications to take
+        in and inbox rows; never what Dagster runs hold, which they import on their own tasks."""
+        return self.visible + self.in_flight + self.inbox
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,8 @@ class CapacityController:
 
         visible, in_flight = queue_depth(self.sqs, self.queue_url)
         with psycopg.connect(self.database_url, connect_timeout=10) as conn:
-            pending = inbox.counts(conn).pending
-        return Backlog(visible, in_flight, pending_partitions(instance), pending)
+            claimable = inbox.counts(conn).for_workers
+        return Backlog(visible, in_flight, pending_partitions(instance), claimable)
 
     def reconcile(self, trigger: str, instance=None, backlog: Backlog | None = None) -> DecisionRecord:
         """One decision: measure, decide, apply with retries, record. Never raises on API errors."""

@@ -216,3 +216,31 @@ def test_a_collector_reaches_only_its_own_customers_raw_prefix():
         broken = copy.deepcopy(template)
         _statements(broken, "CollectorRole")[0].update(damage)
         assert collector_reach(broken), damage
+
+
+def test_production_keeps_compute_logs_in_s3_and_ticks_for_a_bounded_time(monkeypatch):
+    """A run's stdout outlives its task (S3, in the template's bucket, which every task that
+    writes or shows logs names and may reach); a 5-s sensor's ticks do not grow storage for ever."""
+    from dagster._config import process_config
+    from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+
+    monkeypatch.setenv("PIPELINE_COMPUTE_LOG_BUCKET", "dmarc-pipeline-compute-logs-1")
+    config = _load(PROD_INSTANCE)
+    logs = config["compute_logs"]
+    assert (logs["module"], logs["class"]) == ("dagster_aws.s3.compute_log_manager", "S3ComputeLogManager")
+    checked = process_config(S3ComputeLogManager.config_type(), logs["config"])
+    assert checked.success, checked.errors
+    assert checked.value["bucket"] == "dmarc-pipeline-compute-logs-1"
+    retention = config["retention"]
+    for kind in ("schedule", "sensor", "auto_materialize"):
+        days = retention[kind]["purge_after_days"]
+        assert all(0 < days[status] <= 30 for status in ("skipped", "success", "failure")), (kind, days)
+    template = _load(COMPUTE)
+    resources = template["Resources"]
+    assert resources["ComputeLogBucket"]["Properties"]["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == 30
+    for task in ("CodeLocationTask", "DaemonTask", "WebserverTask", "RunTask"):
+        env = resources[task]["Properties"]["ContainerDefinitions"][0]["Environment"]
+        assert any(e["Name"] == "PIPELINE_COMPUTE_LOG_BUCKET" for e in env), task
+    for role in ("DaemonTaskRole", "RunTaskRole", "WebserverTaskRole"):
+        statements = resources[role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        assert any(st.get("Sid") == "ComputeLogs" for st in statements), role

@@ -2,6 +2,7 @@
 
 import dataclasses
 import typing
+from datetime import timedelta
 
 import pydantic
 from dagster import (
@@ -12,11 +13,13 @@ from dagster import (
     BackfillPolicy,
     Config,
     Failure,
+    FreshnessPolicy,
     MetadataValue,
     asset,
 )
 from pydantic import Field
 
+from pipeline import config as knobs
 from pipeline import names
 from pipeline.defs.partitions import enriched_objects
 from pipeline.defs.resources import ObjectStoreResource, WarehouseResource
@@ -126,6 +129,14 @@ def _current_versions(warehouse: WarehouseResource, s3, keys: list[str]) -> tupl
     # op-level concurrency for the runs no sensor tagged (backfills from the UI); the sensor's
     # runs are limited by their pipeline/stage tag (deploy/dagster/dagster.yaml)
     pool="import",
+    # Reports trickle in all day from many receivers: hours without a single import means the
+    # path is stuck (a dead daemon, a full dead-letter queue), not a quiet day. Dagster's freshness
+    # daemon evaluates it; the asset turns failing in the UI and its freshness events alert.
+    freshness_policy=FreshnessPolicy.time_window(
+        fail_window=timedelta(hours=knobs.get("PIPELINE_IMPORT_FRESHNESS_HOURS")),
+        warn_window=timedelta(hours=knobs.get("PIPELINE_IMPORT_FRESHNESS_HOURS") / 2),
+    ),
+    owners=["team:data-platform"],
 )
 def telemetry_events(
     context: AssetExecutionContext,
@@ -181,11 +192,14 @@ def telemetry_events(
                     "superseded": result.superseded,
                     "seconds": round(result.seconds, 4),
                     "inbox_id": outcome.item.inbox_id or 0,
+                    "dagster/row_count": result.rows,  # Dagster's own keys: the UI's columns and search
+                    "dagster/uri": f"s3://{version.bucket}/{version.key}",
                 },
             )
         )
     _log_materializations(context, materializations)
-    if any(o.ok and o.result.outcome in {"loaded", "tombstoned"} for o in outcomes):
+    loaded = any(o.ok and o.result.outcome in {"loaded", "tombstoned"} for o in outcomes)
+    if loaded and knobs.get("PIPELINE_IMPORT_REFRESH"):
         # The customers' pages follow the import now, not after the automation sensor's next run
         # of warehouse_projections (which still follows, records the refresh, and evaluates alerts).
         # Skipped when another refresh holds the lock: that one, or the next, takes these slices.
