@@ -31,15 +31,18 @@ setup(
         "uvicorn>=0.30",
         "itsdangerous>=2.1",
         "python-multipart>=0.0.9",
-        "moto[server]>=5.2,<6",
-        "pgserver>=0.1.4",
         "parsedmarc>=9,<12",
         "maxminddb>=2.6",
         "tqdm>=4.66",
-        "matplotlib>=3.8",
-        "psutil>=5.9",
     ],
     extras_require={
+        # The local stack and the benchmarks: never in the production image (deploy/dagster/Containerfile).
+        "local": [
+            "moto[server]>=5.2,<6",  # S3, SNS, SQS, ECS, Auto Scaling over HTTP
+            "pgserver>=0.1.4",  # the embedded PostgreSQL where none runs
+            "matplotlib>=3.8",  # the benchmarks' and the scaling simulator's plots
+            "psutil>=5.9",  # local worker processes, the benchmarks' RSS sampling
+        ],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",

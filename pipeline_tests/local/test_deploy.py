@@ -244,3 +244,27 @@ def test_production_keeps_compute_logs_in_s3_and_ticks_for_a_bounded_time(monkey
     for role in ("DaemonTaskRole", "RunTaskRole", "WebserverTaskRole"):
         statements = resources[role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
         assert any(st.get("Sid") == "ComputeLogs" for st in statements), role
+
+
+def test_the_dagster_ui_is_reached_only_through_oidc_authentication():
+    """Dagster's webserver authenticates nobody: the template puts it behind an internal load
+    balancer whose only listener authenticates every request (OIDC) before forwarding it, and the
+    webserver's port admits the load balancer alone."""
+    resources = _load(COMPUTE)["Resources"]
+    listeners = [r for r in resources.values() if r["Type"] == "AWS::ElasticLoadBalancingV2::Listener"]
+    assert len(listeners) == 1
+    [listener] = listeners
+    assert listener["Properties"]["Protocol"] == "HTTPS"
+    first, second = sorted(listener["Properties"]["DefaultActions"], key=lambda a: a["Order"])
+    assert first["Type"] == "authenticate-oidc" and second["Type"] == "forward"
+    oidc = first["AuthenticateOidcConfig"]
+    assert oidc["OnUnauthenticatedRequest"] == "authenticate"
+    assert "{{resolve:secretsmanager:" in oidc["ClientSecret"]["Fn::Sub"]  # never a parameter's value
+    assert resources["UiLoadBalancer"]["Properties"]["Scheme"] == "internal"
+    ingress = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    webserver_ingress = [i for i in ingress if i["FromPort"] <= 3000 <= i["ToPort"]]
+    assert [i["SourceSecurityGroupId"] for i in webserver_ingress] == [{"Ref": "UiSecurityGroup"}]
+    inline = resources["TaskSecurityGroup"]["Properties"].get("SecurityGroupIngress", [])
+    assert inline == []  # no other way in
+    service = resources["WebserverService"]["Properties"]
+    assert service["LoadBalancers"][0]["TargetGroupArn"] == {"Ref": "UiTargetGroup"}
