@@ -36,10 +36,38 @@ log = logging.getLogger("pipeline.scaling")
 _DEFAULT_INNER = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher", "config": {}}
 
 
+SIZE_TAGS = ("ecs/cpu", "ecs/memory")  # what EcsRunLauncher reads to size a run's task
+
+
+def run_stage(tags: Mapping[str, str], asset_keys) -> str | None:
+    """A run's stage: its pipeline/stage tag (the sensors set it), else what it materializes (a
+    backfill from the UI carries no stage tag)."""
+    from pipeline import names
+
+    if names.STAGE_TAG in tags:
+        return tags[names.STAGE_TAG]
+    paths = {"/".join(key.path) for key in asset_keys}
+    if names.ENRICHED_TELEMETRY in paths:
+        return "enrich"
+    if names.TELEMETRY_EVENTS in paths:
+        return "import"
+    return None
+
+
+def size_tags(tags: Mapping[str, str], asset_keys, task_sizes: Mapping[str, Mapping]) -> dict[str, str]:
+    """The ecs/cpu and ecs/memory tags a run of this stage gets, those it does not carry already."""
+    size = task_sizes.get(run_stage(tags, asset_keys) or "") or {}
+    wanted = {"ecs/cpu": size.get("cpu"), "ecs/memory": size.get("memory")}
+    return {tag: str(value) for tag, value in wanted.items() if value is not None and tag not in tags}
+
+
 class QueueDepthRunLauncher(RunLauncher, ConfigurableClass):
-    def __init__(self, inst_data: ConfigurableClassData | None = None, inner_launcher=None, **scaling: Any):
+    def __init__(
+        self, inst_data: ConfigurableClassData | None = None, inner_launcher=None, task_sizes=None, **scaling: Any
+    ):
         super().__init__()
         self._inst_data = inst_data
+        self._task_sizes = dict(task_sizes or {})
         spec = inner_launcher or _DEFAULT_INNER
         self._inner: RunLauncher = ConfigurableClassData(
             spec["module"], spec["class"], yaml.dump(spec.get("config") or {}, default_flow_style=False)
@@ -69,6 +97,13 @@ class QueueDepthRunLauncher(RunLauncher, ConfigurableClass):
             "max_capacity": Field(IntSource, is_required=False),
             "activation_threshold": Field(IntSource, is_required=False),
             "scale_in_cooldown_s": Field(IntSource, is_required=False),
+            "task_sizes": Field(
+                Permissive(),
+                is_required=False,
+                description="Per stage (enrich, import, ...): {cpu, memory} of the run's ECS task, given to every "
+                "run of that stage as the ecs/cpu and ecs/memory tags EcsRunLauncher sizes tasks by, unless the "
+                "run carries its own (a sensor's runs, a backfill from the UI, a CLI launch alike).",
+            ),
         }
 
     @classmethod
@@ -121,6 +156,11 @@ class QueueDepthRunLauncher(RunLauncher, ConfigurableClass):
     # -- RunLauncher ----------------------------------------------------------------------------
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
+        sizing = size_tags(run.tags, run.asset_selection or (), self._task_sizes)
+        if sizing and self.has_instance:
+            self._instance.add_run_tags(run.run_id, sizing)
+            run = self._instance.get_run_by_id(run.run_id)
+            context = LaunchRunContext(dagster_run=run, workspace=context.workspace)
         self.scale(f"launch {run.run_id}", run)
         self._inner.launch_run(context)
 

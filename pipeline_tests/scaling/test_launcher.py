@@ -100,3 +100,50 @@ def test_a_capacity_api_error_is_reported_on_the_run_and_the_run_still_launches(
 
     decisions = recent_decisions(stack.database_url, f"asg:{group}", 5)
     assert decisions and decisions[0]["applied"] is False and "not found" in decisions[0]["error"]
+
+
+def test_enrichment_runs_are_sized_whatever_started_them():
+    """ecs/cpu and ecs/memory reach EcsRunLauncher for every enrichment run: a sensor's (stage tag)
+    and a UI backfill's (no tag, the asset selected) alike; a run's own tags win; imports keep the
+    run task's size."""
+    from dagster import AssetKey, DagsterInstance, job, op
+    from dagster._core.launcher.base import LaunchRunContext
+
+    from pipeline import names
+    from pipeline.scaling.launcher import QueueDepthRunLauncher, size_tags
+
+    sizes = {"enrich": {"cpu": 2048, "memory": 8192}}
+    enriched, events = [AssetKey(names.ENRICHED_TELEMETRY)], [AssetKey(names.TELEMETRY_EVENTS)]
+    assert size_tags({names.STAGE_TAG: "enrich"}, [], sizes) == {"ecs/cpu": "2048", "ecs/memory": "8192"}
+    assert size_tags({}, enriched, sizes) == {"ecs/cpu": "2048", "ecs/memory": "8192"}  # a UI backfill
+    assert size_tags({"ecs/memory": "16384"}, enriched, sizes) == {"ecs/cpu": "2048"}
+    assert size_tags({}, events, sizes) == {} and size_tags({names.STAGE_TAG: "import"}, [], sizes) == {}
+
+    @op
+    def nothing():
+        pass
+
+    @job
+    def some_job():
+        nothing()
+
+    instance = DagsterInstance.ephemeral()
+    run = some_job.execute_in_process(instance=instance, tags={names.STAGE_TAG: "enrich"}).dagster_run
+
+    class Recorder:
+        launched: list = []
+
+        def launch_run(self, context):
+            Recorder.launched.append(context.dagster_run)
+
+        def register_instance(self, instance):
+            pass
+
+    launcher = QueueDepthRunLauncher(task_sizes=sizes)
+    launcher.register_instance(instance)
+    launcher._inner = Recorder()
+    launcher.scale = lambda *args, **kwargs: None  # no capacity decision in this test
+    launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+    [launched] = Recorder.launched
+    assert launched.tags["ecs/cpu"] == "2048" and launched.tags["ecs/memory"] == "8192"
+    assert instance.get_run_by_id(run.run_id).tags["ecs/cpu"] == "2048"  # on the run, for the UI too
