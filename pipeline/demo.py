@@ -8,12 +8,44 @@ import sensor -> importer runs (warehouse) -> verify.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.settings import Settings, pipeline_home
+
+
+@contextlib.contextmanager
+def logs_to_file(path: Path | None) -> Iterator[Callable[[str], None]]:
+    """Everything the stages print (Dagster's run logs, Spark's JVM and progress bars, migrations)
+    goes to ``path``, at the file-descriptor level so that child processes' output goes there too;
+    the function yielded prints to the terminal, which shows one line per stage. ``None``: no
+    redirection (``pipeline demo -v``)."""
+    if path is None:
+        yield lambda line: print(line, flush=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield lambda line: print(line, file=terminal, flush=True)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            terminal.close()
 
 
 @dataclass

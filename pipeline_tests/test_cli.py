@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run(*args: str, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
@@ -27,6 +28,11 @@ def test_demo_runs_the_whole_flow(stack, empty_queues):
     assert len(lines) == 2 and all(line.rstrip().endswith("ok") for line in lines)
     assert "  customer-001: 4 reports," in result.stdout and "DMARC pass" in result.stdout
     assert "Web application: `pipeline web`, then http://127.0.0.1:8080/" in result.stdout
+    # a staged story: the runs' own logs (Dagster's DEBUG lines, Spark, migrations) go to the file it names
+    assert " - DEBUG - " not in result.stdout + result.stderr and "INFO" not in result.stdout
+    log_file = result.stdout.split("(logs: ", 1)[1].split(";", 1)[0]
+    assert " - DEBUG - " in Path(log_file).read_text()  # they are there, for whoever needs them
+    assert len(result.stdout.splitlines()) < 30
     verified = json.loads(run("verify", "--customer", "customer-001", "--json").stdout)
     assert verified["ok"] and verified["reports_loaded"] == 4 and verified["rows_loaded"] > 0
 

@@ -27,15 +27,19 @@ from pipeline.settings import load_settings
 @click.option("--customers", default=3, show_default=True, help="Synthetic customers.")
 @click.option("--reports-per-customer", default=8, show_default=True, help="Synthetic reports per customer.")
 @click.option("--seed", default=42, show_default=True)
-def demo(reports_dir, maildir, customer_id, customers, reports_per_customer, seed) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show every log line (Dagster, Spark, the stages) as it comes.")
+def demo(reports_dir, maildir, customer_id, customers, reports_per_customer, seed, verbose) -> None:
     """Run the whole pipeline on the local stack and show the result."""
-    from pipeline.demo import headlines, run_demo
+    from pipeline.demo import headlines, logs_to_file, run_demo
+    from pipeline.settings import pipeline_home
 
     settings = load_settings()
-    click.echo("Pipeline demo on the local stack:")
-    result = run_demo(
-        settings, reports_dir, customer_id, customers, reports_per_customer, seed, echo=click.echo, maildir=maildir
-    )
+    log_file = pipeline_home() / "demo" / "demo.log"
+    click.echo("Pipeline demo on the local stack" + ("" if verbose else f" (logs: {log_file}; -v shows them):"))
+    with logs_to_file(None if verbose else log_file) as terminal:
+        result = run_demo(
+            settings, reports_dir, customer_id, customers, reports_per_customer, seed, echo=terminal, maildir=maildir
+        )
     click.echo("")
     click.echo(
         f"{'customer':16} {'objects':>8} {'rows':>8} {'reports':>8} {'messages':>9} {'missing':>8} {'dups':>5}  verify"
