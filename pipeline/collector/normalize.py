@@ -332,7 +332,6 @@ def record_fields(
         {"domain": _lower(x.get("domain")), "scope": _lower(x.get("scope")), "result": _lower(x.get("result"))}
         for x in spf
     ]
-    dkim_main, spf_main = _pick(dkim), _pick(spf)
     reasons = [r for r in reasons if r.get("type")]
     own = {
         "record_index": index,
@@ -345,6 +344,16 @@ def record_fields(
         "header_from": _lower(ids.get("header_from")),
         "envelope_from": _lower(ids.get("envelope_from")),
         "envelope_to": _lower(ids.get("envelope_to")),
+        **auth_fields(dkim, spf),
+    }
+    return {**common, **cleaned(own)}
+
+
+def auth_fields(dkim: list[dict], spf: list[dict]) -> dict:
+    """A record's auth-result fields from its normalized DKIM and SPF results: the one that
+    speaks for each (``_pick``) and both lists as JSON. The reader and parsedmarc's path share it."""
+    dkim_main, spf_main = _pick(dkim), _pick(spf)
+    return {
         "dkim_domain": dkim_main.get("domain"),
         "dkim_selector": dkim_main.get("selector"),
         "dkim_result": dkim_main.get("result"),
@@ -354,11 +363,16 @@ def record_fields(
         "dkim_auth": _results_json(dkim, "selector"),
         "spf_auth": _results_json(spf, "scope"),
     }
-    if _UNSTORABLE.search("".join([v for v in own.values() if isinstance(v, str)])):  # one search, not 18
+
+
+def cleaned(own: dict) -> dict:
+    """A record's own fields as the warehouse can hold them (NUL and lone surrogates become
+    U+FFFD), with one search over them all when, as nearly always, there is nothing to clean."""
+    if _UNSTORABLE.search("".join([v for v in own.values() if isinstance(v, str)])):
         for name, value in own.items():
             if isinstance(value, str) and _UNSTORABLE.search(value):
                 own[name] = _UNSTORABLE.sub("\ufffd", value)
-    return {**common, **own}
+    return own
 
 
 def _results_json(results: list[dict], middle: str) -> str:

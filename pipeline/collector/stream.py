@@ -37,12 +37,11 @@ from pathlib import Path
 from xml.parsers import expat
 
 from pipeline.collector.normalize import (
-    _UNSTORABLE,
     BodyWriter,
     NormalizedReport,
-    _pick,
-    _results_json,
+    auth_fields,
     check_period,
+    cleaned,
     report_fields,
     report_identity,
 )
@@ -388,7 +387,6 @@ def _own(element) -> tuple[int, dict]:
         last_spf = _named(raw_spf[-1])
         if "domain" in last_spf:
             envelope_from = _low(_text(last_spf["domain"]))
-    dkim_main, spf_main = _pick(dkim), _pick(spf)
     own = {
         "source_ip": source_ip,
         "disposition": _low(_text(verdict["disposition"])) if "disposition" in verdict else "none",
@@ -398,20 +396,9 @@ def _own(element) -> tuple[int, dict]:
         "header_from": _low(_text(named.get("header_from"))),
         "envelope_from": envelope_from,
         "envelope_to": _low(_text(named.get("envelope_to"))),
-        "dkim_domain": dkim_main.get("domain"),
-        "dkim_selector": dkim_main.get("selector"),
-        "dkim_result": dkim_main.get("result"),
-        "spf_domain": spf_main.get("domain"),
-        "spf_scope": spf_main.get("scope"),
-        "spf_result": spf_main.get("result"),
-        "dkim_auth": _results_json(dkim, "selector"),
-        "spf_auth": _results_json(spf, "scope"),
+        **auth_fields(dkim, spf),
     }
-    if _UNSTORABLE.search("".join([v for v in own.values() if v is not None])):
-        for name, value in own.items():
-            if value is not None and _UNSTORABLE.search(value):
-                own[name] = _UNSTORABLE.sub("\ufffd", value)
-    return count, own
+    return count, cleaned(own)
 
 
 def _decoded(chunks: Iterator[bytes]) -> Iterator[tuple[str, str]]:
