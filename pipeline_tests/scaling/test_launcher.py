@@ -26,6 +26,9 @@ def daemon(stack, clients):
         "PIPELINE_SCALING_TARGET_PER_WORKER": "10",
         "PIPELINE_SCALING_MAX": "2",
         "PIPELINE_SCALING_COOLDOWN_S": "20",
+        # The sensor takes in 5 notifications a tick: the rest wait on SQS, which is the workers'
+        # work (the rows it hands to runs are the runs', and never size the workers: #24).
+        "PIPELINE_SENSOR_MAX_MESSAGES": "5",
     }
     with running_daemon(stack, env) as running:
         yield running, queue_url
@@ -56,7 +59,7 @@ def test_daemon_launches_through_the_scaling_launcher_and_returns_to_zero(stack,
     decisions = recent_decisions(stack.database_url, key, 200)
     launches = [d for d in decisions if d["trigger"].startswith("launch ")]
     assert launches, "no run went through QueueDepthRunLauncher"
-    assert max(d["desired"] for d in decisions) >= 1, "capacity never rose"
+    assert max(d["desired"] for d in decisions) >= 1, "capacity never rose for the notifications waiting on SQS"
 
     (reported,) = daemon.query("SELECT count(*) FROM event_logs WHERE event LIKE '%capacity local%'")
     assert reported >= len(launches), "the decision is not on the runs' event logs"
