@@ -285,10 +285,6 @@ def _policy(element) -> dict:
     }
 
 
-def _lower(value):
-    return value.lower() if isinstance(value, str) else value
-
-
 # exactly what ipaddress.IPv4Address accepts: four ASCII decimal octets to 255, no leading zeros
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
