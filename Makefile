@@ -17,6 +17,7 @@ install: $(STAMP)
 
 ## The main job end to end: install, start the local stack, run the pipeline, show the result.
 demo: $(STAMP)
+	sh scripts/ensure-java.sh
 	$(BIN)/pipeline up
 	$(BIN)/pipeline demo
 
@@ -31,6 +32,7 @@ test: $(STAMP)
 
 ## Dagster's UI and daemon on the local stack: http://127.0.0.1:3000
 dev: $(STAMP)
+	sh scripts/ensure-java.sh
 	$(BIN)/pipeline up
 	$(BIN)/pipeline dev
 

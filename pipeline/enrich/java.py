@@ -43,3 +43,12 @@ def require_java() -> Path:
     if major < MIN_JAVA:
         raise ConfigurationError(f"Spark (pyspark 4) needs Java {MIN_JAVA}+, but {java} is Java {major}. {_HOW}")
     return java
+
+
+def java_problem() -> str | None:
+    """Why Spark cannot start on this machine (no Java, or one too old), None when it can."""
+    try:
+        require_java()
+    except ConfigurationError as exc:
+        return str(exc)
+    return None

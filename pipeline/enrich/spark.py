@@ -37,7 +37,7 @@ from pipeline.enrich.groups import (
     list_raw,
     task_settings,
 )
-from pipeline.enrich.java import require_java
+from pipeline.enrich.java import java_problem, require_java
 from pipeline.enrich.publish import publish_batches
 from pipeline.settings import Settings
 
@@ -149,7 +149,8 @@ def enrich_days(
     ``spark``: a SparkSession, or a callable that makes one, called only when the run's raw
     objects reach ``local_bytes`` (default ``PIPELINE_ENRICH_LOCAL_BYTES``): a few new reports
     are enriched in this process, by the same task code, in less time than a session takes to
-    start."""
+    start. On a machine without Java (and a local master) every run is enriched so, with a
+    warning that names the package to install for Spark."""
     limit = config.get("PIPELINE_ENRICH_LOCAL_BYTES") if local_bytes is None else local_bytes
 
     def execute(groups: list[Group], model_version: str) -> tuple[list[GroupResult], int]:
@@ -160,6 +161,14 @@ def enrich_days(
                 run_id,
                 size,
                 limit,
+            )
+            return enrich_groups(task_settings(settings), run_id, groups, s3, model_version), 0
+        if callable(spark) and _is_local(config.get("PIPELINE_SPARK_MASTER")) and (problem := java_problem()):
+            log.warning(
+                "enrichment run=%s: %d raw bytes enriched in this process, not by Spark, which cannot start here: %s",
+                run_id,
+                size,
+                problem,
             )
             return enrich_groups(task_settings(settings), run_id, groups, s3, model_version), 0
         session = spark() if callable(spark) else spark
@@ -177,6 +186,12 @@ def enrich_days(
         return results, len(tasks)
 
     return run_enrichment(settings, s3, days, run_id, customers, reprocess, execute)
+
+
+def _is_local(master: str) -> bool:
+    """A Spark master this process would start itself (``local``, ``local[N]``): without Java the
+    same tasks run here instead. A cluster's master without Java is a broken image: it fails."""
+    return master == "local" or master.startswith("local[")
 
 
 def enrich_days_in_process(
