@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -19,7 +21,27 @@ def run(*args: str, timeout: int = 300, **env: str) -> subprocess.CompletedProce
     )
 
 
+def _demo_runs(since: float) -> tuple[list, set[str]]:
+    """The runs the demo's sensors created since ``since`` (in the instance `pipeline dev` uses),
+    and the assets materialized since then."""
+    from unittest import mock
+
+    from dagster import AssetKey, RunsFilter
+
+    from pipeline import names
+    from pipeline.local.inprocess import local_instance
+
+    assets = ("customer_alerts", names.DAILY_DOMAIN_COMPLIANCE, names.DAILY_SOURCE_SUMMARY)
+    with mock.patch.dict(os.environ):  # local_instance sets the stack's environment
+        instance = local_instance()
+        runs = instance.get_runs(RunsFilter(created_after=datetime.datetime.fromtimestamp(since, datetime.UTC)))
+        latest = {key: instance.get_latest_materialization_event(AssetKey(key)) for key in assets}
+    materialized = {key for key, event in latest.items() if event is not None and event.timestamp >= since}
+    return [r for r in runs if names.RUN_KEY_TAG in r.tags], materialized
+
+
 def test_demo_runs_the_whole_flow(stack, empty_queues):
+    since = time.time()
     result = run("demo", "--customers", "2", "--reports-per-customer", "4", "--seed", "5", timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for step in ("generate", "collect", "enrich", "import", "verify"):
@@ -35,6 +57,17 @@ def test_demo_runs_the_whole_flow(stack, empty_queues):
     assert len(result.stdout.splitlines()) < 30
     verified = json.loads(run("verify", "--customer", "customer-001", "--json").stdout)
     assert verified["ok"] and verified["reports_loaded"] == 4 and verified["rows_loaded"] > 0
+    # every run a sensor created carries its stage's tags (the queue's limits, one owner per retry)
+    from pipeline import names
+
+    runs, materialized = _demo_runs(since)
+    stages = {r.tags.get(names.STAGE_TAG) for r in runs}
+    assert {"enrich", "import"} <= stages, stages
+    for sensor_run in runs:
+        stage = sensor_run.tags.get(names.STAGE_TAG)
+        assert stage in names.STAGE_TAGS, sensor_run.tags
+        assert sensor_run.tags[names.RETRIES_TAG] == names.STAGE_TAGS[stage][names.RETRIES_TAG]
+    assert len(materialized) == 3, materialized  # the pages and the alerts
 
 
 def test_demo_with_real_reports(stack, empty_queues):
