@@ -16,17 +16,45 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pipeline.settings import Settings, pipeline_home
 
 
+class Terminal:
+    """Where the demo's story goes: a line per stage (``terminal(line)``) and, while a stage runs,
+    a progress bar on the same line (``terminal.bar(stage, total)``), drawn only on a terminal."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __call__(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def bar(self, stage: str, total: int | None = None, unit: str = "run") -> tqdm:
+        return tqdm(
+            total=total,
+            desc=f"  {stage}",
+            unit=unit,
+            leave=False,  # the stage's own line replaces it
+            file=self.stream,
+            disable=not self.stream.isatty(),
+        )
+
+
+def _bar(echo: Callable[[str], None], stage: str, total: int | None = None, unit: str = "run") -> tqdm:
+    maker = getattr(echo, "bar", None)
+    return maker(stage, total, unit) if maker else tqdm(total=total, disable=True)
+
+
 @contextlib.contextmanager
-def logs_to_file(path: Path | None) -> Iterator[Callable[[str], None]]:
+def logs_to_file(path: Path | None) -> Iterator[Terminal]:
     """Everything the stages print (Dagster's run logs, Spark's JVM and progress bars, migrations)
     goes to ``path``, at the file-descriptor level so that child processes' output goes there too;
     the function yielded prints to the terminal, which shows one line per stage. ``None``: no
     redirection (``pipeline demo -v``)."""
     if path is None:
-        yield lambda line: print(line, flush=True)
+        yield Terminal(sys.stdout)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
@@ -37,7 +65,7 @@ def logs_to_file(path: Path | None) -> Iterator[Callable[[str], None]]:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            yield lambda line: print(line, file=terminal, flush=True)
+            yield Terminal(terminal)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -113,7 +141,11 @@ def run_demo(
         collected = [mailbox.collect]
         echo(f"  {'':9} {'':7} messages archived {len(mailbox.archived)}, moved to .Invalid {len(mailbox.invalid)}")
     else:
-        collected = [collect([path], cid, settings, Spool(home / "spool")) for cid, path in inputs]
+        collected = []
+        with _bar(echo, "collect", len(inputs), "input") as bar:
+            for cid, path in inputs:
+                collected.append(collect([path], cid, settings, Spool(home / "spool")))
+                bar.update(1)
     step(
         "collect",
         started,
@@ -128,7 +160,8 @@ def run_demo(
     cursor_file.parent.mkdir(parents=True, exist_ok=True)
     cursor = cursor_file.read_text() if cursor_file.exists() else None
     raw_tick = tick(instance, raw_telemetry_sensor, cursor)
-    runs = apply(instance, raw_tick)
+    with _bar(echo, "enrich", len(getattr(raw_tick, "run_requests", None) or [])) as bar:
+        runs = apply(instance, raw_tick, on_run=lambda _: bar.update(1))
     if getattr(raw_tick, "cursor", None):
         cursor_file.write_text(raw_tick.cursor)
     result.failed_runs += sum(not r.success for r in runs)
@@ -140,7 +173,8 @@ def run_demo(
     )
 
     started = time.monotonic()
-    import_runs = drain_import_queue(instance)
+    with _bar(echo, "import") as bar:  # the runs the queue's objects need: known as they come
+        import_runs = drain_import_queue(instance, on_run=lambda _: bar.update(1))
     result.failed_runs += sum(not r.success for r in import_runs)
     step("import", started, f"{len(import_runs)} importer run(s) drained the queue")
 
@@ -156,8 +190,10 @@ def run_demo(
     step("project", started, "daily domain compliance and source summaries for the web application; alerts")
 
     started = time.monotonic()
-    for cid in result.customers:
-        result.verify[cid] = verify(settings, cid)
+    with _bar(echo, "verify", len(result.customers), "customer") as bar:
+        for cid in result.customers:
+            result.verify[cid] = verify(settings, cid)
+            bar.update(1)
     step("verify", started, "S3 against the warehouse")
     return result
 
