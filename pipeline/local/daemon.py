@@ -26,7 +26,7 @@ from pipeline.names import IMPORT_SENSOR
 from pipeline.project import REPO_ROOT
 from pipeline.settings import Settings, dagster_sqlalchemy_url
 
-IMPORT_LOCATION = "pipeline.defs.import_location"  # the import path only: no Spark for raw objects
+IMPORT_LOCATION = "pipeline.locations.import_path"  # the import path only: no Spark for raw objects
 
 
 @dataclass

@@ -33,7 +33,7 @@ def test_an_import_reaches_the_customers_pages_through_the_daemon(stack, clients
         "PIPELINE_SCALING_MAX": "0",  # the runs import
     }
     try:
-        with running_daemon(stack, env, location="pipeline.defs.warehouse_location") as daemon:
+        with running_daemon(stack, env, location="pipeline.locations.warehouse_path") as daemon:
             flood(stack, s3, sqs, queue_url, customer, objects=2, rows=30)
             for message in messages_for(sqs, stack.queue_url, customer):  # the bucket's own copies
                 sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
