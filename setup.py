@@ -32,6 +32,7 @@ setup(
         "itsdangerous>=2.1",
         "python-multipart>=0.0.9",
         "parsedmarc>=9,<12",
+        "publicsuffixlist>=1.0",  # the collector's reader: parsedmarc's base domains, without importing parsedmarc
         "maxminddb>=2.6",
         "tqdm>=4.66",
     ],

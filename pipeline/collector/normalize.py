@@ -67,6 +67,36 @@ class SpilledRecords(Sequence):
         return self.first if index == 0 else next(itertools.islice(iter(self), index, None))
 
 
+class SharedRecords(Sequence):
+    """A report's records as the reader holds them: each record's own fields (``owns``) beside the
+    fields every record of the report shares (``common``), merged only when a record is looked
+    at (``{**common, **own}``). The body is encoded from the own fields directly
+    (``LineEncoder``): a record's forty common fields are neither copied nor compared."""
+
+    def __init__(self, common: dict, owns: list[dict]):
+        self.common, self.owns = common, owns
+
+    def __len__(self) -> int:
+        return len(self.owns)
+
+    def __iter__(self) -> Iterator[dict]:
+        common = self.common
+        for own in self.owns:
+            yield {**common, **own}
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [{**self.common, **own} for own in self.owns[index]]
+        return {**self.common, **self.owns[index]}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    @property
+    def messages(self) -> int:
+        return sum(own["message_count"] or 0 for own in self.owns)
+
+
 # zlib's default level: level 9 took twice the time for a body a fifth smaller (bench flood, W6)
 BODY_LEVEL = 6
 
@@ -84,18 +114,24 @@ class LineEncoder:
     def __init__(self, common: dict | None):
         self.common = common
         self._template: tuple[str, tuple[str, ...], frozenset] | None = None
+        self._own_template: tuple[str, tuple[str, ...], frozenset] | None = None
 
-    def _compile(self, record: dict) -> tuple[str, tuple[str, ...], frozenset]:
+    def _compile(self, record: dict, owned: frozenset | None = None) -> tuple[str, tuple[str, ...], frozenset]:
+        """(template, the keys whose values it takes, in order, the keys a record must have).
+        ``owned``: the keys a record's own fields hold (they win over common ones); by default
+        those not in ``common``, and then a record must have them all."""
         common = self.common or {}
         keys = sorted(record)
-        own = tuple(k for k in keys if k not in common)
+        own = tuple(k for k in keys if (k in owned if owned is not None else k not in common))
         parts = []
         for key in keys:
             value = "%s" if key in own else json.dumps(common[key], default=str).replace("%", "%%")
             parts.append(f"{json.dumps(key).replace('%', '%%')}: {value}")
-        return "{" + ", ".join(parts) + "}\n", own, frozenset(keys)
+        return "{" + ", ".join(parts) + "}\n", own, owned if owned is not None else frozenset(keys)
 
     def encode(self, records: Sequence[dict]) -> str:
+        if isinstance(records, SharedRecords) and records.common is self.common:
+            return self.encode_owns(records.owns)
         if self.common is None or not records:
             return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
         if self._template is None:
@@ -109,6 +145,27 @@ class LineEncoder:
             values = [
                 text(v) if v.__class__ is str else "null" if v is None else _json_value(v)
                 for v in map(record.__getitem__, own)
+            ]
+            lines.append(template % tuple(values))
+        return "".join(lines)
+
+    def encode_owns(self, owns: Sequence[dict]) -> str:
+        """The lines of records given by their own fields only (each merged over ``common``
+        gives the record): the same text as ``encode`` of the merged records."""
+        if not owns:
+            return ""
+        common = self.common or {}
+        if self._own_template is None:
+            self._own_template = self._compile({**common, **owns[0]}, frozenset(owns[0]))
+        template, order, keys = self._own_template
+        text, lines = _json_str, []
+        for own in owns:
+            if own.keys() != keys:  # not of the first record's shape: merged, and encoded as any record
+                lines.append(self.encode([{**common, **own}]))
+                continue
+            values = [
+                text(v) if v.__class__ is str else "null" if v is None else _json_value(v)
+                for v in map(own.__getitem__, order)
             ]
             lines.append(template % tuple(values))
         return "".join(lines)
@@ -143,6 +200,14 @@ class BodyWriter:
         self.count += len(records)
         self.messages += sum(r["message_count"] or 0 for r in records)
 
+    def write_owns(self, owns: list[dict]) -> None:
+        """``write`` of records given by their own fields (merged over the writer's ``common``)."""
+        if owns and self.first is None:
+            self.first = {**(self._lines.common or {}), **owns[0]}
+        self._gzip.write(self._lines.encode_owns(owns).encode())
+        self.count += len(owns)
+        self.messages += sum(own["message_count"] or 0 for own in owns)
+
     def close(self) -> SpilledRecords:
         self._gzip.close()
         self._file.seek(9)
@@ -163,7 +228,7 @@ class NormalizedReport:
     report_org: str
     report_id: str
     begin: dt.datetime
-    records: list[dict] | SpilledRecords  # spilled to disk past a batch (pipeline.collector.stream)
+    records: list[dict] | SharedRecords | SpilledRecords  # spilled to disk past a batch (pipeline.collector.stream)
     problems: list[str]  # what was damaged in this copy (parse errors, bad bytes)
     reader: str = "stream"  # which reader read it: pipeline.collector.stream, or parsedmarc (a fallback)
     common: dict | None = field(default=None, compare=False, repr=False)  # the fields all its records share
@@ -178,7 +243,7 @@ class NormalizedReport:
 
     @property
     def messages(self) -> int:
-        if isinstance(self.records, SpilledRecords):
+        if isinstance(self.records, SpilledRecords | SharedRecords):
             return self.records.messages
         return sum(record["message_count"] or 0 for record in self.records)
 

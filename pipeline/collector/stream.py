@@ -24,6 +24,7 @@ import codecs
 import datetime as dt
 import email
 import email.policy
+import functools
 import gc
 import io
 import ipaddress
@@ -32,13 +33,14 @@ import logging
 import re
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from xml.parsers import expat
 
 from pipeline.collector.normalize import (
     BodyWriter,
     NormalizedReport,
+    SharedRecords,
     auth_fields,
     check_period,
     cleaned,
@@ -186,6 +188,25 @@ def _named(element) -> dict:
     return first
 
 
+def _values(element) -> dict:
+    """An element's children by local name, the first of each, as their ``_text`` values, in one
+    pass (``_named`` and a ``_text`` of each: an identifiers block, an auth result)."""
+    values: dict = {}
+    for child in element:
+        name = child.tag
+        if name.__class__ is not str:
+            continue
+        if name[0] == "{":
+            name = name[name.index("}") + 1 :]
+        if name not in values:
+            if len(child):
+                values[name] = None
+            else:
+                text = child.text
+                values[name] = (text.strip() or None) if text else None
+    return values
+
+
 def _text(element) -> str | None:
     """An element's value as xmltodict gives it to parsedmarc: its stripped text, None if blank
     (or if it holds elements: a mapping to xmltodict, which no field of a report is)."""
@@ -223,14 +244,12 @@ def _has(element, name: str) -> bool:
 
 def _metadata(element) -> dict:
     """report_metadata as parsedmarc renders it (org name, id, dates, errors)."""
-    from parsedmarc.utils import get_base_domain
-
     org = _text(_child(element, "org_name"))
     mail = _mixed_text(_child(element, "email"))
     if org is None and mail is not None:
         org = mail.split("@")[-1]
     if org is not None and " " not in org:
-        org = get_base_domain(org) or org
+        org = _base_domain(org) or org
     if not org:
         raise Refused("Organization name is missing")
     if not _has(element, "report_id"):
@@ -258,6 +277,20 @@ def _metadata(element) -> dict:
         "end_date": _human(end),
         "errors": errors,
     }
+
+
+@functools.cache
+def _suffixes():
+    import publicsuffixlist
+
+    return publicsuffixlist.PublicSuffixList()  # the list parsedmarc's get_base_domain reads, bundled
+
+
+def _base_domain(name: str) -> str | None:
+    """parsedmarc's ``get_base_domain`` as its library path runs it (no PSL overrides loaded):
+    the private suffix. Without importing parsedmarc (half a second), which a read needs only
+    for a shape it hands over."""
+    return _suffixes().privatesuffix(name.lower())
 
 
 def _human(ts: int) -> str:
@@ -310,21 +343,22 @@ def _auth(results, kind: str, middle: str, default: str) -> list[dict]:
             if _text(result) is None:
                 raise _Dropped(kind)
             continue
-        fields = _named(result)
-        domain = _text(fields.get("domain"))
+        fields = _values(result)
+        domain = fields.get("domain")
         if domain is not None:
-            value = _text(fields.get(middle)) or default
+            value = fields.get(middle) or default
+            verdict = fields.get("result")
             found.append(
                 {
                     "domain": domain.lower(),
                     middle: value if kind == "dkim" else value.lower(),  # parsedmarc keeps a selector's case
-                    "result": _low(_text(fields.get("result"))) or "none",
+                    "result": verdict.lower() if verdict else "none",
                 }
             )
     return found
 
 
-def _own(element) -> tuple[int, dict]:
+def _own(element, clean: bool = True) -> tuple[int, dict]:
     """One <record>: its message count, and its own fields exactly as ``normalize.record_fields``
     writes them from parsedmarc's rendering of it (``_parse_report_record``'s defaults and drops),
     built in one pass without the rendering between (the reader's inner loop; the differential
@@ -369,8 +403,8 @@ def _own(element) -> tuple[int, dict]:
         ids = kids.get("identifiers")
     if ids is None or not len(ids):
         raise _Dropped("'identifiers'")
-    named = _named(ids)
-    envelope_from = _low(_text(named.get("envelope_from")))
+    named = _values(ids)
+    envelope_from = _low(named.get("envelope_from"))
     auth = kids.get("auth_results")
     if auth is None:
         raise _Dropped("'auth_results'")
@@ -380,21 +414,22 @@ def _own(element) -> tuple[int, dict]:
     spf = _auth(raw_spf, "spf", "scope", "mfrom")
     # parsedmarc's backfill: the last SPF result's domain, when the identifiers have no envelope_from
     if envelope_from is None and raw_spf and len(raw_spf[-1]):
-        last_spf = _named(raw_spf[-1])
+        last_spf = _values(raw_spf[-1])
         if "domain" in last_spf:
-            envelope_from = _low(_text(last_spf["domain"]))
+            envelope_from = _low(last_spf["domain"])
     own = {
         "source_ip": source_ip,
         "disposition": _low(_text(verdict["disposition"])) if "disposition" in verdict else "none",
         "policy_dkim": _low(_text(verdict["dkim"])),
         "policy_spf": _low(_text(verdict["spf"])),
         "override_reasons": json.dumps(reasons) if reasons else None,
-        "header_from": _low(_text(named.get("header_from"))),
+        "header_from": _low(named.get("header_from")),
         "envelope_from": envelope_from,
-        "envelope_to": _low(_text(named.get("envelope_to"))),
+        "envelope_to": _low(named.get("envelope_to")),
         **auth_fields(dkim, spf),
     }
-    return count, cleaned(own)
+    # a strict parse yields XML characters only (no NUL, no lone surrogate): nothing to clean
+    return count, cleaned(own) if clean else own
 
 
 def _decoded(chunks: Iterator[bytes]) -> Iterator[tuple[str, str]]:
@@ -436,33 +471,49 @@ def _prepared(text: str, first: bool) -> str:
 SPILL_RECORDS = 10_000
 
 
+class _NotWellFormed(Exception):
+    """The strict parse met what is not well-formed XML: the document is read again, recovering."""
+
+
 def read_xml(
-    chunks: Iterator[bytes],
+    chunks: Callable[[], Iterator[bytes]],
     name: str,
     customer_id: str,
     problems: list[str],
     now: dt.datetime | None = None,
     spill_dir: Path | None = None,
 ) -> NormalizedReport:
-    """Stream-parse one aggregate report's XML into a normalized report (its records spilled to
-    ``spill_dir`` past ``SPILL_RECORDS``)."""
-    opened: list[BodyWriter] = []
+    """Stream-parse one aggregate report's XML (``chunks()`` gives its bytes, from the start, each
+    time it is called) into a normalized report (its records spilled to ``spill_dir`` past
+    ``SPILL_RECORDS``).
+
+    The document is parsed strictly first, by lxml alone: nearly every report is well-formed, and
+    is read once. One that is not (or whose preparation changed it) is read again from its start
+    as before, lxml recovering as parsedmarc's second parse does, expat beside it saying whether
+    the copy is damaged (``_parse``)."""
     collecting = gc.isenabled()
     gc.disable()  # a read allocates acyclic records and elements by the thousand: nothing to collect
     try:
-        return _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened)
-    except BaseException:
-        for writer in opened:  # a report refused half way: nothing of it stays on disk
-            writer.discard()
-        raise
+        try:
+            return _attempt(chunks(), name, customer_id, problems, now, spill_dir, strict=True)
+        except _NotWellFormed:
+            return _attempt(chunks(), name, customer_id, problems, now, spill_dir, strict=False)
     finally:
         if collecting:
             gc.enable()
 
 
-def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list) -> NormalizedReport:
-    from parsedmarc import _bucket_interval_by_day
+def _attempt(chunks, name, customer_id, problems, now, spill_dir, strict: bool) -> NormalizedReport:
+    opened: list[BodyWriter] = []
+    try:
+        return _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened, strict)
+    except BaseException:
+        for writer in opened:  # a report refused (or read again) half way: nothing of it stays on disk
+            writer.discard()
+        raise
 
+
+def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list, strict: bool) -> NormalizedReport:
     meta = policy = common = None
     split = None  # (begin, end) of a report over more than a day: parsedmarc's per-day records
     pending: list[tuple] = []  # records read before the metadata or the policy (out of RFC order)
@@ -481,18 +532,24 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list)
                 dt.datetime.fromtimestamp(meta["end_ts"], dt.UTC),
             )
 
-    def take(read: tuple[int, dict]) -> None:
+    def take(read: tuple[int, dict]) -> None:  # records holds each record's own fields (SharedRecords)
         nonlocal index, writer
         count, own = read
-        counts = [count] if split is None else [b["count"] for b in _bucket_interval_by_day(*split, count)]
-        for part in counts:
-            records.append({**common, **own, "record_index": index, "message_count": part})
+        if split is None:
+            own["record_index"], own["message_count"] = index, count
+            records.append(own)
             index += 1
+        else:  # a report over more than a day: parsedmarc's own split
+            from parsedmarc import _bucket_interval_by_day
+
+            for bucket in _bucket_interval_by_day(*split, count):
+                records.append({**own, "record_index": index, "message_count": bucket["count"]})
+                index += 1
         if len(records) >= SPILL_RECORDS:
             if writer is None:
                 writer = BodyWriter(spill_dir, common)
                 opened.append(writer)
-            writer.write(records)
+            writer.write_owns(records)
             records.clear()
 
     def handle(element) -> None:
@@ -505,7 +562,7 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list)
         elif local == "record":
             seen += 1
             try:
-                args = _own(element)
+                args = _own(element, not strict)
             except _Dropped:
                 dropped += 1
                 return
@@ -521,7 +578,7 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list)
             pending.clear()
 
     damaged: list[str] = []
-    _parse(chunks, handle, damaged)
+    _parse(chunks, handle, damaged, strict)
     if meta is None:
         raise Refused("Missing field: 'report_metadata'")
     if policy is None:
@@ -535,9 +592,9 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list)
             "collector input=%s: %d record(s) dropped (no source IP, count or results), as parsedmarc", name, dropped
         )
     begin = dt.datetime.fromisoformat(common["report_begin"])
-    kept = records
+    kept = SharedRecords(common, records)
     if writer is not None:
-        writer.write(records)
+        writer.write_owns(records)
         kept = writer.close()
     return NormalizedReport(
         customer_id,
@@ -550,19 +607,32 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list)
     )
 
 
-def _parse(chunks: Iterator[bytes], handle, damaged: list[str]) -> None:
-    """Call ``handle`` with each ended child of the root: lxml's recovering pull parser reads the
-    prepared text (as parsedmarc's second parse), and expat the text as decoded beside it, to say
-    (in ``damaged``) that the copy is not well-formed.
+# an XML declaration as well-formed documents write it: replacing it changes nothing a strict parse sees
+_PLAIN_HEADER = re.compile(
+    r"""^<\?xml version=(["'])1\.[0-9]\1(?: encoding=(["'])[A-Za-z][A-Za-z0-9._-]*\2)?"""
+    r"""(?: standalone=(["'])(?:yes|no)\3)? ?\?>"""
+)
+
+
+def _parse(chunks: Iterator[bytes], handle, damaged: list[str], strict: bool) -> None:
+    """Call ``handle`` with each ended child of the root, as lxml's pull parser reads the prepared
+    text (parsedmarc's preparation for its second parse).
+
+    ``strict``: lxml alone, not recovering; ``_NotWellFormed`` at the first error, or when the
+    preparation changed more than a plain XML declaration (what it removed could have made the
+    text as decoded ill-formed). Otherwise lxml's recovering parser reads the prepared text and
+    expat, strict as parsedmarc's first parse, the text as decoded beside it, to say (in
+    ``damaged``) that the copy is not well-formed.
 
     (A one-pass expat reader with Python callbacks, tried for speed, was slower: twenty callbacks
-    a record cost more than lxml's C tree and the ``_named`` walk of it.)"""
+    a record cost more than lxml's C tree and the ``_named`` walk of it. The expat parse beside
+    lxml's costs a tenth of a read: a well-formed report, nearly all of them, is read once.)"""
     from lxml import etree
 
     parser = etree.XMLPullParser(
         events=("end",),
         tag=("{*}report_metadata", "{*}policy_published", "{*}record"),
-        recover=True,
+        recover=not strict,
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
@@ -570,23 +640,30 @@ def _parse(chunks: Iterator[bytes], handle, damaged: list[str]) -> None:
         remove_comments=True,
         remove_pis=True,
     )
-    # lxml recovers from what is not well-formed and keeps no error log doing so; expat, strict as
-    # parsedmarc's first parse, reads the same text beside it to say the copy is damaged.
-    strict = expat.ParserCreate("utf-8")  # the text is decoded already, whatever it declares
+    checker = None if strict else expat.ParserCreate("utf-8")  # the text is decoded already
 
     def check(text: str, final: bool = False) -> None:
-        if damaged:
+        if checker is None or damaged:
             return
         try:
-            strict.Parse(text, final)
+            checker.Parse(text, final)
         except expat.ExpatError as exc:
             damaged.append(f"Invalid XML: {exc}")
 
+    def feed(decoded: str, text: str) -> list:
+        if strict and text is not decoded and _PLAIN_HEADER.sub('<?xml version="1.0"?>', decoded, count=1) != text:
+            raise _NotWellFormed("the preparation changed the text")
+        check(decoded)
+        try:
+            parser.feed(text)
+        except etree.XMLSyntaxError as exc:
+            if strict:
+                raise _NotWellFormed(str(exc)) from None
+        return list(parser.read_events())
+
     root = None
     for decoded, text in _decoded(chunks):
-        check(decoded)
-        parser.feed(text)
-        for _, element in parser.read_events():
+        for _, element in feed(decoded, text):
             parent = element.getparent()
             if parent is None or parent.getparent() is not None:  # not a child of the root
                 continue
@@ -595,15 +672,18 @@ def _parse(chunks: Iterator[bytes], handle, damaged: list[str]) -> None:
                 if _local(root.tag) != "feedback":
                     raise Refused(f"the document is <{_local(root.tag)}>, not an aggregate report's <feedback>")
             # lxml's recovery can end an element without its end event: take up what came before
-            for earlier in [*element.itersiblings(preceding=True)][::-1]:
-                handle(earlier)
-                root.remove(earlier)
+            if element.getprevious() is not None:
+                for earlier in [*element.itersiblings(preceding=True)][::-1]:
+                    handle(earlier)
+                    root.remove(earlier)
             handle(element)
             root.remove(element)  # ended: the parser holds nothing of it any more
     check("", final=True)
     try:
         closed = parser.close()
-    except etree.XMLSyntaxError:
+    except etree.XMLSyntaxError as exc:
+        if strict:
+            raise _NotWellFormed(str(exc)) from None
         closed = None
     if root is None:
         root = closed
@@ -627,7 +707,7 @@ def read(
     """The aggregate report in ``data`` (XML, gzip, zip, or an e-mail carrying one of them)."""
     problems = list(problems or [])
     if not is_email:
-        return read_xml(payload_stream(data, max_bytes), name, customer_id, problems, spill_dir=spill_dir)
+        return read_xml(lambda: payload_stream(data, max_bytes), name, customer_id, problems, spill_dir=spill_dir)
     payloads = email_payloads(data)
     if not payloads:
         raise Unhandled("no report attachment found in the e-mail")
@@ -635,7 +715,7 @@ def read(
     for payload in payloads:
         try:
             return read_xml(
-                payload_stream(payload, max_bytes),
+                lambda payload=payload: payload_stream(payload, max_bytes),
                 name,
                 customer_id,
                 problems,

@@ -21,7 +21,7 @@ import pytest
 from pipeline.collector import inputs, stream
 from pipeline.collector.generate import generate_reports, mail_shapes
 from pipeline.collector.inputs import _HEADER_LINE, Rejected, read_report
-from pipeline.collector.normalize import LineEncoder, normalize
+from pipeline.collector.normalize import LineEncoder, SharedRecords, normalize
 from pipeline_tests.security import hostile
 from pipeline_tests.support import SAMPLES
 
@@ -201,6 +201,13 @@ def test_the_line_encoder_writes_what_json_dumps_writes():
     assert encoder.encode(records[::-1]) == _reference_lines(records[::-1])  # the template from another record
     assert LineEncoder(None).encode(records) == _reference_lines(records)
     assert LineEncoder(common).encode([]) == ""
+    # the reader's records: own fields beside the common ones, merged only when looked at
+    owns = [{k: v for k, v in r.items() if k not in common or k == "pct"} for r in records]
+    shared = SharedRecords(common, owns)
+    assert list(shared) == [{**common, **own} for own in owns] and len(shared) == len(records)
+    assert LineEncoder(common).encode(shared) == _reference_lines(list(shared))
+    assert LineEncoder(common).encode(SharedRecords(common, owns[::-1])) == _reference_lines(list(shared)[::-1])
+    assert LineEncoder(common).encode(SharedRecords(common, [])) == ""
 
 
 def test_the_reader_and_parsedmarc_agree_field_by_field(tmp_path):
@@ -311,3 +318,22 @@ def test_a_spilled_report_is_the_same_report_and_a_refused_one_leaves_nothing(tm
     with pytest.raises(stream.Refused, match="expands past"):
         stream.read(data, "bomb", "acme", len(gzip.decompress(data)) - 100, False, spill_dir=tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_well_formed_report_is_read_once_and_a_damaged_one_again_recovering(tmp_path, monkeypatch):
+    """A well-formed report is parsed once, by lxml alone; a damaged copy (here truncated after
+    records were spilled) is read again from its start, lxml recovering and expat saying it is
+    damaged, and the first attempt's spilled body is gone."""
+    strict_expat = []
+    real = stream.expat.ParserCreate
+    monkeypatch.setattr(stream.expat, "ParserCreate", lambda *a: strict_expat.append(a) or real(*a))
+    data = gzip.decompress(shapes()["rfc7489.xml.gz"])
+    whole = stream.read(data, "whole", "acme", 1 << 30, False)
+    assert not strict_expat and not whole.problems and len(whole.records) == 40
+
+    monkeypatch.setattr(stream, "SPILL_RECORDS", 7)
+    cut = data[: data.rindex(b"<record>")]  # the last record and the closing tags lost
+    damaged = stream.read(cut, "cut", "acme", 1 << 30, False, spill_dir=tmp_path)
+    assert len(strict_expat) == 1 and damaged.problems and damaged.problems[0].startswith("Invalid XML")
+    assert list(damaged.records) == list(whole.records)[:-1]
+    assert list(tmp_path.iterdir()) == [damaged.spilled]  # the strict attempt's body was discarded
