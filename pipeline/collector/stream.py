@@ -280,17 +280,30 @@ def _metadata(element) -> dict:
 
 
 @functools.cache
-def _suffixes():
+def _suffixes() -> tuple:
+    """The public suffix list and parsedmarc's PSL overrides (its bundled file, which
+    ``parsedmarc.utils`` loads at import), read without importing parsedmarc."""
+    import importlib.util
+
     import publicsuffixlist
 
-    return publicsuffixlist.PublicSuffixList()  # the list parsedmarc's get_base_domain reads, bundled
+    package = importlib.util.find_spec("parsedmarc").submodule_search_locations[0]
+    listed = (Path(package) / "resources" / "maps" / "psl_overrides.txt").read_text(encoding="utf-8")
+    overrides = tuple(line.strip() for line in listed.splitlines() if line.strip())
+    return publicsuffixlist.PublicSuffixList(), overrides
 
 
 def _base_domain(name: str) -> str | None:
-    """parsedmarc's ``get_base_domain`` as its library path runs it (no PSL overrides loaded):
-    the private suffix. Without importing parsedmarc (half a second), which a read needs only
-    for a shape it hands over."""
-    return _suffixes().privatesuffix(name.lower())
+    """parsedmarc's ``get_base_domain``: an override's own name when the domain ends with one,
+    else the private suffix. Without importing parsedmarc (half a second), which a read needs
+    only for a shape it hands over (``test_base_domains_are_parsedmarcs``)."""
+    suffixes, overrides = _suffixes()
+    domain = name.lower()
+    if domain.endswith(overrides):
+        for override in overrides:
+            if domain.endswith(override):
+                return override.strip(".").strip("-")
+    return suffixes.privatesuffix(domain)
 
 
 def _human(ts: int) -> str:

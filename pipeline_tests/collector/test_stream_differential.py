@@ -337,3 +337,31 @@ def test_a_well_formed_report_is_read_once_and_a_damaged_one_again_recovering(tm
     assert len(strict_expat) == 1 and damaged.problems and damaged.problems[0].startswith("Invalid XML")
     assert list(damaged.records) == list(whole.records)[:-1]
     assert list(tmp_path.iterdir()) == [damaged.spilled]  # the strict attempt's body was discarded
+
+
+def test_base_domains_are_parsedmarcs():
+    """The reader's org names without importing parsedmarc: its get_base_domain's answer, the
+    PSL overrides included, on names of every kind."""
+    from parsedmarc.utils import get_base_domain, psl_overrides
+
+    names = [
+        "google.com",
+        "Mail.Google.COM",
+        "example.co.uk",
+        "a.b.example.co.uk",
+        "localhost",
+        "com",
+        "",
+        "x.123hjemmeside.dk",
+        "123hjemmeside.dk",
+        "host-applefibernet.com",
+        "applefibernet.com",
+        "user.github.io",
+        "xn--bcher-kva.example",
+        "receiver.",
+        "a..b",
+        "日本.jp",
+    ]
+    names += [f"mail{o}" for o in psl_overrides[::25]] + [o.strip(".-") for o in psl_overrides[::40]]
+    for name in names:
+        assert stream._base_domain(name) == get_base_domain(name), name
