@@ -88,7 +88,8 @@ def collect(
     if flush_only:
         summary = collector.CollectSummary()
         s3 = collector.client(settings, "s3", collector.COLLECTOR_CLIENT)
-        collector.flush(spool, collector.Uploader(s3, settings.raw_bucket), summary, progress)
+        with spool.locked():
+            collector.flush(spool, collector.Uploader(s3, settings.raw_bucket), summary, progress)
     elif use_imap:
         from pipeline.collector.imap import ImapMailbox, collect_imap
 

@@ -204,8 +204,9 @@ def flush(
     spool: Spool, uploader: Uploader, summary: CollectSummary, progress: bool = False, threads: int = UPLOAD_THREADS
 ) -> None:
     """Upload what the spool holds, ``threads`` objects at a time (bounded: S3 is not flooded, a
-    slow link is not oversubscribed). An object leaves the spool only once S3 has it; when S3 is
-    unreachable, no new upload starts and the rest stays spooled for the next run."""
+    slow link is not oversubscribed); the caller holds ``spool.locked()``. An object leaves the
+    spool only once S3 has it; when S3 is unreachable, no new upload starts and the rest stays
+    spooled for the next run."""
     pending = list(spool.pending())
     lock = threading.Lock()
     lists = {"written": summary.objects_written, "replaced": summary.objects_replaced, "exists": summary.already_in_s3}
@@ -341,16 +342,17 @@ def collect(
             chosen[key] = (*keep, min(rank, chosen[key][2]))
         else:
             chosen[key] = (report, path, rank)
-    for key, (report, path, _) in chosen.items():
-        summary.reports += 1
-        summary.records += len(report.records)
-        summary.messages += report.messages
-        if report.spilled is not None:
-            spool.adopt(key, report.spilled, _metadata(report, path))
-        else:
-            spool.put(key, report.body(), _metadata(report, path))
     s3 = s3 or client(settings, "s3", COLLECTOR_CLIENT)
-    flush(spool, Uploader(s3, settings.raw_bucket), summary, progress)
+    with spool.locked():  # another collector on this spool spools and uploads before or after us
+        for key, (report, path, _) in chosen.items():
+            summary.reports += 1
+            summary.records += len(report.records)
+            summary.messages += report.messages
+            if report.spilled is not None:
+                spool.adopt(key, report.spilled, _metadata(report, path))
+            else:
+                spool.put(key, report.body(), _metadata(report, path))
+        flush(spool, Uploader(s3, settings.raw_bucket), summary, progress)
     summary.duplicates.extend(
         f"{chosen[key][1]} (already in S3 as {key})" for key in summary.already_in_s3 if key in chosen
     )

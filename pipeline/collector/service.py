@@ -90,7 +90,8 @@ def watch(
         status.state = "running"
         try:
             sent = CollectSummary()
-            flush(spool, Uploader(s3, settings.raw_bucket), sent)  # what an outage left behind
+            with spool.locked():
+                flush(spool, Uploader(s3, settings.raw_bucket), sent)  # what an outage left behind
             result = collect_once(s3)
             status.cycles += 1
             status.collected_reports += result.collect.reports

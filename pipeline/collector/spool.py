@@ -3,11 +3,17 @@
 Each pending object is two files, written atomically (temp file + rename + fsync): the gzip
 body and a JSON sidecar with its key and metadata. An upload removes them only after S3
 answered. A crash at any point leaves either nothing or a complete pending object.
+
+Collectors that share a spool (two `pipeline collect` at once on one host) take turns to spool
+and upload (``locked``): each then uploads what the spool holds and counts what is left, never
+another collector's report that is about to be uploaded by it. Reading, the costly part, runs
+side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -52,6 +58,18 @@ class Spool:
         _atomic_write(body_path, body)
         _atomic_write(meta_path, json.dumps({"key": key, "metadata": metadata}).encode())
         return PendingObject(key, metadata, body_path, meta_path)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the spool for a spool-and-upload (an advisory lock on ``<root>/.lock``; the OS
+        releases it if the process dies). Not reentrant: take it once per process."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def incoming(self) -> Path:
         """Where a collection writes large reports' bodies as it reads them, before ``adopt``.

@@ -292,3 +292,30 @@ def test_a_large_report_is_collected_whole_in_the_memory_of_a_small_one(stack, c
     assert len(records) == 200_000 and [r["record_index"] for r in records[:3]] == [0, 1, 2]
     assert records[-1]["record_index"] == 199_999
     assert big_mb <= 1.5 * small_mb, f"a 200,000-record report peaked at {big_mb} MB, a 10,000-record one {small_mb} MB"
+
+
+def test_collectors_sharing_a_spool_take_turns_and_count_only_what_is_left(stack, clients, tmp_path):
+    """Two `pipeline collect` at once on one host share the spool: one that is spooling and
+    uploading holds it, the other waits for its turn to spool and upload (reading is not held),
+    then uploads what the spool holds, and neither counts the other's report as left behind
+    (bench flood W6 collected two large reports so, and one exited 'pending=1')."""
+    import threading
+
+    from pipeline_tests.security.test_tenancy import report_file, unique_day
+
+    s3, cid, spool = clients("s3"), customer(), Spool(tmp_path / "spool")
+    day = unique_day()
+    first, second = (report_file(tmp_path, day, f"turn{n}-{cid}", records=4) for n in (1, 2))
+    done: dict = {}
+    with spool.locked():  # the other collector, between spooling its report and uploading it
+        other = read_report(first, cid)
+        spool.put(other.key(stack.raw_prefix), other.body(), {"problems": "0", "customer": cid})
+        waiting = threading.Thread(target=lambda: done.update(s=collect([second], cid, stack, spool)))
+        waiting.start()
+        waiting.join(1.5)
+        assert waiting.is_alive()  # its reading is done; it waits to spool and upload
+    waiting.join(60)
+    summary = done["s"]
+    assert summary.exit_code == 0 and summary.pending_in_spool == 0 and len(spool) == 0
+    assert len(summary.objects_written) == 2  # its own and the one the other left in the spool
+    assert len(raw_objects(s3, stack.raw_bucket, cid)) == 2
