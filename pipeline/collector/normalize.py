@@ -136,18 +136,7 @@ class LineEncoder:
             return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
         if self._template is None:
             self._template = self._compile(records[0])
-        template, own, keys = self._template
-        text, lines = _json_str, []
-        for record in records:
-            if record.keys() != keys:  # not a record of this report's shape
-                lines.append(json.dumps(record, sort_keys=True, default=str) + "\n")
-                continue
-            values = [
-                text(v) if v.__class__ is str else "null" if v is None else _json_value(v)
-                for v in map(record.__getitem__, own)
-            ]
-            lines.append(template % tuple(values))
-        return "".join(lines)
+        return _fill(self._template, records, lambda record: json.dumps(record, sort_keys=True, default=str) + "\n")
 
     def encode_owns(self, owns: Sequence[dict]) -> str:
         """The lines of records given by their own fields only (each merged over ``common``
@@ -157,18 +146,25 @@ class LineEncoder:
         common = self.common or {}
         if self._own_template is None:
             self._own_template = self._compile({**common, **owns[0]}, frozenset(owns[0]))
-        template, order, keys = self._own_template
-        text, lines = _json_str, []
-        for own in owns:
-            if own.keys() != keys:  # not of the first record's shape: merged, and encoded as any record
-                lines.append(self.encode([{**common, **own}]))
-                continue
-            values = [
-                text(v) if v.__class__ is str else "null" if v is None else _json_value(v)
-                for v in map(own.__getitem__, order)
-            ]
-            lines.append(template % tuple(values))
-        return "".join(lines)
+        # one not of the first record's shape: merged, and encoded as any record
+        return _fill(self._own_template, owns, lambda own: self.encode([{**common, **own}]))
+
+
+def _fill(compiled: tuple[str, tuple[str, ...], frozenset], items: Sequence[dict], otherwise) -> str:
+    """Each item's line from the template, its values (in ``order``) as json.dumps writes them;
+    an item without exactly the template's keys is ``otherwise(item)``."""
+    template, order, keys = compiled
+    text, lines = _json_str, []
+    for item in items:
+        if item.keys() != keys:
+            lines.append(otherwise(item))
+            continue
+        values = [
+            text(v) if v.__class__ is str else "null" if v is None else _json_value(v)
+            for v in map(item.__getitem__, order)
+        ]
+        lines.append(template % tuple(values))
+    return "".join(lines)
 
 
 def _json_value(value) -> str:
