@@ -139,3 +139,26 @@ def test_dagster_dev_serves_the_code_location_from_the_project_root(stack, clien
 
         os.killpg(dev.pid, signal.SIGTERM)
         dev.wait(timeout=60)
+
+
+def test_assets_carry_dagsters_standard_metadata():
+    """The UI's Columns tab and column search (dagster/column_schema, from the fields the code
+    writes) and each asset's link to its code (dagster/code_references)."""
+    from pipeline.definitions import defs
+    from pipeline.importer.load import EVENT_COLUMNS
+    from pipeline.telemetry import ENRICHED_FIELDS, RAW_FIELDS
+
+    graph = defs.get_repository_def().asset_graph
+    metadata = {key.to_user_string(): graph.get(key).metadata for key in graph.get_all_asset_keys()}
+    columns = {
+        name: [c.name for c in md["dagster/column_schema"].columns]
+        for name, md in metadata.items()
+        if "dagster/column_schema" in md
+    }
+    assert columns == {
+        "raw_telemetry": list(RAW_FIELDS),
+        "enriched_telemetry": list(ENRICHED_FIELDS),
+        "telemetry_events": ["ledger_id", *EVENT_COLUMNS],  # as the importer's COPY writes them
+    }
+    coded = {name for name, md in metadata.items() if "dagster/code_references" in md}
+    assert coded == set(metadata) - {"raw_telemetry"}  # the collector's objects: written outside Dagster

@@ -14,6 +14,7 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 
 from pipeline import names
+from pipeline.defs.metadata import ENRICHED_COLUMNS
 from pipeline.defs.partitions import telemetry_days
 from pipeline.defs.resources import ObjectStoreResource
 from pipeline.enrich.java import require_java
@@ -46,6 +47,7 @@ ROWS_MATCH_KEY = "rows_match_their_object_key"
     backfill_policy=BackfillPolicy.single_run(),
     output_required=False,
     kinds={"spark", "s3", "parquet"},
+    metadata={"dagster/column_schema": ENRICHED_COLUMNS},
     pool="enrich",  # backfills from the UI share the enrichment limit with the sensor's runs
     check_specs=[
         AssetCheckSpec(

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from pipeline import config as knobs
 from pipeline import names
+from pipeline.defs.metadata import EVENT_COLUMNS
 from pipeline.defs.partitions import enriched_objects
 from pipeline.defs.resources import ObjectStoreResource, WarehouseResource
 from pipeline.importer import inbox
@@ -137,6 +138,7 @@ def _current_versions(warehouse: WarehouseResource, s3, keys: list[str]) -> tupl
         warn_window=timedelta(hours=knobs.get("PIPELINE_IMPORT_FRESHNESS_HOURS") / 2),
     ),
     owners=["team:data-platform"],
+    metadata={"dagster/column_schema": EVENT_COLUMNS, "dagster/table_name": "telemetry_events"},
 )
 def telemetry_events(
     context: AssetExecutionContext,

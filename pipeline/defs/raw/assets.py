@@ -3,6 +3,7 @@
 from dagster import AssetSpec
 
 from pipeline import names
+from pipeline.defs.metadata import RAW_COLUMNS
 from pipeline.defs.partitions import telemetry_days
 
 raw_telemetry = AssetSpec(
@@ -16,5 +17,8 @@ raw_telemetry = AssetSpec(
     partitions_def=telemetry_days,
     group_name="raw",
     kinds={"s3"},
-    metadata={"key_layout": "raw/customer=<id>/dt=<yyyy-mm-dd>/<org>_<identity>.jsonl.gz"},
+    metadata={
+        "key_layout": "raw/customer=<id>/dt=<yyyy-mm-dd>/<org>_<identity>.jsonl.gz",
+        "dagster/column_schema": RAW_COLUMNS,
+    },
 )

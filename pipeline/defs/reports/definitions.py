@@ -1,6 +1,12 @@
-from dagster import AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus, Definitions
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    Definitions,
+)
 
 from pipeline import config
+from pipeline.defs.metadata import with_code_references
 from pipeline.defs.reports.assets import customer_alerts, warehouse_projections
 from pipeline.defs.reports.digest import alerts_job, alerts_schedule, weekly_digest, weekly_digest_schedule
 
@@ -20,7 +26,7 @@ def automation_sensor(enabled: bool | None = None) -> AutomationConditionSensorD
 
 
 defs = Definitions(
-    assets=[warehouse_projections, customer_alerts],
+    assets=with_code_references([warehouse_projections, customer_alerts]),  # the UI links each asset to its code
     jobs=[weekly_digest, alerts_job],
     schedules=[weekly_digest_schedule, alerts_schedule()],
     sensors=[automation_sensor()],
