@@ -189,15 +189,8 @@ class BodyWriter:
         self.count = self.messages = 0
         self.first: dict | None = None
 
-    def write(self, records: list[dict]) -> None:
-        if records and self.first is None:
-            self.first = records[0]
-        self._gzip.write(self._lines.encode(records).encode())
-        self.count += len(records)
-        self.messages += sum(r["message_count"] or 0 for r in records)
-
-    def write_owns(self, owns: list[dict]) -> None:
-        """``write`` of records given by their own fields (merged over the writer's ``common``)."""
+    def write(self, owns: list[dict]) -> None:
+        """Records given by their own fields (each merged over the writer's ``common`` is the record)."""
         if owns and self.first is None:
             self.first = {**(self._lines.common or {}), **owns[0]}
         self._gzip.write(self._lines.encode_owns(owns).encode())

@@ -562,7 +562,7 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list,
             if writer is None:
                 writer = BodyWriter(spill_dir, common)
                 opened.append(writer)
-            writer.write_owns(records)
+            writer.write(records)
             records.clear()
 
     def handle(element) -> None:
@@ -607,7 +607,7 @@ def _read_xml(chunks, name, customer_id, problems, now, spill_dir, opened: list,
     begin = dt.datetime.fromisoformat(common["report_begin"])
     kept = SharedRecords(common, records)
     if writer is not None:
-        writer.write_owns(records)
+        writer.write(records)
         kept = writer.close()
     return NormalizedReport(
         customer_id,
