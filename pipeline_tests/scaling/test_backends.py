@@ -234,6 +234,7 @@ def test_scaling_status_shows_backlog_capacity_and_decisions(stack, clients):
 def test_a_local_worker_drains_on_sigterm(stack, clients):
     """SIGTERM mid-batch: the worker finishes the object in hand, gives the rest back to the inbox
     at once (not after its claim lapses), exits; nothing is lost or loaded twice."""
+    import threading
     import time
 
     from pipeline.scaling.backends import LocalWorkerPool
@@ -246,13 +247,21 @@ def test_a_local_worker_drains_on_sigterm(stack, clients):
     _drop_shared_copies(stack, clients, customer)
     pool = make_backend("local", clients, settings, traversable_tmpdir("pipeline-workers-"))
     assert isinstance(pool, LocalWorkerPool)
+    # The worker is held mid-batch, whatever the machine's speed: a lock on the events table stops
+    # its loads' writes until SIGTERM has been sent (it loaded all ten in 4 s once, before the signal).
+    gate = psycopg.connect(stack.database_url)
+    gate.execute("LOCK TABLE telemetry_events IN SHARE MODE")
+    released = threading.Timer(3.0, gate.commit)
     try:
         pool.set_desired(1)
         wait_for(lambda: pool.capacity().protected == 1, timeout=60, what="the worker to take a batch")
         started = time.monotonic()
+        released.start()  # after the signal below is sent: the loads in hand then finish
         pool.stop_all(timeout=60)
         assert time.monotonic() - started < 60 and not pool.workers()
     finally:
+        released.cancel()
+        gate.close()
         pool.stop_all()
 
     partial = verify(settings, customer)
