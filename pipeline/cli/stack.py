@@ -102,6 +102,15 @@ def dev(dagster_args: tuple[str, ...]) -> None:
         "DAGSTER_HOME": str(dagster_home()),
         "PIPELINE_HOME": str(pipeline_home()),
     }
+    if not os.environ.get("PIPELINE_FIRST_DAY"):
+        from pipeline.local.calendar import dev_first_day
+
+        first, why = dev_first_day(settings.database_url)
+        env["PIPELINE_FIRST_DAY"] = first.isoformat()
+        click.echo(
+            f"day partitions from {first} ({why}); set PIPELINE_FIRST_DAY to choose, "
+            "or restart after collecting older reports"
+        )
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), *dagster_args]
     click.echo(f"DAGSTER_HOME={env['DAGSTER_HOME']} {' '.join(cmd)}")
     raise SystemExit(subprocess.call(cmd, env=env, cwd=REPO_ROOT))
