@@ -159,6 +159,31 @@ def test_assets_carry_dagsters_standard_metadata():
         "raw_telemetry": list(RAW_FIELDS),
         "enriched_telemetry": list(ENRICHED_FIELDS),
         "telemetry_events": ["ledger_id", *EVENT_COLUMNS],  # as the importer's COPY writes them
+        "daily_domain_compliance": columns["daily_domain_compliance"],  # checked against the warehouse below
+        "daily_source_summary": columns["daily_source_summary"],
+        "customer_alerts": columns["customer_alerts"],
     }
     coded = {name for name, md in metadata.items() if "dagster/code_references" in md}
     assert coded == set(metadata) - {"raw_telemetry"}  # the collector's objects: written outside Dagster
+
+
+def test_the_projections_column_schemas_are_their_tables(stack):
+    """The read models' columns in the UI are the tables the migrations create, name and type."""
+    import psycopg
+    from dagster import AssetKey
+
+    from pipeline.definitions import defs
+
+    graph = defs.get_repository_def().asset_graph
+    with psycopg.connect(stack.database_url) as conn:
+        for key in ("daily_domain_compliance", "daily_source_summary", "customer_alerts"):
+            metadata = graph.get(AssetKey(key)).metadata
+            table = metadata["dagster/table_name"]
+            actual = conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
+                (table,),
+            ).fetchall()
+            declared = [(c.name, c.type) for c in metadata["dagster/column_schema"].columns]
+            assert declared == [tuple(row) for row in actual], key
+            assert all(c.description for c in metadata["dagster/column_schema"].columns), key

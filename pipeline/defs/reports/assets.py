@@ -8,6 +8,7 @@ each import. ``pipeline projections rebuild`` recomputes everything.
 from dagster import AssetKey, AssetSpec, AutomationCondition, MaterializeResult, asset, multi_asset
 
 from pipeline import names
+from pipeline.defs.metadata import ALERT_COLUMNS, DOMAIN_COLUMNS, SOURCE_COLUMNS
 from pipeline.defs.resources import WarehouseResource
 from pipeline.warehouse.projections import refresh
 
@@ -25,6 +26,7 @@ SOURCES = AssetKey(names.DAILY_SOURCE_SUMMARY)
             "fail, dispositions. Follows supersession and tombstones.",
             automation_condition=AutomationCondition.eager(),
             group_name="warehouse",
+            metadata={"dagster/column_schema": DOMAIN_COLUMNS, "dagster/table_name": names.DAILY_DOMAIN_COMPLIANCE},
         ),
         AssetSpec(
             SOURCES,
@@ -33,6 +35,7 @@ SOURCES = AssetKey(names.DAILY_SOURCE_SUMMARY)
             "category, trust score, volume and DMARC pass.",
             automation_condition=AutomationCondition.eager(),
             group_name="warehouse",
+            metadata={"dagster/column_schema": SOURCE_COLUMNS, "dagster/table_name": names.DAILY_SOURCE_SUMMARY},
         ),
     ],
     can_subset=False,
@@ -59,6 +62,7 @@ def warehouse_projections(context, warehouse: WarehouseResource):
     "signed to the customer's webhook.",
     automation_condition=AutomationCondition.eager(),
     group_name="warehouse",
+    metadata={"dagster/column_schema": ALERT_COLUMNS, "dagster/table_name": "alerts"},
 )
 def customer_alerts(context, warehouse: WarehouseResource) -> MaterializeResult:
     from pipeline.web import alerts
