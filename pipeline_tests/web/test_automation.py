@@ -9,6 +9,7 @@ import uuid
 import psycopg
 from dagster import DefaultScheduleStatus, DefaultSensorStatus
 
+from pipeline import names
 from pipeline.defs.reports.definitions import automation_sensor
 from pipeline.defs.reports.digest import digest_schedule
 from pipeline.local.daemon import running_daemon
@@ -60,5 +61,15 @@ def test_an_import_reaches_the_customers_pages_through_the_daemon(stack, clients
                 wait_for(alerts_evaluated, timeout=180, interval=3, what="the alerts to be evaluated after it")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; the daemon's log ends:\n{daemon.log_tail(6000)}") from None
+            # the runs the daemon's import sensor created carry the stage's tags: the run queue's
+            # limit selects them, and Dagster does not retry what the inbox already retries
+            with psycopg.connect(daemon.dagster_url) as conn:
+                rows = conn.execute("SELECT run_id, key, value FROM run_tags").fetchall()
+            tags: dict[str, dict[str, str]] = {}
+            for run_id, key, value in rows:
+                tags.setdefault(run_id, {})[key] = value
+            imports = [t for t in tags.values() if t.get("dagster/sensor_name") == names.IMPORT_SENSOR]
+            assert imports, tags
+            assert all(names.STAGE_TAGS["import"].items() <= t.items() for t in imports), imports
     finally:
         sqs.delete_queue(QueueUrl=queue_url)
