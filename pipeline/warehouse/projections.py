@@ -1,10 +1,12 @@
 """Projections: the web application's read models, kept from the live telemetry events.
 
 ``telemetry_events`` holds only live rows (supersession and tombstones delete what no longer
-exists), so a projection is an aggregate over it. Both projections are keyed by (customer, day)
-slices; a statement trigger marks a slice dirty whenever rows of it are inserted or deleted
-(migration 0007). ``refresh`` recomputes the dirty slices; ``rebuild`` recomputes all of them.
-Incremental upkeep and a full rebuild give identical tables (a property test).
+exists), so a projection is an aggregate over it. The daily projections are keyed by (customer,
+day) slices; a statement trigger marks a slice dirty whenever rows of it are inserted or deleted
+(migration 0007). ``refresh`` recomputes the dirty slices and updates the all-days rollups of the
+keys those slices touch (migration 0017: by their differences, never by the customer's history);
+``rebuild`` recomputes all of them. Incremental upkeep and a full rebuild give identical tables
+(a property test).
 """
 
 from __future__ import annotations
@@ -82,59 +84,278 @@ FROM telemetry_events e JOIN slices s ON s.customer_id = e.customer_id AND s.day
 GROUP BY e.customer_id, e.day, coalesce(e.policy_domain, ''), {_SERVICE}
 """
 
-# The all-days rollups of the customers whose slices changed, classified (with the customers'
-# own choices, customer_events, read through the service_marks view).
-_CHANGED = "(SELECT DISTINCT customer_id FROM slices)"
-_ROLLUP = f"""
-INSERT INTO source_summary
-SELECT r.*, sender_classification(r.messages, r.aligned_pass, r.forwarded, r.service_name IS NOT NULL,
-                                  r.trust_score, f.service_name IS NOT NULL, m.service IS NOT NULL)
-FROM (
-    SELECT d.customer_id, d.source_ip, max(d.asn) AS asn, max(d.as_org) AS as_org, max(d.country) AS country,
-           max(d.service_name) AS service_name, max(d.sender_category) AS sender_category,
-           round(avg(d.trust_score)::numeric, 4)::double precision AS trust_score,
-           sum(d.messages) AS messages, sum(d.dmarc_pass) AS dmarc_pass,
-           round(sum(d.dmarc_pass)::numeric / nullif(sum(d.messages), 0), 4)::double precision AS pass_rate,
-           min(d.day) AS first_day, max(d.day) AS last_day,
-           sum(d.aligned_pass) AS aligned_pass, sum(d.verdict_disagreements) AS verdict_disagreements,
-           sum(d.forwarded) AS forwarded, coalesce(max(d.service_name), max(d.as_org), '{UNKNOWN_NETWORK}') AS service
-    FROM daily_source_summary d WHERE d.customer_id IN {_CHANGED}
-    GROUP BY d.customer_id, d.source_ip
-) r
-LEFT JOIN known_forwarders f ON f.service_name = r.service_name
-LEFT JOIN service_marks m ON m.customer_id = r.customer_id AND m.service = r.service
+# The all-days rollups (source_summary, service_summary, customer_summary) follow the changed
+# slices by key: a refresh costs the changed slices and the keys they touch, never the history.
+#
+# Before the changed slices' daily rows are replaced, they are kept (old_src, old_svc); after,
+# the new ones are read (new_src, new_svc). Joined by (key, day), they give each touched key its
+# differences (messages, passes, trust sums: additive) and the new rows' largest values and days.
+# A key is recomputed from its daily rows (an index walk of that key's days) when a difference
+# cannot say what its row becomes: it has no row yet, it left a day, or a day's non-additive
+# figure (ASN, organisation, country, service, category; a service's "known") changed, which
+# could lower a maximum. Every other key's row takes its differences. Classification is applied
+# to every touched row, and to the rows of a service the customer marked or unmarked.
+_SRC_DAILY = """
+SELECT d.* FROM daily_source_summary d JOIN slices s ON s.customer_id = d.customer_id AND s.day = d.day
+"""
+_SVC_DAILY = """
+SELECT d.customer_id, d.service, d.day, bool_or(d.known_service) AS known_service, sum(d.messages) AS messages,
+       sum(d.dmarc_pass) AS dmarc_pass, sum(d.aligned_pass) AS aligned_pass, sum(d.forwarded) AS forwarded,
+       sum(d.trust_sum::numeric) AS trust_total
+FROM daily_domain_services d JOIN slices s ON s.customer_id = d.customer_id AND s.day = d.day
+GROUP BY d.customer_id, d.service, d.day
 """
 
-_SERVICE_ROLLUP = f"""
-INSERT INTO service_summary
-SELECT r.customer_id, r.service, r.known_service, r.messages, r.dmarc_pass, r.aligned_pass, r.forwarded,
-       r.trust_score, coalesce(n.sources, 0), r.first_day, r.last_day, m.service IS NOT NULL,
-       sender_classification(r.messages, r.aligned_pass, r.forwarded, r.known_service, r.trust_score,
-                             f.service_name IS NOT NULL, m.service IS NOT NULL)
+_SRC_KEYS = """
+CREATE TEMP TABLE src_keys ON COMMIT DROP AS
+SELECT coalesce(n.customer_id, o.customer_id) AS customer_id, coalesce(n.source_ip, o.source_ip) AS source_ip,
+       bool_or(n.source_ip IS NULL OR (o.source_ip IS NOT NULL AND (
+           o.asn IS DISTINCT FROM n.asn OR o.as_org IS DISTINCT FROM n.as_org OR o.country IS DISTINCT FROM n.country
+           OR o.service_name IS DISTINCT FROM n.service_name
+           OR o.sender_category IS DISTINCT FROM n.sender_category))) AS recompute,
+       sum(coalesce(n.messages, 0) - coalesce(o.messages, 0)) AS messages,
+       sum(coalesce(n.dmarc_pass, 0) - coalesce(o.dmarc_pass, 0)) AS dmarc_pass,
+       sum(coalesce(n.aligned_pass, 0) - coalesce(o.aligned_pass, 0)) AS aligned_pass,
+       sum(coalesce(n.verdict_disagreements, 0) - coalesce(o.verdict_disagreements, 0)) AS verdict_disagreements,
+       sum(coalesce(n.forwarded, 0) - coalesce(o.forwarded, 0)) AS forwarded,
+       sum(coalesce(n.trust_score::numeric, 0) - coalesce(o.trust_score::numeric, 0)) AS trust_total,
+       sum((n.trust_score IS NOT NULL)::int - (o.trust_score IS NOT NULL)::int) AS trust_days,
+       max(n.asn) AS asn, max(n.as_org) AS as_org, max(n.country) AS country, max(n.service_name) AS service_name,
+       max(n.sender_category) AS sender_category, min(n.day) AS first_day, max(n.day) AS last_day
+FROM old_src o FULL JOIN new_src n ON n.customer_id = o.customer_id AND n.day = o.day AND n.source_ip = o.source_ip
+GROUP BY 1, 2
+"""
+
+_FORWARDER = "EXISTS (SELECT 1 FROM known_forwarders f WHERE f.service_name = {column})"
+_MARKED = "EXISTS (SELECT 1 FROM service_marks m WHERE m.customer_id = {row}.customer_id AND m.service = {row}.service)"
+
+
+def _source_class(row: str) -> str:
+    """A source row's classification (its figures, its service known or a forwarder, marked)."""
+    return (
+        f"sender_classification({row}.messages, {row}.aligned_pass, {row}.forwarded, {row}.service_name IS NOT NULL, "
+        f"{row}.trust_score, {_FORWARDER.format(column=f'{row}.service_name')}, {_MARKED.format(row=row)})"
+    )
+
+
+def _service_class(row: str) -> str:
+    return (
+        f"sender_classification({row}.messages, {row}.aligned_pass, {row}.forwarded, {row}.known_service, "
+        f"{row}.trust_score, {_FORWARDER.format(column=f'{row}.service')}, {_MARKED.format(row=row)})"
+    )
+
+
+_SOURCE_COLUMNS = (
+    "customer_id, source_ip, asn, as_org, country, service_name, sender_category, trust_score, messages, dmarc_pass, "
+    "pass_rate, first_day, last_day, aligned_pass, verdict_disagreements, forwarded, service, trust_total, trust_days"
+)
+
+# Each row is written once, classified in the same statement.
+_SRC_RECOMPUTE = f"""
+INSERT INTO source_summary ({_SOURCE_COLUMNS}, classification)
+SELECT r.*, {_source_class("r")} FROM (
+    SELECT d.customer_id, d.source_ip, max(d.asn) AS asn, max(d.as_org) AS as_org, max(d.country) AS country,
+           max(d.service_name) AS service_name, max(d.sender_category) AS sender_category,
+           round(sum(d.trust_score::numeric) / nullif(count(d.trust_score), 0), 4)::double precision AS trust_score,
+           sum(d.messages) AS messages, sum(d.dmarc_pass) AS dmarc_pass,
+           round(sum(d.dmarc_pass)::numeric / nullif(sum(d.messages), 0), 4)::double precision AS pass_rate,
+           min(d.day) AS first_day, max(d.day) AS last_day, sum(d.aligned_pass) AS aligned_pass,
+           sum(d.verdict_disagreements) AS verdict_disagreements, sum(d.forwarded) AS forwarded,
+           coalesce(max(d.service_name), max(d.as_org), '{UNKNOWN_NETWORK}') AS service,
+           coalesce(sum(d.trust_score::numeric), 0) AS trust_total, count(d.trust_score) AS trust_days
+    FROM src_keys k JOIN daily_source_summary d ON d.customer_id = k.customer_id AND d.source_ip = k.source_ip
+    WHERE k.recompute
+    GROUP BY d.customer_id, d.source_ip
+) r
+"""
+
+_SRC_ADD = f"""
+WITH r AS (
+    SELECT s.customer_id, s.source_ip,
+           greatest(s.asn, k.asn) AS asn, greatest(s.as_org, k.as_org) AS as_org,
+           greatest(s.country, k.country) AS country, greatest(s.service_name, k.service_name) AS service_name,
+           greatest(s.sender_category, k.sender_category) AS sender_category,
+           round((s.trust_total + k.trust_total) / nullif(s.trust_days + k.trust_days, 0), 4)::double precision
+               AS trust_score,
+           s.messages + k.messages AS messages, s.dmarc_pass + k.dmarc_pass AS dmarc_pass,
+           round((s.dmarc_pass + k.dmarc_pass)::numeric / nullif(s.messages + k.messages, 0), 4)::double precision
+               AS pass_rate,
+           least(s.first_day, k.first_day) AS first_day, greatest(s.last_day, k.last_day) AS last_day,
+           s.aligned_pass + k.aligned_pass AS aligned_pass,
+           s.verdict_disagreements + k.verdict_disagreements AS verdict_disagreements,
+           s.forwarded + k.forwarded AS forwarded,
+           coalesce(greatest(s.service_name, k.service_name), greatest(s.as_org, k.as_org), '{UNKNOWN_NETWORK}')
+               AS service,
+           s.trust_total + k.trust_total AS trust_total, s.trust_days + k.trust_days AS trust_days
+    FROM src_keys k JOIN source_summary s ON s.customer_id = k.customer_id AND s.source_ip = k.source_ip
+    WHERE NOT k.recompute
+)
+UPDATE source_summary s SET ({_SOURCE_COLUMNS}, classification) = (r.*, {_source_class("r")})
+FROM r WHERE s.customer_id = r.customer_id AND s.source_ip = r.source_ip
+"""
+
+_SVC_KEYS = """
+CREATE TEMP TABLE svc_keys ON COMMIT DROP AS
+SELECT coalesce(n.customer_id, o.customer_id) AS customer_id, coalesce(n.service, o.service) AS service,
+       bool_or(n.service IS NULL OR (o.service IS NOT NULL AND o.known_service IS DISTINCT FROM n.known_service))
+           AS recompute,
+       sum(coalesce(n.messages, 0) - coalesce(o.messages, 0)) AS messages,
+       sum(coalesce(n.dmarc_pass, 0) - coalesce(o.dmarc_pass, 0)) AS dmarc_pass,
+       sum(coalesce(n.aligned_pass, 0) - coalesce(o.aligned_pass, 0)) AS aligned_pass,
+       sum(coalesce(n.forwarded, 0) - coalesce(o.forwarded, 0)) AS forwarded,
+       sum(coalesce(n.trust_total, 0) - coalesce(o.trust_total, 0)) AS trust_total,
+       bool_or(n.known_service) AS known_service, min(n.day) AS first_day, max(n.day) AS last_day
+FROM old_svc o FULL JOIN new_svc n ON n.customer_id = o.customer_id AND n.service = o.service AND n.day = o.day
+GROUP BY 1, 2
+"""
+
+_SERVICE_COLUMNS = (
+    "customer_id, service, known_service, messages, dmarc_pass, aligned_pass, forwarded, trust_score, first_day, "
+    "last_day, trust_total"
+)
+
+_SVC_RECOMPUTE = f"""
+INSERT INTO service_summary ({_SERVICE_COLUMNS}, sources, marked, classification)
+SELECT r.*, (SELECT count(*) FROM source_summary s WHERE s.customer_id = r.customer_id AND s.service = r.service),
+       {_MARKED.format(row="r")}, {_service_class("r")}
 FROM (
     SELECT d.customer_id, d.service, bool_or(d.known_service) AS known_service, sum(d.messages) AS messages,
            sum(d.dmarc_pass) AS dmarc_pass, sum(d.aligned_pass) AS aligned_pass, sum(d.forwarded) AS forwarded,
-           round((sum(d.trust_sum) / nullif(sum(d.messages), 0))::numeric, 4)::double precision AS trust_score,
-           min(d.day) AS first_day, max(d.day) AS last_day
-    FROM daily_domain_services d WHERE d.customer_id IN {_CHANGED}
+           round(sum(d.trust_sum::numeric) / nullif(sum(d.messages), 0), 4)::double precision AS trust_score,
+           min(d.day) AS first_day, max(d.day) AS last_day, sum(d.trust_sum::numeric) AS trust_total
+    FROM svc_keys k JOIN daily_domain_services d ON d.customer_id = k.customer_id AND d.service = k.service
+    WHERE k.recompute
     GROUP BY d.customer_id, d.service
 ) r
-LEFT JOIN (
-    SELECT customer_id, service, count(*) AS sources FROM source_summary
-    WHERE customer_id IN {_CHANGED} GROUP BY customer_id, service
-) n ON n.customer_id = r.customer_id AND n.service = r.service
-LEFT JOIN known_forwarders f ON f.service_name = r.service
-LEFT JOIN service_marks m ON m.customer_id = r.customer_id AND m.service = r.service
 """
 
-_CUSTOMER_ROLLUP = f"""
-INSERT INTO customer_summary
-SELECT customer_id, count(*), coalesce(array_agg(DISTINCT sender_category ORDER BY sender_category)
-                                       FILTER (WHERE sender_category IS NOT NULL), '{{}}')
-FROM source_summary WHERE customer_id IN {_CHANGED} GROUP BY customer_id
+_SVC_ADD = f"""
+WITH r AS (
+    SELECT v.customer_id, v.service, v.known_service OR coalesce(k.known_service, false) AS known_service,
+           v.messages + k.messages AS messages, v.dmarc_pass + k.dmarc_pass AS dmarc_pass,
+           v.aligned_pass + k.aligned_pass AS aligned_pass, v.forwarded + k.forwarded AS forwarded,
+           round((v.trust_total + k.trust_total) / nullif(v.messages + k.messages, 0), 4)::double precision
+               AS trust_score,
+           least(v.first_day, k.first_day) AS first_day, greatest(v.last_day, k.last_day) AS last_day,
+           v.trust_total + k.trust_total AS trust_total
+    FROM svc_keys k JOIN service_summary v ON v.customer_id = k.customer_id AND v.service = k.service
+    WHERE NOT k.recompute
+)
+UPDATE service_summary v SET ({_SERVICE_COLUMNS}, marked, classification) =
+    (r.*, {_MARKED.format(row="r")}, {_service_class("r")})
+FROM r WHERE v.customer_id = r.customer_id AND v.service = r.service
 """
 
-_ROLLUPS = (("source_summary", _ROLLUP), ("service_summary", _SERVICE_ROLLUP), ("customer_summary", _CUSTOMER_ROLLUP))
+# How many sources each service gained or lost (a source's service is its service name, or its
+# AS organisation): the touched sources' services before and after.
+_SOURCES_MOVED = """
+CREATE TEMP TABLE sources_moved ON COMMIT DROP AS
+SELECT customer_id, service, sum(n) AS sources FROM (
+    SELECT customer_id, service, 1 AS n FROM src_after UNION ALL SELECT customer_id, service, -1 FROM src_before
+) moved GROUP BY customer_id, service HAVING sum(n) <> 0
+"""
+
+# A service the customer marked or unmarked: its sources and its summary, whatever their days.
+_REMARKED = (
+    f"""UPDATE source_summary s SET classification = {_source_class("s")} FROM remarks r
+        WHERE s.customer_id = r.customer_id AND s.service = r.service""",
+    f"""UPDATE service_summary v SET marked = {_MARKED.format(row="v")}, classification = {_service_class("v")}
+        FROM remarks r WHERE v.customer_id = r.customer_id AND v.service = r.service""",
+)
+
+# A customer's categories, read as a skip scan of source_summary_by_category: one index probe
+# per category present, whatever the number of sources.
+_CATEGORIES = """
+coalesce((
+    WITH RECURSIVE found AS (
+        (SELECT s.sender_category FROM source_summary s
+         WHERE s.customer_id = c.customer_id AND s.sender_category IS NOT NULL
+         ORDER BY s.sender_category LIMIT 1)
+        UNION ALL
+        SELECT (SELECT s.sender_category FROM source_summary s
+                WHERE s.customer_id = c.customer_id AND s.sender_category > found.sender_category
+                ORDER BY s.sender_category LIMIT 1)
+        FROM found WHERE found.sender_category IS NOT NULL
+    )
+    SELECT array_agg(sender_category ORDER BY sender_category) FROM found WHERE sender_category IS NOT NULL
+), '{}')
+"""
+
+_CUSTOMERS = (
+    # existing customers: their sources gained or lost
+    """UPDATE customer_summary c SET sources = c.sources + d.sources FROM (
+           SELECT customer_id, sum(n) AS sources FROM (
+               SELECT customer_id, 1 AS n FROM src_after UNION ALL SELECT customer_id, -1 FROM src_before
+           ) moved GROUP BY customer_id
+       ) d WHERE c.customer_id = d.customer_id""",
+    # new customers: counted
+    """INSERT INTO customer_summary (customer_id, sources, categories)
+       SELECT t.customer_id, (SELECT count(*) FROM source_summary s WHERE s.customer_id = t.customer_id), '{}'
+       FROM (SELECT DISTINCT customer_id FROM src_keys) t
+       WHERE NOT EXISTS (SELECT 1 FROM customer_summary c WHERE c.customer_id = t.customer_id)""",
+    f"""UPDATE customer_summary c SET categories = {_CATEGORIES}
+        FROM (SELECT DISTINCT customer_id FROM src_keys) t WHERE c.customer_id = t.customer_id""",
+    """DELETE FROM customer_summary c USING (SELECT DISTINCT customer_id FROM src_keys) t
+       WHERE c.customer_id = t.customer_id AND c.sources = 0""",
+)
+
+
+def _temp(conn: psycopg.Connection, name: str, query: str) -> None:
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(sql.Identifier(name)) + sql.SQL(query))
+
+
+def _rollups(conn: psycopg.Connection) -> tuple[int, int]:
+    """The all-days rollups of the keys the changed slices touched (old_src, new_src, old_svc,
+    new_svc hold those slices' daily rows before and after), and the reclassified services:
+    (sources touched, sources of them recomputed from their daily rows)."""
+    conn.execute(_SRC_KEYS)
+    conn.execute(_SVC_KEYS)
+    # a key without a row yet is recomputed: its other days' rows (if any) are not in the differences
+    conn.execute(
+        "UPDATE src_keys k SET recompute = true WHERE NOT k.recompute AND NOT EXISTS "
+        "(SELECT 1 FROM source_summary s WHERE s.customer_id = k.customer_id AND s.source_ip = k.source_ip)"
+    )
+    conn.execute(
+        "UPDATE svc_keys k SET recompute = true WHERE NOT k.recompute AND NOT EXISTS "
+        "(SELECT 1 FROM service_summary v WHERE v.customer_id = k.customer_id AND v.service = k.service)"
+    )
+    conn.execute("ANALYZE src_keys")
+    conn.execute("ANALYZE svc_keys")
+    _temp(
+        conn,
+        "src_before",
+        "SELECT s.customer_id, s.source_ip, s.service FROM source_summary s "
+        "JOIN src_keys k ON k.customer_id = s.customer_id AND k.source_ip = s.source_ip",
+    )
+    conn.execute(
+        "DELETE FROM source_summary s USING src_keys k "
+        "WHERE k.recompute AND s.customer_id = k.customer_id AND s.source_ip = k.source_ip"
+    )
+    conn.execute(_SRC_RECOMPUTE)
+    conn.execute(_SRC_ADD)
+    _temp(
+        conn,
+        "src_after",
+        "SELECT s.customer_id, s.source_ip, s.service FROM source_summary s "
+        "JOIN src_keys k ON k.customer_id = s.customer_id AND k.source_ip = s.source_ip",
+    )
+    conn.execute(_SOURCES_MOVED)
+    conn.execute(
+        "DELETE FROM service_summary v USING svc_keys k "
+        "WHERE k.recompute AND v.customer_id = k.customer_id AND v.service = k.service"
+    )
+    conn.execute(_SVC_RECOMPUTE)  # counts the sources of the services it recomputes
+    conn.execute(_SVC_ADD)
+    conn.execute(
+        "UPDATE service_summary v SET sources = v.sources + m.sources FROM sources_moved m "
+        "WHERE v.customer_id = m.customer_id AND v.service = m.service AND NOT EXISTS "
+        "(SELECT 1 FROM svc_keys k WHERE k.recompute AND k.customer_id = m.customer_id AND k.service = m.service)"
+    )
+    for statement in _REMARKED:
+        conn.execute(statement)
+    for statement in _CUSTOMERS:
+        conn.execute(statement)
+    return conn.execute("SELECT count(*), count(*) FILTER (WHERE recompute) FROM src_keys").fetchone()
 
 
 @dataclass(frozen=True)
@@ -142,33 +363,31 @@ class RefreshResult:
     slices: int
     domain_rows: int
     source_rows: int
+    sources_touched: int = 0  # the all-days source rows the slices touched
+    sources_recomputed: int = 0  # of those, read again from their daily rows (new, left a day, attributes changed)
 
 
 def _recompute(conn: psycopg.Connection) -> RefreshResult:
-    """Recompute the slices in the temporary table ``slices``."""
+    """Recompute the slices in the temporary table ``slices``, and the rollups' keys they touch."""
     slices = conn.execute("SELECT count(*) FROM slices").fetchone()[0]
-    conn.execute(
-        "DELETE FROM daily_domain_compliance d USING slices s WHERE d.customer_id = s.customer_id AND d.day = s.day"
-    )
-    conn.execute(
-        "DELETE FROM daily_source_summary d USING slices s WHERE d.customer_id = s.customer_id AND d.day = s.day"
-    )
-    conn.execute("DELETE FROM daily_reports d USING slices s WHERE d.customer_id = s.customer_id AND d.day = s.day")
-    conn.execute(
-        "DELETE FROM daily_domain_services d USING slices s WHERE d.customer_id = s.customer_id AND d.day = s.day"
-    )
+    conn.execute("ANALYZE slices")
+    _temp(conn, "old_src", _SRC_DAILY)
+    _temp(conn, "old_svc", _SVC_DAILY)
+    _temp(conn, "remarks", "WITH taken AS (DELETE FROM projection_reclassify RETURNING *) SELECT * FROM taken")
+    for table in ("daily_domain_compliance", "daily_source_summary", "daily_reports", "daily_domain_services"):
+        conn.execute(
+            sql.SQL("DELETE FROM {} d USING slices s WHERE d.customer_id = s.customer_id AND d.day = s.day").format(
+                sql.Identifier(table)
+            )
+        )
     domain_rows = conn.execute(_DOMAIN_INSERT).rowcount
     source_rows = conn.execute(_SOURCE_INSERT).rowcount
     conn.execute(_REPORT_INSERT)
     conn.execute(_DOMAIN_SERVICES_INSERT)
-    for table, rollup in _ROLLUPS:  # the all-days rollups of the customers that changed
-        conn.execute(
-            sql.SQL("DELETE FROM {} WHERE customer_id IN (SELECT DISTINCT customer_id FROM slices)").format(
-                sql.Identifier(table)
-            )
-        )
-        conn.execute(rollup)
-    return RefreshResult(slices, domain_rows, source_rows)
+    _temp(conn, "new_src", _SRC_DAILY)
+    _temp(conn, "new_svc", _SVC_DAILY)
+    touched, recomputed = _rollups(conn)
+    return RefreshResult(slices, domain_rows, source_rows, touched, recomputed)
 
 
 def refresh(database_url: str, wait: bool = True) -> RefreshResult | None:
@@ -188,6 +407,12 @@ def refresh(database_url: str, wait: bool = True) -> RefreshResult | None:
             "WITH taken AS (DELETE FROM projection_dirty RETURNING customer_id, day) "
             "SELECT DISTINCT customer_id, day FROM taken"
         )
+        # A refresh joins a few changed slices and the keys they touch with tables that hold the
+        # whole history: index probes, whatever the history, where the planner would otherwise
+        # hash the customer's every row once its history outweighs the probes (a rebuild,
+        # joining everything with everything, keeps the planner's choice).
+        conn.execute("SET LOCAL enable_hashjoin = off")
+        conn.execute("SET LOCAL enable_mergejoin = off")
         return _recompute(conn)
 
 
@@ -197,6 +422,7 @@ def rebuild(database_url: str) -> RefreshResult:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
             conn.execute("DELETE FROM projection_dirty")
+            conn.execute("DELETE FROM projection_reclassify")  # every row is classified anew
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
             conn.execute(
                 "CREATE TEMP TABLE slices ON COMMIT DROP AS "

@@ -215,7 +215,7 @@ def source_detail(conn, customer_id: str, source_ip: str) -> dict | None:
         return None
     dkim = _results(conn, customer_id, source_ip, "dkim", "selector")
     spf = _results(conn, customer_id, source_ip, "spf", "scope")
-    hidden = ("customer_id", "search")
+    hidden = ("customer_id", "search", "trust_total", "trust_days")  # the rollup's own bookkeeping
     summary = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in summary.items() if k not in hidden}
     return {"source": summary, "dkim": dkim, "spf": spf}
 

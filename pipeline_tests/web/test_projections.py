@@ -152,3 +152,70 @@ def test_an_import_runs_refresh_gives_way_to_a_refresh_in_progress(stack):
         holder.close()
     assert refresh(stack.database_url, wait=False).slices >= 1
     assert _mine(stack.database_url, customer)[0][0][4] == 2 * 5
+
+
+def _day_of_sources(conn, customer: str, day: str, sources: dict[str, int], asn: int = 64500) -> None:
+    """One load of ``day``'s events: per source IP, its messages, every source of one AS."""
+    (ledger_id,) = conn.execute(
+        "INSERT INTO load_ledger (event, bucket, object_key, object_version) VALUES ('loaded', 'b', %s, 'v') "
+        "RETURNING ledger_id",
+        (f"rollup-{customer}-{day}-{'-'.join(sources)}-{asn}",),
+    ).fetchone()
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, source_ip, asn, "
+            "as_org, trust_score, policy_dkim, policy_spf, dmarc_pass, message_count) "
+            "VALUES (%s, %s, %s, %s, 'example.com', %s, %s, 'Example Networks', 0.8, 'pass', 'fail', true, %s)",
+            [(f"{customer}-{day}-{ip}-{asn}", ledger_id, customer, day, ip, asn, n) for ip, n in sources.items()],
+        )
+
+
+def test_a_new_day_updates_the_all_days_rollups_without_reading_the_history(stack):
+    """One more day of the same sources adds to their all-days rows (no source read again from
+    its daily rows); a new source, a source that left a day and a changed attribute are read
+    again; and the result is what a full rebuild computes."""
+    customer = new_customer()
+    sources = {"192.0.2.1": 10, "192.0.2.2": 20, "192.0.2.3": 30}
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        for day in range(1, 8):  # a week of history
+            _day_of_sources(conn, customer, f"2026-07-0{day}", sources)
+    first = refresh(stack.database_url)
+    assert first.sources_touched >= 3 and first.sources_recomputed >= 3  # new to the rollup
+
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        _day_of_sources(conn, customer, "2026-07-08", sources)
+    one_more = refresh(stack.database_url)
+    assert (one_more.sources_touched, one_more.sources_recomputed) == (3, 0), one_more
+
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        _day_of_sources(conn, customer, "2026-07-09", {"192.0.2.1": 1, "198.51.100.7": 5})  # one source is new
+    assert (lambda r: (r.sources_touched, r.sources_recomputed))(refresh(stack.database_url)) == (2, 1)
+
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:  # a tombstone: the day's rows go
+        conn.execute(
+            "DELETE FROM telemetry_events WHERE customer_id = %s AND day = '2026-07-08' AND source_ip = '192.0.2.3'",
+            (customer,),
+        )
+        _day_of_sources(conn, customer, "2026-07-10", {"192.0.2.2": 2}, asn=64999)  # re-enriched: another AS
+    changed = refresh(stack.database_url)
+    # the 8th's three sources are touched; only the one that left it is read again (a new day of
+    # another AS can only raise the largest ASN: added like the messages)
+    assert (changed.sources_touched, changed.sources_recomputed) == (3, 1), changed
+
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:  # a day's attributes change
+        conn.execute(
+            "UPDATE telemetry_events SET asn = 64400 WHERE customer_id = %s AND day = '2026-07-10'", (customer,)
+        )
+        conn.execute("INSERT INTO projection_dirty VALUES (%s, '2026-07-10') ON CONFLICT DO NOTHING", (customer,))
+    lowered = refresh(stack.database_url)
+    assert (lowered.sources_touched, lowered.sources_recomputed) == (1, 1), lowered  # a maximum may fall
+
+    incremental = _mine(stack.database_url, customer)
+    with psycopg.connect(stack.database_url) as conn:
+        row = conn.execute(
+            "SELECT messages, first_day, last_day, asn FROM source_summary WHERE customer_id = %s AND source_ip = %s",
+            (customer, "192.0.2.2"),
+        ).fetchone()
+    assert row[0] == 20 * 8 + 2 and str(row[1]) == "2026-07-01" and str(row[2]) == "2026-07-10" and row[3] == 64500
+    rebuild(stack.database_url)
+    assert _mine(stack.database_url, customer) == incremental

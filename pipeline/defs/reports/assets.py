@@ -44,13 +44,21 @@ def warehouse_projections(context, warehouse: WarehouseResource):
     result = refresh(warehouse.database_url())
     context.log.info(
         f"projections refreshed slices={result.slices} domain_rows={result.domain_rows} "
-        f"source_rows={result.source_rows}"
+        f"source_rows={result.source_rows} sources_touched={result.sources_touched} "
+        f"sources_recomputed={result.sources_recomputed}"
     )
     yield MaterializeResult(
         asset_key=DOMAINS, metadata={"slices_refreshed": result.slices, "rows_written": result.domain_rows}
     )
     yield MaterializeResult(
-        asset_key=SOURCES, metadata={"slices_refreshed": result.slices, "rows_written": result.source_rows}
+        asset_key=SOURCES,
+        metadata={
+            "slices_refreshed": result.slices,
+            "rows_written": result.source_rows,
+            # the all-days source rows the slices touched, and those read again from their days
+            "sources_touched": result.sources_touched,
+            "sources_recomputed": result.sources_recomputed,
+        },
     )
 
 
