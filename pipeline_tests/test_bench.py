@@ -1,6 +1,6 @@
 """The benchmarks' verdicts: a figure meets its target by the target's own direction."""
 
-from pipeline.bench import flood, importer, trickle, verdicts
+from pipeline.bench import flood, history, importer, trickle, verdicts
 
 
 def test_a_figure_meets_its_target_in_the_targets_direction():
@@ -10,7 +10,7 @@ def test_a_figure_meets_its_target_in_the_targets_direction():
 
 
 def test_every_benchmark_target_names_a_direction():
-    for targets in (flood.TARGETS, importer.TARGETS, trickle.TARGETS):
+    for targets in (flood.TARGETS, importer.TARGETS, trickle.TARGETS, history.TARGETS):
         assert targets and all(op in {">=", "<="} for op, _ in targets.values())
 
 
@@ -66,3 +66,13 @@ def test_a_small_flood_runs_the_whole_flow_and_prints_its_keys(stack, empty_queu
     assert set(figures["stage_seconds"]) == {"collect", "enrich", "import", "project"}
     for key in ("max_stage_vs_import", "w5_collect_vs_import"):
         assert figures[key] > 0 and key in figures["targets_met"]
+
+
+def test_a_small_history_times_a_new_days_refresh_on_both_warehouses(stack):
+    """`pipeline bench history` at a small scale: the history is written and refreshed, a new day
+    is timed on each warehouse, and its figures are printed with refresh_vs_empty's verdict."""
+    figures = _bench("history", "--days", "12", "--recurring", "30", "--tail", "20", "--repeats", "2")
+    assert figures["history_events"] == 12 * 50 and figures["history_days"] == 12
+    assert len(figures["refresh_empty_s"]) == len(figures["refresh_history_s"]) == 2
+    assert figures["refresh_vs_empty"] > 0 and "refresh_vs_empty" in figures["targets_met"]
+    assert figures["table_bytes_per_event"] > 0

@@ -1,4 +1,4 @@
-"""`pipeline bench import|flood|web|enrich|trickle`: the benchmark commands (figures in BENCHMARKS.md)."""
+"""`pipeline bench import|flood|web|enrich|trickle|history`: the benchmark commands (figures in BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -140,3 +140,25 @@ def bench_trickle(
         click.echo(json.dumps(figures, indent=2, default=str))
         return
     _print_figures(figures, trickle.TARGETS)
+
+
+@bench.command("history")
+@click.option("--days", default=400, show_default=True, help="Days of one customer's history (13 months).")
+@click.option("--recurring", default=2_000, show_default=True, help="Sources seen every day.")
+@click.option("--tail", default=3_000, show_default=True, help="Sources seen on one day only, each day.")
+@click.option("--repeats", default=3, show_default=True, help="New days timed on each warehouse.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_history(days: int, recurring: int, tail: int, repeats: int, as_json: bool) -> None:
+    """W9: the projections' refresh after one new day, on a year of history against an empty
+    warehouse (refresh_vs_empty)."""
+    from pipeline.bench import history
+
+    def say(message: str) -> None:
+        click.echo(message, err=True)
+
+    with stdout_to_stderr():
+        figures = history.run(load_settings(), days, recurring, tail, repeats, say)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2, default=str))
+        return
+    _print_figures(figures, history.TARGETS)
