@@ -126,6 +126,8 @@ FROM old_src o FULL JOIN new_src n ON n.customer_id = o.customer_id AND n.day = 
 GROUP BY 1, 2
 """
 
+# known_forwarders is reference data that only a migration changes: a refresh classifies the rows
+# it touches, so such a migration must also mark the rollups for recomputation (as 0017 does).
 _FORWARDER = "EXISTS (SELECT 1 FROM known_forwarders f WHERE f.service_name = {column})"
 _MARKED = "EXISTS (SELECT 1 FROM service_marks m WHERE m.customer_id = {row}.customer_id AND m.service = {row}.service)"
 
