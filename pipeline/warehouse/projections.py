@@ -106,13 +106,19 @@ FROM daily_domain_services d JOIN slices s ON s.customer_id = d.customer_id AND 
 GROUP BY d.customer_id, d.service, d.day
 """
 
+# has_row: the key has its all-days row. A key without one has all its daily rows in the changed
+# slices (a refresh leaves every key with daily rows its row; migration 0017, which emptied the
+# rollups, marked every slice), so it is aggregated from new_src, with no probe of the history.
 _SRC_KEYS = """
 CREATE TEMP TABLE src_keys ON COMMIT DROP AS
+SELECT g.*, EXISTS (SELECT 1 FROM source_summary s WHERE s.customer_id = g.customer_id AND s.source_ip = g.source_ip)
+           AS has_row
+FROM (
 SELECT coalesce(n.customer_id, o.customer_id) AS customer_id, coalesce(n.source_ip, o.source_ip) AS source_ip,
        bool_or(n.source_ip IS NULL OR (o.source_ip IS NOT NULL AND (
            o.asn IS DISTINCT FROM n.asn OR o.as_org IS DISTINCT FROM n.as_org OR o.country IS DISTINCT FROM n.country
            OR o.service_name IS DISTINCT FROM n.service_name
-           OR o.sender_category IS DISTINCT FROM n.sender_category))) AS recompute,
+           OR o.sender_category IS DISTINCT FROM n.sender_category))) AS changed,
        sum(coalesce(n.messages, 0) - coalesce(o.messages, 0)) AS messages,
        sum(coalesce(n.dmarc_pass, 0) - coalesce(o.dmarc_pass, 0)) AS dmarc_pass,
        sum(coalesce(n.aligned_pass, 0) - coalesce(o.aligned_pass, 0)) AS aligned_pass,
@@ -124,6 +130,7 @@ SELECT coalesce(n.customer_id, o.customer_id) AS customer_id, coalesce(n.source_
        max(n.sender_category) AS sender_category, min(n.day) AS first_day, max(n.day) AS last_day
 FROM old_src o FULL JOIN new_src n ON n.customer_id = o.customer_id AND n.day = o.day AND n.source_ip = o.source_ip
 GROUP BY 1, 2
+) g
 """
 
 # known_forwarders is reference data that only a migration changes: a refresh classifies the rows
@@ -153,7 +160,21 @@ _SOURCE_COLUMNS = (
 )
 
 # Each row is written once, classified in the same statement.
-_SRC_RECOMPUTE = f"""
+
+# a key whose row a difference cannot update: its days read again (an index walk of that key)
+_SRC_CHANGED_DAYS = (
+    "src_keys k JOIN daily_source_summary d ON d.customer_id = k.customer_id AND d.source_ip = k.source_ip "
+    "WHERE k.has_row AND k.changed"
+)
+# a key new to the rollup: its days are the changed slices' (new_src)
+_SRC_NEW_DAYS = (
+    "src_keys k JOIN new_src d ON d.customer_id = k.customer_id AND d.source_ip = k.source_ip WHERE NOT k.has_row"
+)
+
+
+def _src_recompute(days: str) -> str:
+    """The all-days rows of the keys ``days`` joins with their daily rows, inserted and classified."""
+    return f"""
 INSERT INTO source_summary ({_SOURCE_COLUMNS}, classification)
 SELECT r.*, {_source_class("r")} FROM (
     SELECT d.customer_id, d.source_ip, max(d.asn) AS asn, max(d.as_org) AS as_org, max(d.country) AS country,
@@ -165,11 +186,14 @@ SELECT r.*, {_source_class("r")} FROM (
            sum(d.verdict_disagreements) AS verdict_disagreements, sum(d.forwarded) AS forwarded,
            coalesce(max(d.service_name), max(d.as_org), '{UNKNOWN_NETWORK}') AS service,
            coalesce(sum(d.trust_score::numeric), 0) AS trust_total, count(d.trust_score) AS trust_days
-    FROM src_keys k JOIN daily_source_summary d ON d.customer_id = k.customer_id AND d.source_ip = k.source_ip
-    WHERE k.recompute
+    FROM {days}
     GROUP BY d.customer_id, d.source_ip
 ) r
 """
+
+
+_SRC_RECOMPUTE_CHANGED = _src_recompute(_SRC_CHANGED_DAYS)
+_SRC_RECOMPUTE_NEW = _src_recompute(_SRC_NEW_DAYS)
 
 _SRC_ADD = f"""
 WITH r AS (
@@ -190,7 +214,7 @@ WITH r AS (
                AS service,
            s.trust_total + k.trust_total AS trust_total, s.trust_days + k.trust_days AS trust_days
     FROM src_keys k JOIN source_summary s ON s.customer_id = k.customer_id AND s.source_ip = k.source_ip
-    WHERE NOT k.recompute
+    WHERE k.has_row AND NOT k.changed
 )
 UPDATE source_summary s SET ({_SOURCE_COLUMNS}, classification) = (r.*, {_source_class("r")})
 FROM r WHERE s.customer_id = r.customer_id AND s.source_ip = r.source_ip
@@ -303,7 +327,7 @@ _CUSTOMERS = (
 
 
 def _temp(conn: psycopg.Connection, name: str, query: str) -> None:
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(sql.Identifier(name)) + sql.SQL(query))
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(sql.Identifier(name), sql.SQL(query)))
 
 
 def _rollups(conn: psycopg.Connection) -> tuple[int, int]:
@@ -312,11 +336,6 @@ def _rollups(conn: psycopg.Connection) -> tuple[int, int]:
     (sources touched, sources of them recomputed from their daily rows)."""
     conn.execute(_SRC_KEYS)
     conn.execute(_SVC_KEYS)
-    # a key without a row yet is recomputed: its other days' rows (if any) are not in the differences
-    conn.execute(
-        "UPDATE src_keys k SET recompute = true WHERE NOT k.recompute AND NOT EXISTS "
-        "(SELECT 1 FROM source_summary s WHERE s.customer_id = k.customer_id AND s.source_ip = k.source_ip)"
-    )
     conn.execute(
         "UPDATE svc_keys k SET recompute = true WHERE NOT k.recompute AND NOT EXISTS "
         "(SELECT 1 FROM service_summary v WHERE v.customer_id = k.customer_id AND v.service = k.service)"
@@ -327,13 +346,14 @@ def _rollups(conn: psycopg.Connection) -> tuple[int, int]:
         conn,
         "src_before",
         "SELECT s.customer_id, s.source_ip, s.service FROM source_summary s "
-        "JOIN src_keys k ON k.customer_id = s.customer_id AND k.source_ip = s.source_ip",
+        "JOIN src_keys k ON k.customer_id = s.customer_id AND k.source_ip = s.source_ip WHERE k.has_row",
     )
     conn.execute(
         "DELETE FROM source_summary s USING src_keys k "
-        "WHERE k.recompute AND s.customer_id = k.customer_id AND s.source_ip = k.source_ip"
+        "WHERE k.has_row AND k.changed AND s.customer_id = k.customer_id AND s.source_ip = k.source_ip"
     )
-    conn.execute(_SRC_RECOMPUTE)
+    conn.execute(_SRC_RECOMPUTE_CHANGED)
+    conn.execute(_SRC_RECOMPUTE_NEW)
     conn.execute(_SRC_ADD)
     _temp(
         conn,
@@ -357,7 +377,7 @@ def _rollups(conn: psycopg.Connection) -> tuple[int, int]:
         conn.execute(statement)
     for statement in _CUSTOMERS:
         conn.execute(statement)
-    return conn.execute("SELECT count(*), count(*) FILTER (WHERE recompute) FROM src_keys").fetchone()
+    return conn.execute("SELECT count(*), count(*) FILTER (WHERE changed OR NOT has_row) FROM src_keys").fetchone()
 
 
 @dataclass(frozen=True)

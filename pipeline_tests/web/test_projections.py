@@ -90,12 +90,17 @@ def test_projection_assets_materialize_through_dagster(stack, clients):
     assert _mine(stack.database_url, customer)[0]
 
 
-def _events(conn, customer: str, tag: str, count: int, messages: int) -> None:
-    (ledger_id,) = conn.execute(
+def _ledger(conn, key: str) -> int:
+    """A load of ``key`` in the ledger, for events written directly."""
+    return conn.execute(
         "INSERT INTO load_ledger (event, bucket, object_key, object_version) VALUES ('loaded', 'b', %s, 'v') "
         "RETURNING ledger_id",
-        (f"marker-{customer}-{tag}",),
-    ).fetchone()
+        (key,),
+    ).fetchone()[0]
+
+
+def _events(conn, customer: str, tag: str, count: int, messages: int) -> None:
+    ledger_id = _ledger(conn, f"marker-{customer}-{tag}")
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, message_count) "
@@ -156,11 +161,7 @@ def test_an_import_runs_refresh_gives_way_to_a_refresh_in_progress(stack):
 
 def _day_of_sources(conn, customer: str, day: str, sources: dict[str, int], asn: int = 64500) -> None:
     """One load of ``day``'s events: per source IP, its messages, every source of one AS."""
-    (ledger_id,) = conn.execute(
-        "INSERT INTO load_ledger (event, bucket, object_key, object_version) VALUES ('loaded', 'b', %s, 'v') "
-        "RETURNING ledger_id",
-        (f"rollup-{customer}-{day}-{'-'.join(sources)}-{asn}",),
-    ).fetchone()
+    ledger_id = _ledger(conn, f"rollup-{customer}-{day}-{'-'.join(sources)}-{asn}")
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, source_ip, asn, "
