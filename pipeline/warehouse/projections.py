@@ -135,22 +135,29 @@ GROUP BY 1, 2
 
 # known_forwarders is reference data that only a migration changes: a refresh classifies the rows
 # it touches, so such a migration must also mark the rollups for recomputation (as 0017 does).
-_FORWARDER = "EXISTS (SELECT 1 FROM known_forwarders f WHERE f.service_name = {column})"
-_MARKED = "EXISTS (SELECT 1 FROM service_marks m WHERE m.customer_id = {row}.customer_id AND m.service = {row}.service)"
 
 
 def _source_class(row: str) -> str:
-    """A source row's classification (its figures, its service known or a forwarder, marked)."""
+    """A source row's classification (its figures, its service known or a forwarder, marked), with
+    ``_JOINED`` (known_forwarders f, service_marks m) joined to ``row``."""
     return (
         f"sender_classification({row}.messages, {row}.aligned_pass, {row}.forwarded, {row}.service_name IS NOT NULL, "
-        f"{row}.trust_score, {_FORWARDER.format(column=f'{row}.service_name')}, {_MARKED.format(row=row)})"
+        f"{row}.trust_score, f.service_name IS NOT NULL, m.service IS NOT NULL)"
     )
 
 
 def _service_class(row: str) -> str:
     return (
         f"sender_classification({row}.messages, {row}.aligned_pass, {row}.forwarded, {row}.known_service, "
-        f"{row}.trust_score, {_FORWARDER.format(column=f'{row}.service')}, {_MARKED.format(row=row)})"
+        f"{row}.trust_score, f.service_name IS NOT NULL, m.service IS NOT NULL)"
+    )
+
+
+def _joined(row: str, forwarder: str) -> str:
+    """The reference data a classification reads, joined once (not probed per row)."""
+    return (
+        f"LEFT JOIN known_forwarders f ON f.service_name = {row}.{forwarder} "
+        f"LEFT JOIN service_marks m ON m.customer_id = {row}.customer_id AND m.service = {row}.service"
     )
 
 
@@ -188,7 +195,7 @@ SELECT r.*, {_source_class("r")} FROM (
            coalesce(sum(d.trust_score::numeric), 0) AS trust_total, count(d.trust_score) AS trust_days
     FROM {days}
     GROUP BY d.customer_id, d.source_ip
-) r
+) r {_joined("r", "service_name")}
 """
 
 
@@ -217,7 +224,7 @@ WITH r AS (
     WHERE k.has_row AND NOT k.changed
 )
 UPDATE source_summary s SET ({_SOURCE_COLUMNS}, classification) = (r.*, {_source_class("r")})
-FROM r WHERE s.customer_id = r.customer_id AND s.source_ip = r.source_ip
+FROM r {_joined("r", "service_name")} WHERE s.customer_id = r.customer_id AND s.source_ip = r.source_ip
 """
 
 _SVC_KEYS = """
@@ -243,7 +250,7 @@ _SERVICE_COLUMNS = (
 _SVC_RECOMPUTE = f"""
 INSERT INTO service_summary ({_SERVICE_COLUMNS}, sources, marked, classification)
 SELECT r.*, (SELECT count(*) FROM source_summary s WHERE s.customer_id = r.customer_id AND s.service = r.service),
-       {_MARKED.format(row="r")}, {_service_class("r")}
+       m.service IS NOT NULL, {_service_class("r")}
 FROM (
     SELECT d.customer_id, d.service, bool_or(d.known_service) AS known_service, sum(d.messages) AS messages,
            sum(d.dmarc_pass) AS dmarc_pass, sum(d.aligned_pass) AS aligned_pass, sum(d.forwarded) AS forwarded,
@@ -252,7 +259,7 @@ FROM (
     FROM svc_keys k JOIN daily_domain_services d ON d.customer_id = k.customer_id AND d.service = k.service
     WHERE k.recompute
     GROUP BY d.customer_id, d.service
-) r
+) r {_joined("r", "service")}
 """
 
 _SVC_ADD = f"""
@@ -268,8 +275,8 @@ WITH r AS (
     WHERE NOT k.recompute
 )
 UPDATE service_summary v SET ({_SERVICE_COLUMNS}, marked, classification) =
-    (r.*, {_MARKED.format(row="r")}, {_service_class("r")})
-FROM r WHERE v.customer_id = r.customer_id AND v.service = r.service
+    (r.*, m.service IS NOT NULL, {_service_class("r")})
+FROM r {_joined("r", "service")} WHERE v.customer_id = r.customer_id AND v.service = r.service
 """
 
 # How many sources each service gained or lost (a source's service is its service name, or its
@@ -283,10 +290,18 @@ SELECT customer_id, service, sum(n) AS sources FROM (
 
 # A service the customer marked or unmarked: its sources and its summary, whatever their days.
 _REMARKED = (
-    f"""UPDATE source_summary s SET classification = {_source_class("s")} FROM remarks r
-        WHERE s.customer_id = r.customer_id AND s.service = r.service""",
-    f"""UPDATE service_summary v SET marked = {_MARKED.format(row="v")}, classification = {_service_class("v")}
-        FROM remarks r WHERE v.customer_id = r.customer_id AND v.service = r.service""",
+    f"""WITH r AS (
+            SELECT s.customer_id, s.source_ip, {_source_class("s")} AS classification
+            FROM remarks x JOIN source_summary s ON s.customer_id = x.customer_id AND s.service = x.service
+            {_joined("s", "service_name")})
+        UPDATE source_summary s SET classification = r.classification FROM r
+        WHERE s.customer_id = r.customer_id AND s.source_ip = r.source_ip""",
+    f"""WITH r AS (
+            SELECT v.customer_id, v.service, m.service IS NOT NULL AS marked, {_service_class("v")} AS classification
+            FROM remarks x JOIN service_summary v ON v.customer_id = x.customer_id AND v.service = x.service
+            {_joined("v", "service")})
+        UPDATE service_summary v SET marked = r.marked, classification = r.classification FROM r
+        WHERE v.customer_id = r.customer_id AND v.service = r.service""",
 )
 
 # A customer's categories, read as a skip scan of source_summary_by_category: one index probe
