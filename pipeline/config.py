@@ -231,6 +231,13 @@ def validate(environ: Mapping[str, str] | None = None) -> None:
         raise ConfigurationError("bad configuration:\n  " + "\n  ".join(found))
 
 
+def is_set(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether knob ``name`` is set (not empty) rather than at its default."""
+    BY_NAME[name]  # a KeyError here is a programming error: add the knob to KNOBS
+    env = os.environ if environ is None else environ
+    return env.get(name) not in (None, "")
+
+
 def effective(environ: Mapping[str, str] | None = None) -> list[dict]:
     """Each knob with its value and where the value came from (for `pipeline config`)."""
     env = os.environ if environ is None else environ

@@ -102,7 +102,7 @@ def dev(dagster_args: tuple[str, ...]) -> None:
         "DAGSTER_HOME": str(dagster_home()),
         "PIPELINE_HOME": str(pipeline_home()),
     }
-    if not os.environ.get("PIPELINE_FIRST_DAY"):
+    if not config.is_set("PIPELINE_FIRST_DAY"):
         from pipeline.local.calendar import dev_first_day
 
         first, why = dev_first_day(settings.database_url)
