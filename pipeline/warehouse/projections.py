@@ -69,6 +69,17 @@ FROM telemetry_events e JOIN slices s ON s.customer_id = e.customer_id AND s.day
 GROUP BY e.customer_id, e.day, coalesce(e.report_org, ''), coalesce(e.report_id, '')
 """
 
+# A domain's sources and header_from subdomains (a domain's page, over any window; migration 0018).
+_DOMAIN_SOURCES_INSERT = """
+INSERT INTO daily_domain_sources
+SELECT e.customer_id, e.day, coalesce(e.policy_domain, ''), coalesce(e.header_from, ''), coalesce(e.source_ip, ''),
+       coalesce(sum(e.message_count), 0),
+       coalesce(sum(e.message_count) FILTER (WHERE receiver_pass(e.policy_dkim, e.policy_spf)), 0),
+       coalesce(sum(e.message_count) FILTER (WHERE e.dmarc_pass), 0)
+FROM telemetry_events e JOIN slices s ON s.customer_id = e.customer_id AND s.day = e.day
+GROUP BY e.customer_id, e.day, coalesce(e.policy_domain, ''), coalesce(e.header_from, ''), coalesce(e.source_ip, '')
+"""
+
 UNKNOWN_NETWORK = "Unknown network"  # the service of a source with no known service and no AS organisation
 _SERVICE = f"coalesce(e.service_name, e.as_org, '{UNKNOWN_NETWORK}')"
 
@@ -411,7 +422,7 @@ def _recompute(conn: psycopg.Connection) -> RefreshResult:
     _temp(conn, "old_src", _SRC_DAILY)
     _temp(conn, "old_svc", _SVC_DAILY)
     _temp(conn, "remarks", "WITH taken AS (DELETE FROM projection_reclassify RETURNING *) SELECT * FROM taken")
-    for table in ("daily_domain_compliance", "daily_source_summary", "daily_reports", "daily_domain_services"):
+    for table in DAILY_TABLES:
         conn.execute(
             sql.SQL("DELETE FROM {} d USING slices s WHERE d.customer_id = s.customer_id AND d.day = s.day").format(
                 sql.Identifier(table)
@@ -421,6 +432,7 @@ def _recompute(conn: psycopg.Connection) -> RefreshResult:
     source_rows = conn.execute(_SOURCE_INSERT).rowcount
     conn.execute(_REPORT_INSERT)
     conn.execute(_DOMAIN_SERVICES_INSERT)
+    conn.execute(_DOMAIN_SOURCES_INSERT)
     _temp(conn, "new_src", _SRC_DAILY)
     _temp(conn, "new_svc", _SVC_DAILY)
     touched, recomputed = _rollups(conn)
@@ -477,6 +489,14 @@ def dirty_slices(database_url: str) -> int:
         return conn.execute("SELECT count(*) FROM projection_dirty").fetchone()[0]
 
 
+# the per-(customer, day) projections: a changed slice's rows are deleted and recomputed
+DAILY_TABLES = (
+    "daily_domain_compliance",
+    "daily_source_summary",
+    "daily_reports",
+    "daily_domain_services",
+    "daily_domain_sources",
+)
 PROJECTION_TABLES = (
     "daily_domain_compliance",
     "daily_source_summary",
@@ -485,4 +505,5 @@ PROJECTION_TABLES = (
     "daily_domain_services",
     "service_summary",
     "customer_summary",
+    "daily_domain_sources",
 )

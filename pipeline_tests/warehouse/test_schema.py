@@ -112,10 +112,16 @@ def test_the_incremental_rollups_migration_on_a_populated_warehouse(scratch_db, 
             "VALUES ('c1', '192.0.2.1', 20, 20, '2026-05-01', '2026-05-10')"
         )
         conn.execute("DELETE FROM projection_dirty")
-    assert migrate(scratch_db) == [17]
+    upto = tmp_path / "upto17"
+    upto.mkdir()
+    for m in migrations():
+        if m.version <= 17:
+            shutil.copy(MIGRATIONS / f"{m.version:04d}_{m.name}.sql", upto)
+    assert migrate(scratch_db, upto) == [17]
     with psycopg.connect(scratch_db) as conn:
         assert conn.execute("SELECT count(*) FROM source_summary").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM projection_dirty WHERE customer_id = 'c1'").fetchone()[0] == 10
+    migrate(scratch_db)  # the later ones: the refresh below is today's code
     refresh(scratch_db)
     tables = ("source_summary", "service_summary", "customer_summary", "daily_source_summary")
 
@@ -129,3 +135,53 @@ def test_the_incremental_rollups_migration_on_a_populated_warehouse(scratch_db, 
     assert len(refreshed[0]) == 5 and refreshed[0][0][8] == 20  # five sources, 10 days x 2 messages each
     rebuild(scratch_db)
     assert rows() == refreshed
+
+
+def test_the_domain_sources_migration_fills_its_projection_at_the_next_refresh(scratch_db, tmp_path):
+    """Migration 0018 (a domain's sources and header_from subdomains, issue #25) on a projected,
+    clean warehouse: every projected slice is marked, and the next refresh fills the new table as
+    a rebuild does."""
+    import shutil
+
+    from pipeline.warehouse.projections import rebuild, refresh
+    from pipeline.warehouse.schema import MIGRATIONS
+
+    before = tmp_path / "before"
+    before.mkdir()
+    for m in migrations():
+        if m.version < 18:
+            shutil.copy(MIGRATIONS / f"{m.version:04d}_{m.name}.sql", before)
+    migrate(scratch_db, before)
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        (ledger,) = conn.execute(CLAIM + " RETURNING ledger_id").fetchone()
+        conn.execute(
+            "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, header_from, "
+            "source_ip, policy_dkim, policy_spf, dmarc_pass, message_count) "
+            "SELECT 'e' || d || '-' || s, %s, 'c1', date '2026-05-01' + d, 'example.com', "
+            "CASE WHEN s = 1 THEN 'news.example.com' ELSE 'example.com' END, '192.0.2.' || s, 'pass', 'fail', "
+            "s > 2, 2 FROM generate_series(0, 9) d, generate_series(1, 5) s",
+            (ledger,),
+        )
+        # projected by the code before 0018: its daily rows, nothing left dirty
+        conn.execute(
+            "INSERT INTO daily_domain_compliance (customer_id, day, policy_domain, reports, messages, dmarc_pass, "
+            "dmarc_fail, spf_pass, spf_fail, dkim_pass, dkim_fail, disposition_none, disposition_quarantine, "
+            "disposition_reject) SELECT 'c1', date '2026-05-01' + d, 'example.com', 1, 10, 10, 0, 0, 10, 10, 0, "
+            "10, 0, 0 FROM generate_series(0, 9) d"
+        )
+        conn.execute("DELETE FROM projection_dirty")
+    assert migrate(scratch_db) == [18]
+    with psycopg.connect(scratch_db) as conn:
+        assert conn.execute("SELECT count(*) FROM projection_dirty WHERE customer_id = 'c1'").fetchone()[0] == 10
+    refresh(scratch_db)
+    query = "SELECT * FROM daily_domain_sources ORDER BY day, header_from, source_ip"
+    with psycopg.connect(scratch_db) as conn:
+        filled = conn.execute(query).fetchall()
+        by_header = conn.execute(
+            "SELECT header_from, sum(messages), sum(aligned_pass) FROM daily_domain_sources GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert len(filled) == 50  # 10 days x 5 sources
+    assert by_header == [("example.com", 80, 60), ("news.example.com", 20, 0)]
+    rebuild(scratch_db)
+    with psycopg.connect(scratch_db) as conn:
+        assert conn.execute(query).fetchall() == filled
