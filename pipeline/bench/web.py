@@ -9,8 +9,9 @@ the same concurrency through the same pool, without HTTP, templates or JSON, and
 client alone (the queries' own cost, without queueing for the two cores). The floor is the
 cheapest authenticated route (``/api/ping``: the session check, no customer data) requested by
 the same clients in the same rounds: ``page_p95_vs_floor`` is what a page costs beyond the
-server's own per-request cost under that load. Sources page 1 and page 500 (a cursor) are timed
-alike: keyset paging makes them cost the same.
+server's own per-request cost under that load; the pages include the windowed ones (the overview,
+a domain's page, services and sources over the history's last week). Sources page 1 and page 500
+(a cursor) are timed alike: keyset paging makes them cost the same.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import psycopg
 from tqdm import tqdm
@@ -35,8 +37,13 @@ from pipeline.importer.load import load_object
 from pipeline.local.ports import free_port
 from pipeline.settings import Settings
 from pipeline.warehouse.projections import rebuild
+from pipeline.web.window import Window
 
-PAGES = ["/", "/domains", "/services", "/readiness", "/sources?sort=pass_rate&order=asc", "/health"]
+PAGES = ["/?window=all", "/domains", "/services", "/readiness", "/sources?sort=pass_rate&order=asc", "/health"]
+# The same pages over the history's last week (a window a page's session then keeps), and a
+# domain's page: timed with the pages. The history is 30 days from 2026-10-01 (load_events).
+WEEK = "from=2026-10-24&to=2026-10-30"
+WINDOWED_PAGES = [f"/?{WEEK}", "/domains/{domain}", "/services", "/sources?sort=pass_rate&order=asc"]
 APIS = ["/api/overview", "/api/domains", "/api/services", "/api/sources?page=3&per_page=50", "/api/sources?q=amazon"]
 FLOOR = "/api/ping"  # the cheapest authenticated route: session lookup, no query of the customer's data
 DEEP_PAGE = 500
@@ -119,6 +126,13 @@ def run(
         deep = {name: _deep_cursor(bench.database_url, name) for name in names}
         with psycopg.connect(bench.database_url) as conn:
             sources_per_customer = conn.execute("SELECT avg(sources) FROM customer_summary").fetchone()[0]
+            domains = dict(
+                conn.execute(
+                    "SELECT DISTINCT ON (customer_id) customer_id, policy_domain FROM daily_domain_compliance "
+                    "ORDER BY customer_id, messages DESC"
+                ).fetchall()
+            )
+        windowed_times: list[float] = []
 
         def client_run(index: int) -> None:
             name = names[index % len(names)]
@@ -131,6 +145,7 @@ def run(
                     (FLOOR, floor_times),
                     ("/sources", first_times),
                     (f"/sources?page={DEEP_PAGE}&after={deep[name]}", deep_times),
+                    *[(path.format(domain=quote(domains[name])), windowed_times) for path in WINDOWED_PAGES],
                 ]
                 for _ in range(rounds):
                     for path, into in timed:
@@ -152,6 +167,7 @@ def run(
         thread.join(timeout=10)
 
         sql_times: list[float] = []
+        week = Window.parse(dict(part.split("=") for part in WEEK.split("&")))
 
         def sql_run(index: int) -> None:
             name = names[index % len(names)]
@@ -162,6 +178,8 @@ def run(
                     lambda c: queries.sources(c, name, queries.SourceQuery(page=2)),
                     lambda c: queries.sources(c, name, queries.SourceQuery(sort="pass_rate", descending=False)),
                     lambda c: queries.sources(c, name, queries.SourceQuery(search="amazon")),
+                    lambda c: queries.overview(c, name, week),
+                    lambda c: queries.sources(c, name, queries.SourceQuery(window=week)),
                 ):
                     t = time.perf_counter()
                     with app.state.warehouse.tenant(name) as conn:
@@ -177,7 +195,8 @@ def run(
             sql_run(index)
         app.state.warehouse.close()
 
-    page, api = _percentiles(page_times), _percentiles(api_times)
+    windowed = _percentiles(windowed_times)
+    page, api = _percentiles(page_times + windowed_times), _percentiles(api_times)
     floor, first, deep_page = _percentiles(floor_times), _percentiles(first_times), _percentiles(deep_times)
     sql_alone, sql_single = _percentiles(concurrent_sql), _percentiles(sql_times)
     requests = page["n"] + api["n"] + floor["n"] + first["n"] + deep_page["n"]
@@ -196,6 +215,8 @@ def run(
         "sql_one_client_p95_ms": sql_single["p95_ms"],
         "floor_p50_ms": floor["p50_ms"],
         "floor_p95_ms": floor["p95_ms"],
+        "windowed_page_p50_ms": windowed["p50_ms"],
+        "windowed_page_p95_ms": windowed["p95_ms"],
         "page_p95_vs_floor": round(page["p95_ms"] / floor["p95_ms"], 2) if floor["p95_ms"] else None,
         "sources_page1_p95_ms": first["p95_ms"],
         f"sources_page{DEEP_PAGE}_p95_ms": deep_page["p95_ms"],

@@ -144,19 +144,28 @@ def digest(customer_id: str | None, to: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--customer", "customer_id", required=True)
+@click.option("--window", "preset", default=None, help="7d, 30d, 90d (the last days, today included) or all.")
+@click.option("--from", "start", default=None, metavar="YYYY-MM-DD", help="The window's first day.")
+@click.option("--to", "end", default=None, metavar="YYYY-MM-DD", help="The window's last day.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def report(customer_id: str, as_json: bool) -> None:
-    """The overview figures of one customer, as the web application shows them."""
+def report(customer_id: str, preset: str | None, start: str | None, end: str | None, as_json: bool) -> None:
+    """The overview figures of one customer over a window (all time by default), as the web
+    application shows them; a bounded window beside the one before it."""
     from pipeline.warehouse.projections import refresh
     from pipeline.web.dmarc import readiness, services
     from pipeline.web.queries import Warehouse, overview
+    from pipeline.web.window import Window, WindowError
 
+    try:
+        window = Window.parse({"window": preset, "from": start, "to": end})
+    except WindowError as exc:
+        raise click.BadParameter(str(exc)) from None
     settings = load_settings()
     refresh(settings.database_url)
     warehouse = Warehouse(settings.database_url, pool_size=1)
     try:
         with warehouse.tenant(customer_id) as conn:
-            data = overview(conn, customer_id)
+            data = overview(conn, customer_id, window)
             data["services"] = [
                 {k: s[k] for k in ("name", "classification", "messages", "pass_rate", "aligned_rate", "marked")}
                 for s in services(conn, customer_id)
@@ -169,9 +178,15 @@ def report(customer_id: str, as_json: bool) -> None:
         return
     rate = f"{100 * data['dmarc_pass_rate']:.1f}%" if data["dmarc_pass_rate"] is not None else "-"
     click.echo(
-        f"{customer_id}: {data['reports']} reports, {data['messages']} messages, DMARC pass {rate}, "
-        f"{data['sources']} sources, {data['first_day'] or '-'} .. {data['last_day'] or '-'}"
+        f"{customer_id} ({window.label}): {data['reports']} reports, {data['messages']} messages, "
+        f"DMARC pass {rate}, {data['sources']} sources, {data['first_day'] or '-'} .. {data['last_day'] or '-'}"
     )
+    if data["previous"]:
+        change = data["change"]
+        messages = f"{change['messages_pct']:+.1f}%" if change["messages_pct"] is not None else "new"
+        points = f"{change['pass_rate_points']:+.1f} points" if change["pass_rate_points"] is not None else "-"
+        before = data["previous"]["window"]
+        click.echo(f"  vs {before['from']} .. {before['to']}: messages {messages}, DMARC pass {points}")
     for d in data["domains"]:
         dr = f"{100 * d['dmarc_pass_rate']:.1f}%" if d["dmarc_pass_rate"] is not None else "-"
         click.echo(f"  {d['domain']:40} {d['messages']:>10} messages  DMARC pass {dr}")

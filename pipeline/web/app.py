@@ -11,6 +11,7 @@ request only ever reads as its own tenant (row-level security); asking for anyth
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -19,7 +20,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -33,6 +34,8 @@ from starlette.routing import Route
 
 from pipeline import config
 from pipeline.web import alerts, charts, dmarc, queries, tenants
+from pipeline.web.window import PARAMS as WINDOW_PARAMS
+from pipeline.web.window import Window, WindowError
 
 log = logging.getLogger("pipeline.web")
 TEMPLATES = Environment(
@@ -202,11 +205,32 @@ async def logout(request: Request) -> Response:
     return RedirectResponse("/login", status_code=303)
 
 
-def _overview(request: Request, customer: str) -> dict:
+def _window(request: Request, api: bool) -> Window:
+    """The window the request names (``?window=``, ``?from=``/``?to=``); a page without one
+    shows the window its session chose last (API routes and exports name theirs every time)."""
+    params = {k: request.query_params[k] for k in WINDOW_PARAMS if k in request.query_params}
+    if not params:
+        if api:
+            return Window()
+        try:
+            return Window.parse(dict(request.session.get("window") or {}))
+        except WindowError:  # a window stored by an older version of the application: all time
+            request.session.pop("window", None)
+            return Window()
+    try:
+        window = Window.parse(params)
+    except WindowError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if not api:
+        request.session["window"] = params  # presets stay relative: 7d is the last 7 days tomorrow too
+    return window
+
+
+def _overview(request: Request, customer: str, window: Window) -> dict:
     with request.app.state.warehouse.tenant(customer) as conn:
-        data = queries.overview(conn, customer)
-        data["recent_reports"] = queries.recent_reports(conn, customer)
-        data["service_classes"] = dmarc.service_classes(conn, customer)
+        data = queries.overview(conn, customer, window)
+        data["recent_reports"] = queries.recent_reports(conn, customer, window=window)
+        data["service_classes"] = dmarc.service_classes(conn, customer, window)
         data["readiness"] = [
             {k: r[k] for k in ("domain", "current_policy", "next_policy", "next_pct", "ready")}
             for r in dmarc.readiness(conn, customer)
@@ -216,18 +240,21 @@ def _overview(request: Request, customer: str) -> dict:
 
 def overview_page(request: Request) -> Response:
     customer = _require(request, api=False)
-    data = _overview(request, customer)
+    window = _window(request, api=False)
+    data = _overview(request, customer, window)
     return _page(
         request,
         "overview.html",
         data=data,
+        window=window,
         trend_chart=charts.compliance_trend(data["trend"]),
         domain_chart=charts.pass_fail_bars(data["domains"], "domain"),
     )
 
 
 def overview_api(request: Request) -> Response:
-    data = _overview(request, _require(request, api=True))
+    customer = _require(request, api=True)
+    data = _overview(request, customer, _window(request, api=True))
     for row in data["recent_reports"]:
         row["report_end"] = row["report_end"].isoformat() if row["report_end"] else None
         row["messages"] = int(row["messages"] or 0)
@@ -236,33 +263,75 @@ def overview_api(request: Request) -> Response:
 
 def domains_page(request: Request) -> Response:
     customer = _require(request, api=False)
+    window = _window(request, api=False)
     with request.app.state.warehouse.tenant(customer) as conn:
-        rows = queries.domains(conn, customer)
-    return _page(request, "domains.html", domains=rows, chart=charts.pass_fail_bars(rows, "domain", limit=20))
+        rows = queries.domains(conn, customer, window)
+    return _page(
+        request, "domains.html", domains=rows, chart=charts.pass_fail_bars(rows, "domain", limit=20), window=window
+    )
 
 
 def domains_api(request: Request) -> Response:
     customer = _require(request, api=True)
+    window = _window(request, api=True)
     with request.app.state.warehouse.tenant(customer) as conn:
-        return JSONResponse({"domains": queries.domains(conn, customer)})
+        return JSONResponse({"window": window.as_dict(), "domains": queries.domains(conn, customer, window)})
 
 
-def _sources(request: Request, customer: str) -> tuple[queries.SourceQuery, dict]:
-    query = queries.SourceQuery.parse(request.query_params)
+def _domain(request: Request, api: bool) -> tuple[Window, dict]:
+    customer = _require(request, api)
+    window = _window(request, api)
+    with request.app.state.warehouse.tenant(customer) as conn:
+        detail = dmarc.domain_detail(conn, customer, request.path_params["domain"], window)
+    if detail is None:  # no report names it for this customer (another tenant's is not visible)
+        raise HTTPException(404, "no such domain")
+    return window, detail
+
+
+def domain_page(request: Request) -> Response:
+    window, detail = _domain(request, api=False)
+    return _page(
+        request,
+        "domain.html",
+        d=detail,
+        window=window,
+        trend_chart=charts.compliance_trend(detail["trend"]),
+        service_chart=charts.pass_fail_bars(
+            [{**s, "name": s["service"]} for s in detail["services"]], "name", limit=10
+        ),
+    )
+
+
+def domain_api(request: Request) -> Response:
+    return JSONResponse(jsonable([_domain(request, api=True)[1]])[0])
+
+
+def _source_query(request: Request, api: bool) -> queries.SourceQuery:
+    return dataclasses.replace(queries.SourceQuery.parse(request.query_params), window=_window(request, api))
+
+
+def _sources(request: Request, customer: str, api: bool) -> tuple[queries.SourceQuery, dict]:
+    query = _source_query(request, api)
     with request.app.state.warehouse.tenant(customer) as conn:
         return query, queries.sources(conn, customer, query)
 
 
 def sources_page(request: Request) -> Response:
-    query, data = _sources(request, _require(request, api=False))
+    query, data = _sources(request, _require(request, api=False), api=False)
     return _page(
-        request, "sources.html", query=query, data=data, chart=charts.pass_fail_bars(data["items"], "source_ip")
+        request,
+        "sources.html",
+        query=query,
+        data=data,
+        chart=charts.pass_fail_bars(data["items"], "source_ip"),
+        window=query.window,
     )
 
 
 def sources_api(request: Request) -> Response:
-    query, data = _sources(request, _require(request, api=True))
-    return JSONResponse({**data, "sort": query.sort, "order": "desc" if query.descending else "asc"})
+    query, data = _sources(request, _require(request, api=True), api=True)
+    order = "desc" if query.descending else "asc"
+    return JSONResponse({**data, "sort": query.sort, "order": order, "window": query.window.as_dict()})
 
 
 def _report(request: Request, customer: str) -> dict:
@@ -292,19 +361,22 @@ def _tenant(request: Request, api: bool, fn, *args):
 
 def services_page(request: Request) -> Response:
     classification = request.query_params.get("classification", "")
-    _, rows = _tenant(request, False, dmarc.services, classification)
+    window = _window(request, api=False)
+    _, rows = _tenant(request, False, dmarc.services, classification, window)
     return _page(
         request,
         "services.html",
         services=rows,
         classification=classification,
         classifications=queries.CLASSIFICATIONS,
+        window=window,
     )
 
 
 def services_api(request: Request) -> Response:
-    _, rows = _tenant(request, True, dmarc.services, request.query_params.get("classification", ""))
-    return JSONResponse({"services": rows})
+    window = _window(request, api=True)
+    _, rows = _tenant(request, True, dmarc.services, request.query_params.get("classification", ""), window)
+    return JSONResponse({"window": window.as_dict(), "services": rows})
 
 
 async def mark_service(request: Request) -> Response:
@@ -429,8 +501,14 @@ def more_page(request: Request) -> Response:
 
 
 # The simple tables: (title, columns (key, label, kind), fetch(conn, customer, params), empty text).
+# params[WINDOWED] is the request's window; the views in WINDOWED_VIEWS show it (the others are
+# all-time figures, and their pages say so).
+WINDOWED = "_window"
+WINDOWED_VIEWS = frozenset({"reports", "reporters", "domains"})
+
+
 def _domains_table(conn, customer, params):
-    return queries.domains(conn, customer)
+    return queries.domains(conn, customer, params[WINDOWED])
 
 
 def _detail(part: str):
@@ -455,7 +533,7 @@ TABLES = {
             ("dmarc_pass", "DMARC pass", "num"),
             ("aligned_pass", "Aligned", "num"),
         ],
-        lambda conn, customer, params: dmarc.report_list(conn, customer),
+        lambda conn, customer, params: dmarc.report_list(conn, customer, window=params[WINDOWED]),
         "No reports yet.",
     ),
     "reporters": (
@@ -467,7 +545,7 @@ TABLES = {
             ("pass_rate", "DMARC pass", "pct"),
             ("last_report", "Last report", ""),
         ],
-        lambda conn, customer, params: dmarc.reporters(conn, customer),
+        lambda conn, customer, params: dmarc.reporters(conn, customer, params[WINDOWED]),
         "No reports yet.",
     ),
     "countries": (
@@ -511,7 +589,9 @@ EXPORTS = {
     **{name: fetch for name, (_, _, fetch, _) in TABLES.items()},
     "domains": _domains_table,
     "sources": None,  # streamed: _stream_sources
-    "services": lambda conn, customer, params: dmarc.services(conn, customer, params.get("classification", "")),
+    "services": lambda conn, customer, params: dmarc.services(
+        conn, customer, params.get("classification", ""), params[WINDOWED]
+    ),
     "readiness": lambda conn, customer, params: [
         {**{k: v for k, v in d.items() if k != "blockers"}, "blockers": "; ".join(b["detail"] for b in d["blockers"])}
         for d in dmarc.readiness(conn, customer)
@@ -522,11 +602,21 @@ EXPORTS = {
 }
 
 
+def _params(request: Request, api: bool) -> dict:
+    """A table's parameters: the query's, and the window under ``WINDOWED``."""
+    return {**request.query_params, WINDOWED: _window(request, api)}
+
+
 def table_page(request: Request) -> Response:
     view = request.url.path.strip("/")
     title, columns, fetch, empty = TABLES[view]
-    _, rows = _tenant(request, False, fetch, request.query_params)
-    query = f"?{request.url.query}" if request.url.query else ""
+    params = _params(request, api=False)
+    _, rows = _tenant(request, False, fetch, params)
+    # the export link carries the page's filters and its window (which may be the session's)
+    kept = [urlencode({k: v}) for k, v in request.query_params.multi_items() if k not in WINDOW_PARAMS]
+    if view in WINDOWED_VIEWS and params[WINDOWED].query:
+        kept.append(params[WINDOWED].query)
+    query = f"?{'&'.join(kept)}" if kept else ""
     return _page(
         request,
         "table.html",
@@ -537,13 +627,18 @@ def table_page(request: Request) -> Response:
         empty=empty,
         intro=INTROS.get(view),
         query_string=query,
+        window=params[WINDOWED] if view in WINDOWED_VIEWS else None,
     )
 
 
 def table_api(request: Request) -> Response:
     view = request.url.path.rsplit("/", 1)[-1]
-    _, rows = _tenant(request, True, TABLES[view][2], request.query_params)
-    return JSONResponse({view: jsonable(rows)})
+    params = _params(request, api=True)
+    _, rows = _tenant(request, True, TABLES[view][2], params)
+    body = {view: jsonable(rows)}
+    if view in WINDOWED_VIEWS:
+        body["window"] = params[WINDOWED].as_dict()
+    return JSONResponse(body)
 
 
 def jsonable(rows: list[dict]) -> list[dict]:
@@ -586,12 +681,13 @@ def export_csv(request: Request) -> Response:
     headers = {"Content-Disposition": f'attachment; filename="{customer}-{view}.csv"'}
     if view == "sources":  # up to 200,000 rows: streamed a batch at a time, never held whole
         return StreamingResponse(
-            _stream_sources(request.app.state.warehouse, customer, queries.SourceQuery.parse(request.query_params)),
+            _stream_sources(request.app.state.warehouse, customer, _source_query(request, api=True)),
             media_type="text/csv; charset=utf-8",
             headers=headers,
         )
+    params = _params(request, api=True)
     with request.app.state.warehouse.tenant(customer) as conn:
-        rows = jsonable(EXPORTS[view](conn, customer, request.query_params))
+        rows = jsonable(EXPORTS[view](conn, customer, params))
     out = io.StringIO()
     if rows:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]), extrasaction="ignore")
@@ -604,7 +700,6 @@ def export_csv(request: Request) -> Response:
 def _stream_sources(warehouse, customer: str, query, batch: int = 5_000):
     """CSV of every source matching the query, in its order, read by keyset cursor."""
     import csv
-    import dataclasses
     import io
 
     header = True
@@ -694,6 +789,8 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
         return RedirectResponse("/login", status_code=303)
     messages = {401: "Sign in first.", 403: "That form expired: reload the page and try again.", 404: "Not found."}
     message = messages.get(exc.status_code, "That did not work.")
+    if exc.status_code == 400 and exc.detail:  # a parameter the request got wrong: say which and how
+        message = str(exc.detail)
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=exc.status_code)
     return _page(request, "error.html", status=exc.status_code, message=message)
@@ -714,11 +811,13 @@ def create_app(settings, secret: str | None = None, secure_cookie: bool | None =
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/domains", domains_page),
+        Route("/domains/{domain:path}", domain_page),
         Route("/sources", sources_page),
         Route("/reports/{report_id:path}", report_page),
         Route("/health", health_page),
         Route("/api/overview", overview_api),
         Route("/api/domains", domains_api),
+        Route("/api/domains/{domain:path}", domain_api),
         Route("/api/sources", sources_api),
         Route("/api/reports/{report_id:path}", report_api),
         Route("/api/health", health_api),

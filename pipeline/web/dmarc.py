@@ -14,7 +14,9 @@ import datetime as dt
 
 import psycopg
 
+from pipeline.warehouse.projections import UNKNOWN_NETWORK
 from pipeline.web.queries import CLASSIFICATIONS
+from pipeline.web.window import ALL, Window
 
 # Policy readiness (docs/DMARC.md): the staged rollout, and what "safe now" means.
 LADDER = [("none", 100), ("quarantine", 25), ("quarantine", 100), ("reject", 25), ("reject", 100)]
@@ -38,14 +40,46 @@ def _volumes(rows: list[dict], *dates: str) -> list[dict]:
     return rows
 
 
-def services(conn, customer_id: str, classification: str = "") -> list[dict]:
-    rows = conn.execute(
-        """SELECT service, known_service, classification, marked, messages, dmarc_pass, aligned_pass, forwarded,
-                  trust_score, sources, first_day, last_day
-           FROM service_summary WHERE customer_id = %(c)s AND (%(k)s = '' OR classification = %(k)s)
-           ORDER BY messages DESC, service""",
-        {"c": customer_id, "k": classification if classification in CLASSIFICATIONS else ""},
-    ).fetchall()
+# A window's services: their figures summed over the window's days (daily_domain_services), their
+# classification and mark from their all-days row, their sources counted among the window's.
+_WINDOWED_SERVICES = f"""
+WITH w AS (
+    SELECT service, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass, sum(aligned_pass) AS aligned_pass,
+           sum(forwarded) AS forwarded, sum(trust_sum::numeric) AS trust_total, min(day) AS first_day,
+           max(day) AS last_day
+    FROM daily_domain_services WHERE customer_id = %(c)s AND day BETWEEN %(first)s AND %(last)s GROUP BY service
+), ws AS (
+    -- a source's service as the rollups name it (its service, else its organisation), from the
+    -- window's own daily rows: no probe of the all-days row per source
+    SELECT service, count(*) AS sources FROM (
+        SELECT coalesce(max(service_name), max(as_org), '{UNKNOWN_NETWORK}') AS service
+        FROM daily_source_summary WHERE customer_id = %(c)s AND day BETWEEN %(first)s AND %(last)s
+        GROUP BY source_ip) d
+    GROUP BY service
+)
+SELECT w.service, v.known_service, v.classification, v.marked, w.messages, w.dmarc_pass, w.aligned_pass,
+       w.forwarded, round(w.trust_total / nullif(w.messages, 0), 4)::double precision AS trust_score,
+       coalesce(ws.sources, 0) AS sources, w.first_day, w.last_day
+FROM w JOIN service_summary v ON v.customer_id = %(c)s AND v.service = w.service
+LEFT JOIN ws ON ws.service = w.service
+WHERE %(k)s = '' OR v.classification = %(k)s
+ORDER BY w.messages DESC, w.service
+"""
+
+
+def services(conn, customer_id: str, classification: str = "", window: Window = ALL) -> list[dict]:
+    params = {"c": customer_id, "k": classification if classification in CLASSIFICATIONS else ""}
+    if window.bounded:
+        params["first"], params["last"] = window.bounds
+        rows = conn.execute(_WINDOWED_SERVICES, params).fetchall()
+    else:
+        rows = conn.execute(
+            """SELECT service, known_service, classification, marked, messages, dmarc_pass, aligned_pass, forwarded,
+                      trust_score, sources, first_day, last_day
+               FROM service_summary WHERE customer_id = %(c)s AND (%(k)s = '' OR classification = %(k)s)
+               ORDER BY messages DESC, service""",
+            params,
+        ).fetchall()
     out = []
     for row in rows:
         out.append(
@@ -69,8 +103,15 @@ def services(conn, customer_id: str, classification: str = "") -> list[dict]:
     return out
 
 
-def service_classes(conn, customer_id: str) -> dict[str, dict]:
+def service_classes(conn, customer_id: str, window: Window = ALL) -> dict[str, dict]:
     """Per classification: how many services, and their messages (the overview's summary)."""
+    if window.bounded:
+        found: dict = {}
+        for service in services(conn, customer_id, window=window):
+            entry = found.setdefault(service["classification"], {"services": 0, "messages": 0})
+            entry["services"] += 1
+            entry["messages"] += service["messages"]
+        return {c: found.get(c, {"services": 0, "messages": 0}) for c in CLASSIFICATIONS}
     rows = conn.execute(
         """SELECT classification, count(*) AS services, sum(messages) AS messages FROM service_summary
            WHERE customer_id = %s GROUP BY classification""",
@@ -249,23 +290,108 @@ def countries(conn, customer_id: str) -> list[dict]:
     return _volumes(rows)
 
 
-def reporters(conn, customer_id: str) -> list[dict]:
+def reporters(conn, customer_id: str, window: Window = ALL) -> list[dict]:
+    first, last = window.bounds
     rows = conn.execute(
         """SELECT report_org, count(*) AS reports, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
                   max(report_end) AS last_report
-           FROM daily_reports WHERE customer_id = %s GROUP BY 1 ORDER BY 3 DESC, 1""",
-        (customer_id,),
+           FROM daily_reports WHERE customer_id = %s AND day BETWEEN %s AND %s GROUP BY 1 ORDER BY 3 DESC, 1""",
+        (customer_id, first, last),
     ).fetchall()
     return _volumes(rows, "last_report")
 
 
-def report_list(conn, customer_id: str, limit: int = 200) -> list[dict]:
+def report_list(conn, customer_id: str, limit: int = 200, window: Window = ALL) -> list[dict]:
+    first, last = window.bounds
     rows = conn.execute(
         """SELECT report_id, report_org, policy_domain, policy_p, policy_pct, report_begin, report_end,
                   messages, dmarc_pass, aligned_pass
-           FROM daily_reports WHERE customer_id = %s ORDER BY report_end DESC NULLS LAST, report_id LIMIT %s""",
-        (customer_id, limit),
+           FROM daily_reports WHERE customer_id = %s AND day BETWEEN %s AND %s
+           ORDER BY report_end DESC NULLS LAST, report_id LIMIT %s""",
+        (customer_id, first, last, limit),
     ).fetchall()
     for row in rows:
         row["aligned_pass"] = int(row["aligned_pass"])
     return _volumes(rows, "report_begin", "report_end")
+
+
+# One domain's figures over a window (domain_detail): its daily rows of each projection.
+
+_IN_DOMAIN = "customer_id = %(c)s AND policy_domain = %(d)s AND day BETWEEN %(first)s AND %(last)s"
+
+_DOMAIN_TREND = f"""SELECT day, sum(reports) AS reports, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
+           sum(dmarc_fail) AS dmarc_fail, sum(aligned_pass) AS aligned_pass,
+           sum(verdict_disagreements) AS verdict_disagreements, sum(disposition_quarantine) AS quarantine,
+           sum(disposition_reject) AS reject, sum(spf_pass) AS spf_pass, sum(dkim_pass) AS dkim_pass
+    FROM daily_domain_compliance WHERE {_IN_DOMAIN} GROUP BY day ORDER BY day"""
+
+_DOMAIN_SERVICES = f"""SELECT w.service, v.classification, coalesce(v.marked, false) AS marked,
+           w.messages, w.dmarc_pass, w.aligned_pass
+    FROM (SELECT service, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
+                 sum(aligned_pass) AS aligned_pass
+          FROM daily_domain_services WHERE {_IN_DOMAIN} GROUP BY service) w
+    LEFT JOIN service_summary v ON v.customer_id = %(c)s AND v.service = w.service
+    ORDER BY w.messages DESC, w.service LIMIT %(limit)s"""
+
+_DOMAIN_SOURCES = f"""SELECT w.source_ip, s.as_org, s.country, s.service, s.classification, w.messages, w.dmarc_pass,
+           w.aligned_pass
+    FROM (SELECT source_ip, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
+                 sum(aligned_pass) AS aligned_pass
+          FROM daily_domain_sources WHERE {_IN_DOMAIN} GROUP BY source_ip
+          ORDER BY sum(messages) DESC, source_ip LIMIT %(limit)s) w  -- the top rows, then their attributes
+    LEFT JOIN source_summary s ON s.customer_id = %(c)s AND s.source_ip = w.source_ip
+    ORDER BY w.messages DESC, w.source_ip"""
+
+_DOMAIN_SUBDOMAINS = f"""SELECT header_from, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
+           sum(aligned_pass) AS aligned_pass, count(DISTINCT source_ip) AS sources
+    FROM daily_domain_sources WHERE {_IN_DOMAIN}
+    GROUP BY header_from ORDER BY sum(messages) DESC, header_from LIMIT %(limit)s"""
+
+_DOMAIN_REPORTERS = f"""SELECT report_org, count(*) AS reports, sum(messages) AS messages,
+           sum(dmarc_pass) AS dmarc_pass, max(report_end) AS last_report
+    FROM daily_reports WHERE {_IN_DOMAIN} GROUP BY report_org ORDER BY sum(messages) DESC, report_org"""
+
+
+def domain_detail(conn, customer_id: str, domain: str, window: Window = ALL, limit: int = 50) -> dict | None:
+    """One policy domain over ``window``: its figures and trend, the services and sources that
+    send as it, its header_from subdomains, its reporters and its readiness. None when the
+    customer has no report about it (another tenant's domain reads as none: row-level security)."""
+    known = conn.execute(
+        "SELECT 1 FROM daily_domain_compliance WHERE customer_id = %s AND policy_domain = %s LIMIT 1",
+        (customer_id, domain),
+    ).fetchone()
+    if known is None:
+        return None
+    first, last = window.bounds
+    params = {"c": customer_id, "d": domain, "first": first, "last": last, "limit": limit}
+    trend = conn.execute(_DOMAIN_TREND, params).fetchall()
+    trend = [{k: (v if k == "day" else int(v)) for k, v in row.items()} for row in trend]
+    totals = {k: sum(t[k] for t in trend) for k in ("reports", "messages", "dmarc_pass", "aligned_pass")}
+    totals["verdict_disagreements"] = sum(t["verdict_disagreements"] for t in trend)
+    services = conn.execute(_DOMAIN_SERVICES, params).fetchall()
+    sources = conn.execute(_DOMAIN_SOURCES, params).fetchall()
+    subdomains = conn.execute(_DOMAIN_SUBDOMAINS, params).fetchall()
+    reporters = conn.execute(_DOMAIN_REPORTERS, params).fetchall()
+    messages = totals["messages"]
+    return {
+        "domain": domain,
+        "window": window.as_dict(),
+        **totals,
+        "dmarc_pass_rate": _rate(totals["dmarc_pass"], messages),
+        "aligned_rate": _rate(totals["aligned_pass"], messages),
+        "first_day": trend[0]["day"].isoformat() if trend else None,
+        "last_day": trend[-1]["day"].isoformat() if trend else None,
+        "trend": [{**t, "day": t["day"].isoformat()} for t in trend],
+        "services": [_rated(row) for row in services],
+        "sources": [_rated(row) for row in sources],
+        "subdomains": [_rated(row) for row in subdomains],
+        "reporters": _volumes(reporters, "last_report"),
+        "readiness": next((r for r in readiness(conn, customer_id) if r["domain"] == domain), None),
+    }
+
+
+def _rated(row: dict) -> dict:
+    out = {k: (int(v) if k in ("messages", "dmarc_pass", "aligned_pass", "sources") else v) for k, v in row.items()}
+    out["pass_rate"] = _rate(out["dmarc_pass"], out["messages"])
+    out["aligned_rate"] = _rate(out["aligned_pass"], out["messages"])
+    return out

@@ -16,6 +16,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from pipeline.web.window import ALL, Window
+
 # Sort keys: never NULL (coalesced), so a (key, source_ip) row comparison pages them exactly.
 SORTABLE = {
     "messages": "messages",
@@ -91,41 +93,72 @@ class Warehouse:
             yield conn
 
 
-def overview(conn, customer_id: str) -> dict:
+def _totals(conn, customer_id: str, window: Window) -> dict:
+    first, last = window.bounds
     totals = conn.execute(
         """SELECT coalesce(sum(reports), 0) AS reports, coalesce(sum(messages), 0) AS messages,
                   coalesce(sum(dmarc_pass), 0) AS dmarc_pass_messages, coalesce(sum(aligned_pass), 0) AS aligned,
                   coalesce(sum(verdict_disagreements), 0) AS disagreements,
-                  min(day) AS first_day, max(day) AS last_day,
-                  (SELECT sources FROM customer_summary WHERE customer_id = %(c)s) AS sources
-           FROM daily_domain_compliance WHERE customer_id = %(c)s""",
-        {"c": customer_id},
+                  min(day) AS first_day, max(day) AS last_day
+           FROM daily_domain_compliance WHERE customer_id = %(c)s AND day BETWEEN %(first)s AND %(last)s""",
+        {"c": customer_id, "first": first, "last": last},
     ).fetchone()
-    trend = conn.execute(
-        """SELECT day, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass, sum(dmarc_fail) AS dmarc_fail,
-                  sum(spf_pass) AS spf_pass, sum(dkim_pass) AS dkim_pass,
-                  sum(disposition_quarantine) AS quarantine, sum(disposition_reject) AS reject
-           FROM daily_domain_compliance WHERE customer_id = %s GROUP BY day ORDER BY day""",
-        (customer_id,),
-    ).fetchall()
+    if window.bounded:  # the distinct sources of the window's days
+        sources = conn.execute(
+            """SELECT count(DISTINCT source_ip) AS n FROM daily_source_summary
+               WHERE customer_id = %s AND day BETWEEN %s AND %s""",
+            (customer_id, first, last),
+        ).fetchone()["n"]
+    else:  # all time: the customer's rollup holds the count
+        found = conn.execute("SELECT sources FROM customer_summary WHERE customer_id = %s", (customer_id,)).fetchone()
+        sources = found["sources"] if found else 0
     messages = int(totals["messages"])
     return {
-        "customer": customer_id,
         "reports": int(totals["reports"]),
         "messages": messages,
         "dmarc_pass_messages": int(totals["dmarc_pass_messages"]),
         "dmarc_pass_rate": round(int(totals["dmarc_pass_messages"]) / messages, 4) if messages else None,
         "aligned_pass_messages": int(totals["aligned"]),
         "verdict_disagreements": int(totals["disagreements"]),
-        "sources": int(totals["sources"] or 0),
+        "sources": int(sources or 0),
         "first_day": totals["first_day"].isoformat() if totals["first_day"] else None,
         "last_day": totals["last_day"].isoformat() if totals["last_day"] else None,
-        "trend": [{k: (v.isoformat() if k == "day" else int(v)) for k, v in row.items()} for row in trend],
-        "domains": domains(conn, customer_id),
     }
 
 
-def domains(conn, customer_id: str) -> list[dict]:
+def overview(conn, customer_id: str, window: Window = ALL) -> dict:
+    """The customer's figures over ``window``; a bounded window beside the one before it
+    (``previous``: the same figures, and ``change``: messages in percent, pass rate in points)."""
+    first, last = window.bounds
+    trend = conn.execute(
+        """SELECT day, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass, sum(dmarc_fail) AS dmarc_fail,
+                  sum(spf_pass) AS spf_pass, sum(dkim_pass) AS dkim_pass,
+                  sum(disposition_quarantine) AS quarantine, sum(disposition_reject) AS reject
+           FROM daily_domain_compliance WHERE customer_id = %s AND day BETWEEN %s AND %s GROUP BY day ORDER BY day""",
+        (customer_id, first, last),
+    ).fetchall()
+    data = {"customer": customer_id, "window": window.as_dict(), **_totals(conn, customer_id, window)}
+    before = window.previous()
+    data["previous"] = None
+    if before is not None:
+        data["previous"] = {"window": before.as_dict(), **_totals(conn, customer_id, before)}
+        data["change"] = _change(data, data["previous"])
+    data["trend"] = [{k: (v.isoformat() if k == "day" else int(v)) for k, v in row.items()} for row in trend]
+    data["domains"] = domains(conn, customer_id, window)
+    return data
+
+
+def _change(now: dict, before: dict) -> dict:
+    """How the window differs from the one before: messages in percent, the pass rate in points."""
+    was = before["messages"]
+    messages = round(100 * (now["messages"] - was) / was, 1) if was else None
+    rates = now["dmarc_pass_rate"], before["dmarc_pass_rate"]
+    points = round(100 * (rates[0] - rates[1]), 1) if None not in rates else None
+    return {"messages_pct": messages, "pass_rate_points": points, "reports": now["reports"] - before["reports"]}
+
+
+def domains(conn, customer_id: str, window: Window = ALL) -> list[dict]:
+    first, last = window.bounds
     rows = conn.execute(
         """SELECT policy_domain AS domain, sum(reports) AS reports, sum(messages) AS messages,
                   sum(dmarc_pass) AS dmarc_pass, sum(dmarc_fail) AS dmarc_fail, sum(spf_pass) AS spf_pass,
@@ -133,9 +166,9 @@ def domains(conn, customer_id: str) -> list[dict]:
                   sum(disposition_none) AS disposition_none, sum(disposition_quarantine) AS quarantine,
                   sum(disposition_reject) AS reject, sum(aligned_pass) AS aligned_pass,
                   sum(verdict_disagreements) AS verdict_disagreements, sum(forwarded) AS forwarded
-           FROM daily_domain_compliance WHERE customer_id = %s
+           FROM daily_domain_compliance WHERE customer_id = %s AND day BETWEEN %s AND %s
            GROUP BY policy_domain ORDER BY sum(messages) DESC, policy_domain""",
-        (customer_id,),
+        (customer_id, first, last),
     ).fetchall()
     out = []
     for row in rows:
@@ -155,6 +188,7 @@ class SourceQuery:
     page: int = 1
     per_page: int = 25
     after: tuple | None = None  # keyset cursor: (sort key, source_ip) of the previous page's last row
+    window: Window = ALL  # the days whose messages count (a source outside them is not listed)
 
     @classmethod
     def parse(cls, params) -> SourceQuery:
@@ -205,6 +239,55 @@ def decode_cursor(raw: str | None, sort: str) -> tuple | None:
     return (key, source_ip) if isinstance(key, str) else None
 
 
+# A window's sources: their figures summed over the window's days (daily_source_summary, read by
+# its key), their attributes (service, classification, search text) from their all-days row.
+_WINDOWED_SOURCES = """(
+    SELECT s.customer_id, s.source_ip, s.asn, s.as_org, s.country, s.service_name, s.service, s.sender_category,
+           s.classification, s.trust_score, s.search, w.messages, w.dmarc_pass, w.aligned_pass,
+           w.verdict_disagreements, w.first_day, w.last_day,
+           round(w.dmarc_pass::numeric / nullif(w.messages, 0), 4)::double precision AS pass_rate
+    FROM (SELECT source_ip, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
+                 sum(aligned_pass) AS aligned_pass, sum(verdict_disagreements) AS verdict_disagreements,
+                 min(day) AS first_day, max(day) AS last_day
+          FROM daily_source_summary WHERE customer_id = %(c)s AND day BETWEEN %(first)s AND %(last)s
+          GROUP BY source_ip) w
+    JOIN source_summary s ON s.customer_id = %(c)s AND s.source_ip = w.source_ip
+) AS windowed"""
+
+
+# A window's page of sources sorted by its own figures, unfiltered: the page's rows are chosen
+# from the window's sums alone, and only they are joined with their all-days rows (attributes).
+_WINDOWED_PAGE = """
+SELECT w.source_ip, s.asn, s.as_org, s.country, s.service_name, s.service, s.sender_category, s.classification,
+       s.trust_score, w.messages, w.dmarc_pass, w.aligned_pass, w.verdict_disagreements, w.pass_rate,
+       w.first_day, w.last_day, w.sort_key
+FROM (
+    SELECT a.*, {key} AS sort_key FROM (
+        SELECT source_ip, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
+               sum(aligned_pass) AS aligned_pass, sum(verdict_disagreements) AS verdict_disagreements,
+               min(day) AS first_day, max(day) AS last_day,
+               round(sum(dmarc_pass)::numeric / nullif(sum(messages), 0), 4)::double precision AS pass_rate
+        FROM daily_source_summary WHERE customer_id = %(c)s AND day BETWEEN %(first)s AND %(last)s
+        GROUP BY source_ip
+    ) a {keyset}
+    ORDER BY {key} {direction}, source_ip {direction} LIMIT %(limit)s{offset}
+) w
+LEFT JOIN source_summary s ON s.customer_id = %(c)s AND s.source_ip = w.source_ip
+ORDER BY w.sort_key {direction}, w.source_ip {direction}
+"""
+FIGURE_SORTS = frozenset({"messages", "pass_rate", "ip"})  # sorts a window's sums alone can order
+
+
+def _source_relation(query: SourceQuery, params: dict):
+    """What the sources are read from: the all-days rollup, or the window's sums."""
+    from psycopg import sql
+
+    if not query.window.bounded:
+        return sql.SQL("source_summary")
+    params["first"], params["last"] = query.window.bounds
+    return sql.SQL(_WINDOWED_SOURCES)
+
+
 def _source_where(customer_id: str, query: SourceQuery):
     from psycopg import sql
 
@@ -234,6 +317,7 @@ def source_rows(conn, customer_id: str, query: SourceQuery, limit: int | None = 
     from psycopg import sql
 
     where, params = _source_where(customer_id, query)
+    figures_first = query.window.bounded and len(where) == 1 and query.sort in FIGURE_SORTS
     key = sql.SQL(SORTABLE[query.sort])
     direction = sql.SQL("DESC" if query.descending else "ASC")
     params["limit"] = limit or query.per_page
@@ -248,17 +332,26 @@ def source_rows(conn, customer_id: str, query: SourceQuery, limit: int | None = 
     elif limit is None:
         offset = sql.SQL(" OFFSET %(offset)s")
         params["offset"] = (query.page - 1) * query.per_page
+    if figures_first:
+        params["first"], params["last"] = query.window.bounds
+        keyset = sql.SQL("WHERE {}").format(where[1]) if len(where) > 1 else sql.SQL("")
+        statement = sql.SQL(_WINDOWED_PAGE).format(key=key, keyset=keyset, direction=direction, offset=offset)
+        return _source_values(conn.execute(statement, params).fetchall())
     statement = sql.SQL(
-        "SELECT {columns}, {key} AS sort_key FROM source_summary WHERE {where} "
+        "SELECT {columns}, {key} AS sort_key FROM {relation} WHERE {where} "
         "ORDER BY {key} {direction}, source_ip {direction} LIMIT %(limit)s{offset}"
     ).format(
         columns=sql.SQL(SOURCE_COLUMNS),
+        relation=_source_relation(query, params),
         key=key,
         where=sql.SQL(" AND ").join(where),
         direction=direction,
         offset=offset,
     )
-    rows = conn.execute(statement, params).fetchall()
+    return _source_values(conn.execute(statement, params).fetchall())
+
+
+def _source_values(rows: list[dict]) -> list[dict]:
     for row in rows:
         row["messages"], row["dmarc_pass"] = int(row["messages"]), int(row["dmarc_pass"])
         row["aligned_pass"], row["verdict_disagreements"] = int(row["aligned_pass"]), int(row["verdict_disagreements"])
@@ -273,12 +366,20 @@ def sources(conn, customer_id: str, query: SourceQuery) -> dict:
     summary = conn.execute(
         "SELECT sources, categories FROM customer_summary WHERE customer_id = %s", (customer_id,)
     ).fetchone() or {"sources": 0, "categories": []}
-    if len(where) == 1:  # unfiltered: the count is kept by the projections, not counted per request
+    if len(where) == 1 and not query.window.bounded:  # the count is kept by the projections
         total = int(summary["sources"])
-    else:  # filtered: counted, up to COUNT_CAP (a filter matching most of 200,000 sources stops early)
+    elif len(where) == 1:  # a window's, unfiltered: its days' distinct sources, exact
+        first, last = query.window.bounds
         total = conn.execute(
-            sql.SQL("SELECT count(*) AS n FROM (SELECT 1 FROM source_summary WHERE {} LIMIT %(cap)s) matched").format(
-                sql.SQL(" AND ").join(where)
+            "SELECT count(DISTINCT source_ip) AS n FROM daily_source_summary "
+            "WHERE customer_id = %s AND day BETWEEN %s AND %s",
+            (customer_id, first, last),
+        ).fetchone()["n"]
+    else:  # filtered (or a window's): counted, up to COUNT_CAP (a filter matching most sources stops early)
+        relation = _source_relation(query, params)
+        total = conn.execute(
+            sql.SQL("SELECT count(*) AS n FROM (SELECT 1 FROM {} WHERE {} LIMIT %(cap)s) matched").format(
+                relation, sql.SQL(" AND ").join(where)
             ),
             {**params, "cap": COUNT_CAP + 1},
         ).fetchone()["n"]
@@ -356,11 +457,13 @@ def report(conn, customer_id: str, report_id: str) -> dict | None:
     }
 
 
-def recent_reports(conn, customer_id: str, limit: int = 10) -> list[dict]:
+def recent_reports(conn, customer_id: str, limit: int = 10, window: Window = ALL) -> list[dict]:
+    first, last = window.bounds
     return conn.execute(
         """SELECT report_id, report_org, policy_domain, report_end, messages
-           FROM daily_reports WHERE customer_id = %s ORDER BY report_end DESC NULLS LAST, report_id LIMIT %s""",
-        (customer_id, limit),
+           FROM daily_reports WHERE customer_id = %s AND day BETWEEN %s AND %s
+           ORDER BY report_end DESC NULLS LAST, report_id LIMIT %s""",
+        (customer_id, first, last, limit),
     ).fetchall()
 
 

@@ -147,3 +147,26 @@ def test_services_marking_readiness_and_export_in_chromium(browser, site):
     page.click("#sign-out")
     page.wait_for_url(site["url"] + "/login")
     assert page.goto(site["url"] + "/services").url.endswith("/login")
+
+
+def test_a_window_and_a_domain_page_in_chromium(browser, site):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = _sign_in(browser, site, site["token_a"])
+    assert page.locator("#window-label").inner_text() == "all time" and page.locator("#reports").inner_text() == "4"
+    page.fill("#window input[name=from]", "2026-11-02")  # the reports' days: 11-01 (two), 11-02, 11-03
+    page.fill("#window input[name=to]", "2026-11-03")
+    page.click("#window button")
+    assert page.locator("#window-label").inner_text() == "2026-11-02 → 2026-11-03"
+    assert page.locator("#reports").inner_text() == "2"
+    assert "vs the 2 days before" in page.locator("#messages-change").inner_text()
+    page.click("header >> text=Domains")  # the session keeps the window from page to page
+    assert page.locator("#window-label").inner_text() == "2026-11-02 → 2026-11-03"
+    page.locator("#domains a").first.click()
+    assert page.locator("h1#domain").count() == 1 and page.locator("svg.chart rect.bar").count() == 2
+    assert page.locator("#sources tr").count() >= 2 and page.locator("#reporters tr").count() >= 2
+    page.screenshot(path=str(SCREENSHOTS / "domain.png"), full_page=True)
+    page.click("#window a[data-window='7d']")  # a week before today: none of these reports
+    assert page.locator("#window-label").inner_text().startswith("last 7 days")
+    assert page.locator("#empty").count() == 1
+    page.click("#window a[data-window='all']")
+    assert page.locator("#window-label").inner_text() == "all time" and page.locator("#empty").count() == 0

@@ -523,3 +523,225 @@ def test_the_overview_summarises_who_sends_and_readiness(shop):
     }
     page = client.get("/").text
     assert 'href="/services?classification=suspicious"' in page and "safe now" in page and "(strictest)" in page
+
+
+def _window_truth(records, first: dt.date, last: dt.date) -> dict:
+    """The figures of the days first..last, summed from the crafted records (the truth)."""
+    rows = [r for r in records if first <= r["day"] <= last]
+    messages = sum(r["message_count"] for r in rows)
+    passed = sum(r["message_count"] for r in rows if r["policy_dkim"] == "pass" or r["policy_spf"] == "pass")
+    return {
+        "messages": messages,
+        "dmarc_pass_messages": passed,
+        "reports": len({(r["policy_domain"], r["day"]) for r in rows}),
+        "sources": len({r["source_ip"] for r in rows}),
+        "domains": {
+            d: sum(r["message_count"] for r in rows if r["policy_domain"] == d)
+            for d in {r["policy_domain"] for r in rows}
+        },
+    }
+
+
+def test_a_window_sums_its_days_and_compares_with_the_one_before(shop):
+    records, client = shop["records"], _client(shop)
+    first, last = START + dt.timedelta(days=10), LAST  # the last ten days; the ten before are the comparison
+    now, before = _window_truth(records, first, last), _window_truth(records, START, first - dt.timedelta(days=1))
+    assert now["messages"] != before["messages"] and "tiny.example" in before["domains"]  # the windows differ
+
+    data = client.get("/api/overview", params={"from": str(first), "to": str(last)}).json()
+    assert data["window"] == {"preset": "custom", "from": str(first), "to": str(last), "days": 10}
+    for key in ("messages", "dmarc_pass_messages", "reports", "sources"):
+        assert data[key] == now[key], key
+        assert data["previous"][key] == before[key], key
+    assert data["previous"]["window"] == {
+        "preset": "previous",
+        "from": str(START),
+        "to": str(first - dt.timedelta(days=1)),
+        "days": 10,
+    }
+    assert data["change"]["messages_pct"] == round(100 * (now["messages"] - before["messages"]) / before["messages"], 1)
+    assert data["change"]["pass_rate_points"] == round(
+        100
+        * (
+            round(now["dmarc_pass_messages"] / now["messages"], 4)
+            - round(before["dmarc_pass_messages"] / before["messages"], 4)
+        ),
+        1,
+    )
+    assert [t["day"] for t in data["trend"]] == [str(first + dt.timedelta(days=n)) for n in range(10)]
+    assert {d["domain"]: d["messages"] for d in data["domains"]} == now["domains"]  # tiny.example stopped: not here
+    everything = client.get("/api/overview").json()  # no window: all time, nothing to compare with
+    assert everything["window"]["preset"] == "all" and everything["previous"] is None
+    assert everything["messages"] == sum(r["message_count"] for r in records)
+
+    domains = client.get("/api/domains", params={"from": str(first), "to": str(last)}).json()
+    assert {d["domain"]: d["messages"] for d in domains["domains"]} == now["domains"]
+    reports = client.get("/api/reports", params={"from": str(first), "to": str(last)}).json()
+    assert len(reports["reports"]) == now["reports"] and reports["window"]["days"] == 10
+    reporters = client.get("/api/reporters", params={"from": str(first), "to": str(last)}).json()["reporters"]
+    assert sum(r["reports"] for r in reporters) == now["reports"]
+    exported = client.get("/api/export/reporters.csv", params={"from": str(first), "to": str(last)}).text
+    assert sum(int(r["reports"]) for r in csv.DictReader(io.StringIO(exported))) == now["reports"]
+    exported = client.get("/api/export/domains.csv", params={"from": str(START), "to": str(START)}).text
+    assert {r["domain"]: int(r["messages"]) for r in csv.DictReader(io.StringIO(exported))} == _window_truth(
+        records, START, START
+    )["domains"]
+
+    # sources and services: the window's messages per source and per service, first and last days within it
+    by_source: dict = {}
+    for r in records:
+        if first <= r["day"] <= last:
+            by_source[r["source_ip"]] = by_source.get(r["source_ip"], 0) + r["message_count"]
+    listed = client.get("/api/sources", params={"from": str(first), "to": str(last), "per_page": 200}).json()
+    assert {s["source_ip"]: s["messages"] for s in listed["items"]} == by_source and listed["total"] == len(by_source)
+    assert all(str(first) <= s["first_day"] <= s["last_day"] <= str(last) for s in listed["items"])
+    page_one = client.get("/api/sources", params={"from": str(first), "to": str(last), "per_page": 5}).json()
+    page_two = client.get(
+        "/api/sources", params={"from": str(first), "to": str(last), "per_page": 5, "after": page_one["next"]}
+    ).json()  # keyset paging within the window
+    assert [s["source_ip"] for s in page_one["items"] + page_two["items"]] == [s["source_ip"] for s in listed["items"]]
+    window = {"from": str(first), "to": str(last)}
+    for sort, order in (("pass_rate", "asc"), ("org", "desc")):  # by the window's figures, by an attribute
+        full = client.get("/api/sources", params={**window, "sort": sort, "order": order, "per_page": 200}).json()
+        one = client.get("/api/sources", params={**window, "sort": sort, "order": order, "per_page": 5}).json()
+        two = client.get(
+            "/api/sources", params={**window, "sort": sort, "order": order, "per_page": 5, "after": one["next"]}
+        ).json()
+        assert [s["source_ip"] for s in one["items"] + two["items"]] == [s["source_ip"] for s in full["items"]]
+    searched = client.get("/api/sources", params={**window, "q": "203.0.113.2"}).json()  # a filter: the joined path
+    assert [(s["source_ip"], s["messages"]) for s in searched["items"]] == [("203.0.113.2", by_source["203.0.113.2"])]
+    assert searched["total"] == 1
+    exported = client.get("/api/export/sources.csv", params={"from": str(first), "to": str(last)}).text
+    assert {r["source_ip"]: int(r["messages"]) for r in csv.DictReader(io.StringIO(exported))} == by_source
+    by_service: dict = {}
+    for r in records:
+        if first <= r["day"] <= last:
+            name = r["service_name"] or r["as_org"]
+            by_service[name] = by_service.get(name, 0) + r["message_count"]
+    services = client.get("/api/services", params={"from": str(first), "to": str(last)}).json()
+    assert {s["name"]: s["messages"] for s in services["services"]} == by_service
+    assert {s["name"]: s["sources"] for s in services["services"]}["Microsoft"] == 2  # .3 all along, .7 from day 16
+    early = client.get("/api/services", params={"from": str(START), "to": str(START + dt.timedelta(days=14))}).json()
+    assert "SendGrid" not in {s["name"] for s in early["services"]}  # first seen on day 15
+    assert {s["name"]: s["sources"] for s in early["services"]}["Microsoft"] == 1
+    classes = client.get("/api/overview", params={"from": str(START), "to": str(START + dt.timedelta(days=14))}).json()
+    assert classes["service_classes"]["authorized"]["services"] == 2  # Google and Amazon SES; SendGrid came later
+
+    # the other tenant, the same window: its own rows only (its data is built the same way)
+    other = _client(shop, shop["other_token"])
+    theirs = other.get("/api/export/reports.csv", params={"from": str(first), "to": str(last)}).text
+    assert shop["customer"] not in theirs and shop["other"] in theirs
+
+
+def test_a_page_keeps_its_window_and_a_wrong_window_says_what_to_send(shop):
+    client = _client(shop)
+    page = client.get("/", params={"window": "7d"}).text  # the crafted reports are older than a week
+    assert 'id="window-label">last 7 days' in page and "fall in this window" in page
+    assert client.get("/api/overview", params={"window": "7d"}).json()["messages"] == 0
+    first, last = START + dt.timedelta(days=18), LAST
+    page = client.get("/domains", params={"from": str(first), "to": str(last)}).text
+    assert f'id="window-label">{first} → {last}<' in page
+    # the session keeps the window for the next pages, and their export links carry it
+    page = client.get("/reporters").text
+    assert f'id="window-label">{first} → {last}<' in page
+    assert f'/api/export/reporters.csv?from={first}&amp;to={last}"' in page
+    truth = _window_truth(shop["records"], first, last)
+    assert f'id="messages">{truth["messages"]}<' in client.get("/").text
+    assert "vs the 2 days before" in client.get("/").text
+    assert 'id="window-label">all time<' in client.get("/", params={"window": "all"}).text
+    assert 'id="window-label">all time<' in client.get("/domains").text
+    # pages that are all-time figures show no window
+    assert 'id="window"' not in client.get("/countries").text
+
+    for params, says in (
+        ({"from": "2026-13-01"}, "not a day of the calendar"),
+        ({"from": "yesterday"}, "send it as YYYY-MM-DD"),
+        ({"from": str(LAST), "to": str(START)}, "is after"),
+        ({"window": "5d"}, "is not one of all, 7d, 30d, 90d"),
+        ({"window": "7d", "from": str(START)}, "not both"),
+    ):
+        api = client.get("/api/overview", params=params)
+        assert api.status_code == 400 and says in api.json()["error"], (params, api.text)
+        page = client.get("/", params=params)
+        assert page.status_code == 400 and says in page.text, params
+    assert client.get("/api/export/domains.csv", params={"window": "1y"}).status_code == 400
+
+
+def test_the_report_command_takes_a_window(shop):
+    first, last = START + dt.timedelta(days=10), LAST
+    report = _cli("report", "--customer", shop["customer"], "--from", str(first), "--to", str(last), "--json")
+    truth = _window_truth(shop["records"], first, last)
+    assert report["window"] == {"preset": "custom", "from": str(first), "to": str(last), "days": 10}
+    assert report["messages"] == truth["messages"] and report["previous"]["window"]["to"] == str(
+        first - dt.timedelta(days=1)
+    )
+    text = _run("report", "--customer", shop["customer"], "--window", "30d")
+    assert "last 30 days" in text
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "report", "--customer", shop["customer"], "--from", "2026-02-30"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
+    assert done.returncode == 2 and "not a day of the calendar" in done.stderr
+
+
+def test_a_domain_page_shows_its_trend_services_sources_subdomains_reporters_and_readiness(stack, clients, shop):
+    records, client = shop["records"], _client(shop)
+    first, last = START + dt.timedelta(days=15), LAST
+    mine = [r for r in records if r["policy_domain"] == "shop.example" and first <= r["day"] <= last]
+    data = client.get("/api/domains/shop.example", params={"from": str(first), "to": str(last)}).json()
+    assert data["domain"] == "shop.example" and data["window"]["days"] == 5
+    assert data["messages"] == sum(r["message_count"] for r in mine) and data["reports"] == 5
+    assert [t["day"] for t in data["trend"]] == [str(first + dt.timedelta(days=n)) for n in range(5)]
+    assert data["dmarc_pass"] == sum(
+        r["message_count"] for r in mine if r["policy_dkim"] == "pass" or r["policy_spf"] == "pass"
+    )
+    services: dict = {}
+    sources: dict = {}
+    for r in mine:
+        name = r["service_name"] or r["as_org"]
+        services[name] = services.get(name, 0) + r["message_count"]
+        sources[r["source_ip"]] = sources.get(r["source_ip"], 0) + r["message_count"]
+    assert {s["service"]: s["messages"] for s in data["services"]} == services
+    assert {s["source_ip"]: s["messages"] for s in data["sources"]} == sources
+    assert "198.51.100.1" not in sources  # news.example's sender: not on shop.example's page
+    assert data["subdomains"] == [
+        {
+            "header_from": "shop.example",
+            "messages": data["messages"],
+            "dmarc_pass": data["dmarc_pass"],
+            "aligned_pass": data["aligned_pass"],
+            "sources": len(sources),
+            "pass_rate": data["dmarc_pass_rate"],
+            "aligned_rate": data["aligned_rate"],
+        }
+    ]
+    assert [(r["report_org"], r["reports"]) for r in data["reporters"]] == [(mine[0]["report_org"], 5)]
+    assert data["readiness"]["domain"] == "shop.example" and data["readiness"]["ready"] is False
+    # all time, tiny.example's three days; a window after them is an empty page, not an error
+    tiny = client.get("/api/domains/tiny.example").json()
+    assert tiny["reports"] == 3 and tiny["messages"] == 15 and tiny["last_day"] == str(START + dt.timedelta(days=2))
+    empty = client.get("/domains/tiny.example", params={"from": str(last), "to": str(last)})
+    assert empty.status_code == 200 and "falls in this window" in empty.text
+    page = client.get("/domains/shop.example", params={"window": "all"}).text
+    assert 'id="domain">shop.example<' in page and 'href="/sources/203.0.113.1"' in page and "SendGrid" in page
+    assert 'href="/domains/shop.example"' in client.get("/domains").text  # the list links each domain
+    # a domain no report of this customer names, or another tenant's: not found
+    assert client.get("/api/domains/nowhere.example").status_code == 404
+    assert client.get("/domains/nowhere.example").status_code == 404
+    # another tenant's domain: it exists, for them alone
+    rows = synthetic_enriched_table(1, seed=2, customer_id=shop["other"], day=START, report_id="theirs").to_pylist()
+    rows[0].update(policy_domain="theirs-only.example", header_from="theirs-only.example")
+    key = f"{stack.enriched_prefix}customer={shop['other']}/dt={START}/theirs-only.parquet"
+    body = parquet_bytes(pa.Table.from_pylist(rows, schema=ENRICHED_ARROW_SCHEMA))
+    s3 = clients("s3")
+    etag = s3.put_object(Bucket=stack.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        load_object(conn, s3, ObjectVersion(stack.enriched_bucket, key, etag, etag=etag))
+    refresh(stack.database_url)
+    other = _client(shop, shop["other_token"])
+    assert other.get("/api/domains/theirs-only.example").json()["messages"] == rows[0]["message_count"]
+    assert client.get("/api/domains/theirs-only.example").status_code == 404
+    assert client.get("/domains/theirs-only.example").status_code == 404
