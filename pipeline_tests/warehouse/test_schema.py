@@ -75,23 +75,29 @@ def test_ledger_is_append_only(scratch_db):
             conn.execute(end, (again,))
 
 
+def _migrations_before(tmp_path, version: int):
+    """A folder holding the migrations older than ``version``: a warehouse as it was before it."""
+    import shutil
+
+    from pipeline.warehouse.schema import MIGRATIONS
+
+    folder = tmp_path / f"before-{version:04d}"
+    folder.mkdir()
+    for m in migrations():
+        if m.version < version:
+            shutil.copy(MIGRATIONS / f"{m.version:04d}_{m.name}.sql", folder)
+    return folder
+
+
 def test_the_incremental_rollups_migration_on_a_populated_warehouse(scratch_db, tmp_path):
     """Migration 0017 on a warehouse that has events and projections: the rollups it reshapes are
     emptied and every projected slice is marked, so the next refresh rebuilds them from the daily
     rows; the result is what a full rebuild gives."""
-    import shutil
-
     from psycopg import sql
 
     from pipeline.warehouse.projections import rebuild, refresh
-    from pipeline.warehouse.schema import MIGRATIONS
 
-    before = tmp_path / "before"
-    before.mkdir()
-    for m in migrations():
-        if m.version < 17:
-            shutil.copy(MIGRATIONS / f"{m.version:04d}_{m.name}.sql", before)
-    migrate(scratch_db, before)
+    migrate(scratch_db, _migrations_before(tmp_path, 17))
     with psycopg.connect(scratch_db, autocommit=True) as conn:
         (ledger,) = conn.execute(CLAIM + " RETURNING ledger_id").fetchone()
         conn.execute(
@@ -112,12 +118,7 @@ def test_the_incremental_rollups_migration_on_a_populated_warehouse(scratch_db, 
             "VALUES ('c1', '192.0.2.1', 20, 20, '2026-05-01', '2026-05-10')"
         )
         conn.execute("DELETE FROM projection_dirty")
-    upto = tmp_path / "upto17"
-    upto.mkdir()
-    for m in migrations():
-        if m.version <= 17:
-            shutil.copy(MIGRATIONS / f"{m.version:04d}_{m.name}.sql", upto)
-    assert migrate(scratch_db, upto) == [17]
+    assert migrate(scratch_db, _migrations_before(tmp_path, 18)) == [17]
     with psycopg.connect(scratch_db) as conn:
         assert conn.execute("SELECT count(*) FROM source_summary").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM projection_dirty WHERE customer_id = 'c1'").fetchone()[0] == 10
@@ -141,17 +142,9 @@ def test_the_domain_sources_migration_fills_its_projection_at_the_next_refresh(s
     """Migration 0018 (a domain's sources and header_from subdomains, issue #25) on a projected,
     clean warehouse: every projected slice is marked, and the next refresh fills the new table as
     a rebuild does."""
-    import shutil
-
     from pipeline.warehouse.projections import rebuild, refresh
-    from pipeline.warehouse.schema import MIGRATIONS
 
-    before = tmp_path / "before"
-    before.mkdir()
-    for m in migrations():
-        if m.version < 18:
-            shutil.copy(MIGRATIONS / f"{m.version:04d}_{m.name}.sql", before)
-    migrate(scratch_db, before)
+    migrate(scratch_db, _migrations_before(tmp_path, 18))
     with psycopg.connect(scratch_db, autocommit=True) as conn:
         (ledger,) = conn.execute(CLAIM + " RETURNING ledger_id").fetchone()
         conn.execute(
