@@ -18,6 +18,15 @@ several versions of a key is deleted; S3 sends ``ObjectRemoved:DeleteMarkerCreat
 (PIPELINE_BUCKET_VERSIONING=1) notifies the importer of every change, as in production. (moto's
 records still carry no ``sequencer``; tests that need one build their events by hand.)
 
+Request dispatch: moto's server picks each request's backend under one process-wide lock, and
+inside it lists moto's package directory (``os.listdir`` and ~150 ``isdir`` calls) every time:
+half of the server's time in a collector's burst of uploads, and every other request queued
+behind it. The list is the installed package's and does not change: it is read once.
+
+SNS deliveries: moto builds and signs a new X.509 certificate for every message it delivers, and
+keeps every one in memory (a leak that grows with the messages sent, ~8% of the server's time in
+an upload burst). A subscription's certificate is built once now; each message is still signed.
+
 ``python -m pipeline.local.moto_server`` takes moto.server's arguments.
 """
 
@@ -106,11 +115,87 @@ def patch_s3_versioned_events() -> None:
     S3Backend.delete_object = delete_object
 
 
+def patch_dispatch() -> None:
+    from moto import backends
+
+    modules = frozenset(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+
+
+def patch_sns_signing() -> None:
+    import base64
+    from datetime import timedelta
+
+    import cryptography.x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.x509 import Name, NameAttribute
+    from cryptography.x509.oid import NameOID
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.utils import iso_8601_datetime_with_milliseconds, utcnow
+    from moto.moto_api._internal import mock_random
+    from moto.sns.models import Subscription, sns_backends
+
+    def certificate(self) -> str:
+        """The subscription's signing certificate, built and published once: its PEM's name."""
+        if getattr(self, "_pipeline_cert_name", None) is None:
+            key = self.private_key()
+            issuer = [
+                NameAttribute(NameOID.COUNTRY_NAME, "US"),
+                NameAttribute(NameOID.ORGANIZATION_NAME, "Amazon"),
+                NameAttribute(NameOID.COMMON_NAME, "Amazon RSA 2048 M01"),
+            ]
+            cert = (
+                cryptography.x509.CertificateBuilder()
+                .subject_name(Name([NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")]))
+                .issuer_name(Name(issuer))
+                .public_key(key.public_key())
+                .serial_number(cryptography.x509.random_serial_number())
+                .not_valid_before(utcnow())
+                .not_valid_after(utcnow() + timedelta(days=365))
+                .sign(key, hashes.SHA256())
+            )
+            name = f"SimpleNotificationService-{str(mock_random.uuid4()).replace('-', '')}.pem"
+            region = self.topic.sns_backend.region_name
+            keys = sns_backends[DEFAULT_ACCOUNT_ID][region]._message_public_keys
+            keys[name] = cert.public_bytes(serialization.Encoding.PEM)
+            self._pipeline_cert_name = name
+        return self._pipeline_cert_name
+
+    def get_post_data(self, message, message_id, subject, message_attributes=None) -> dict:
+        name = certificate(self)
+        region = self.topic.sns_backend.region_name
+        timestamp = iso_8601_datetime_with_milliseconds()
+        signed = f"Message\n{message}\nMessageId\n{message_id}\nTimestamp\n{timestamp}\nTopicArn\n{self.topic.arn}\n"
+        signed += "Type\nNotification\n"
+        signature = self.private_key().sign(signed.encode("UTF-8"), padding.PKCS1v15(), hashes.SHA256())
+        post_data = {
+            "Type": "Notification",
+            "MessageId": message_id,
+            "TopicArn": self.topic.arn,
+            "Message": message,
+            "Timestamp": timestamp,
+            "SignatureVersion": "2",
+            "Signature": base64.b64encode(signature).decode("utf-8"),
+            "SigningCertURL": f"https://sns.{region}.amazonaws.com/{name}",
+            "UnsubscribeURL": f"https://sns.{region}.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={self.arn}",
+        }
+        if subject:
+            post_data["Subject"] = subject
+        if message_attributes:
+            post_data["MessageAttributes"] = message_attributes
+        return post_data
+
+    Subscription.get_post_data = get_post_data
+
+
 def main(argv: list[str] | None = None) -> None:
     from moto.server import main as moto_main
 
     patch_sqs()
     patch_s3_versioned_events()
+    patch_dispatch()
+    patch_sns_signing()
     moto_main(argv if argv is not None else sys.argv[1:])
 
 

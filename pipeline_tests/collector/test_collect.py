@@ -161,6 +161,43 @@ def test_transient_errors_are_retried_with_backoff(stack, clients, tmp_path):
     assert summary.objects_written == [report.key()] and sleeps == [0.5, 1.0]
 
 
+def test_small_bodies_go_as_bytes_and_large_ones_stream_from_the_spool(stack, clients, tmp_path, monkeypatch):
+    """A body up to IN_MEMORY_BODY_BYTES is PUT from memory (no ``Expect: 100-continue`` round trip),
+    a larger one straight from its spool file; S3 holds each exactly as spooled either way."""
+    from pipeline.collector import collect as collect_module
+
+    real = clients("s3")
+    sent: dict[str, str] = {}
+
+    class Recording:
+        def head_object(self, **kw):
+            return real.head_object(**kw)
+
+        def put_object(self, **kw):
+            sent[kw["Key"]] = "bytes" if isinstance(kw["Body"], bytes) else "file"
+            return real.put_object(**kw)
+
+    spool = Spool(tmp_path / "spool")
+    sizes = {}
+    for name in (
+        "usssa.com!example.com!1538784000!1538870399.xml",
+        "addisonfoods.com!example.com!1536105600!1536191999.xml",
+    ):
+        report = read_report(SAMPLES / name, customer())
+        spool.put(report.key(), report.body(), {"problems": "0"})
+        sizes[report.key()] = len(report.body())
+    small, large = sorted(sizes, key=sizes.get)
+    assert sizes[small] < sizes[large]
+    monkeypatch.setattr(collect_module, "IN_MEMORY_BODY_BYTES", sizes[small])
+    bodies = {item.key: item.body_path.read_bytes() for item in spool.pending()}
+    summary = CollectSummary()
+    flush(spool, Uploader(Recording(), stack.raw_bucket), summary)
+    assert sent == {small: "bytes", large: "file"}
+    assert sorted(summary.objects_written) == sorted(sizes)
+    for key, body in bodies.items():
+        assert real.get_object(Bucket=stack.raw_bucket, Key=key)["Body"].read() == body
+
+
 def _zip_bomb(path: Path) -> Path:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -1,5 +1,7 @@
-"""The local stack's moto server: SQS receive in linear time, retention still honoured."""
+"""The local stack's moto server: SQS receive in linear time, retention still honoured; request
+dispatch without a directory listing; one SNS signing certificate per subscription."""
 
+import base64
 import json
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pytest
 from moto import mock_aws
 from moto.sqs import models
 
-from pipeline.local.moto_server import patch_sqs
+from pipeline.local.moto_server import patch_dispatch, patch_sns_signing, patch_sqs
 
 
 @pytest.fixture
@@ -69,6 +71,57 @@ def test_expired_messages_are_still_not_delivered(patched_sqs):
     patched_sqs.send_message(QueueUrl=url, MessageBody="new")
     got = patched_sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
     assert [m["Body"] for m in got] == ["new"]
+
+
+def test_dispatch_lists_motos_modules_once(monkeypatch):
+    from moto import backends
+
+    monkeypatch.setattr(backends, "list_of_moto_modules", backends.list_of_moto_modules)  # restored after
+    expected = set(backends.list_of_moto_modules())
+    patch_dispatch()
+    listings = []
+    original = backends.os.listdir
+    monkeypatch.setattr(backends.os, "listdir", lambda *a: listings.append(a) or original(*a))
+    for _ in range(3):
+        assert "s3" in backends.list_of_moto_modules() and "sqs" in backends.list_of_moto_modules()
+    assert set(backends.list_of_moto_modules()) == expected
+    assert listings == []  # unpatched moto lists its package directory on every request
+
+
+def test_sns_deliveries_share_one_certificate_and_are_still_signed(monkeypatch):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from moto.sns import models as sns_models
+
+    monkeypatch.setattr(sns_models.Subscription, "get_post_data", sns_models.Subscription.get_post_data)
+    patch_sns_signing()
+    with mock_aws():
+        sns, sqs = boto3.client("sns", region_name="us-east-1"), boto3.client("sqs", region_name="us-east-1")
+        topic = sns.create_topic(Name="signed")["TopicArn"]
+        url = sqs.create_queue(QueueName="deliveries")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+        for n in range(5):
+            sns.publish(TopicArn=topic, Message=f"message {n}")
+        got = []
+        while len(got) < 5:
+            got += [
+                json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+            ]
+        keys = sns_models.sns_backends["123456789012"]["us-east-1"]._message_public_keys
+        urls = {m["SigningCertURL"] for m in got}
+        assert len(urls) == 1 and len(keys) == 1  # unpatched moto builds and keeps one per message
+        certificate = x509.load_pem_x509_certificate(keys[urls.pop().rsplit("/", 1)[1]])
+        for m in got:
+            signed = (
+                f"Message\n{m['Message']}\nMessageId\n{m['MessageId']}\nTimestamp\n{m['Timestamp']}\n"
+                f"TopicArn\n{m['TopicArn']}\nType\nNotification\n"
+            )
+            certificate.public_key().verify(  # raises when the signature is wrong
+                base64.b64decode(m["Signature"]), signed.encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+        assert sorted(m["Message"] for m in got) == [f"message {n}" for n in range(5)]
 
 
 def test_the_stack_runs_the_patched_server(stack, pipeline_home):
