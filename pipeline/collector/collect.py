@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
@@ -207,13 +208,23 @@ UPLOAD_THREADS = 8  # concurrent uploads: many small reports are round trips, no
 
 
 def flush(
-    spool: Spool, uploader: Uploader, summary: CollectSummary, progress: bool = False, threads: int = UPLOAD_THREADS
+    spool: Spool,
+    uploader: Uploader,
+    summary: CollectSummary,
+    progress: bool = False,
+    threads: int = UPLOAD_THREADS,
+    items: Iterable[PendingObject] | None = None,
+    total: int | None = None,
 ) -> None:
     """Upload what the spool holds, ``threads`` objects at a time (bounded: S3 is not flooded, a
     slow link is not oversubscribed); the caller holds ``spool.locked()``. An object leaves the
     spool only once S3 has it; when S3 is unreachable, no new upload starts and the rest stays
-    spooled for the next run."""
-    pending = list(spool.pending())
+    spooled for the next run. ``items`` (default: what the spool holds now) may be a generator
+    that spools as it goes: each object's upload starts as soon as it is spooled, so writing the
+    spool and uploading overlap."""
+    pending: Iterable[PendingObject] = list(spool.pending()) if items is None else items
+    if total is None and isinstance(pending, list):
+        total = len(pending)
     lock = threading.Lock()
     lists = {"written": summary.objects_written, "replaced": summary.objects_replaced, "exists": summary.already_in_s3}
 
@@ -233,7 +244,7 @@ def flush(
 
     with (
         ThreadPoolExecutor(max(1, threads), thread_name_prefix="upload") as pool,
-        tqdm(total=len(pending), desc="upload", unit="obj", disable=not progress or not pending) as bar,
+        tqdm(total=total, desc="upload", unit="obj", disable=not progress or not total) as bar,
     ):
         for _ in as_completed([pool.submit(one, item) for item in pending]):
             bar.update(1)
@@ -350,15 +361,24 @@ def collect(
             chosen[key] = (report, path, rank)
     s3 = s3 or client(settings, "s3", COLLECTOR_CLIENT)
     with spool.locked():  # another collector on this spool spools and uploads before or after us
-        for key, (report, path, _) in chosen.items():
-            summary.reports += 1
-            summary.records += len(report.records)
-            summary.messages += report.messages
-            if report.spilled is not None:
-                spool.adopt(key, report.spilled, _metadata(report, path))
-            else:
-                spool.put(key, report.body(), _metadata(report, path))
-        flush(spool, Uploader(s3, settings.raw_bucket), summary, progress)
+        # What an earlier run left (a key spooled again now is overwritten: it goes once), then
+        # this run's reports, each uploaded as soon as it is spooled.
+        leftovers = [item for item in spool.pending() if item.key not in chosen]
+
+        def spooled() -> Iterable[PendingObject]:
+            for key, (report, path, _) in chosen.items():
+                summary.reports += 1
+                summary.records += len(report.records)
+                summary.messages += report.messages
+                if report.spilled is not None:
+                    yield spool.adopt(key, report.spilled, _metadata(report, path))
+                else:
+                    yield spool.put(key, report.body(), _metadata(report, path))
+
+        items = itertools.chain(leftovers, spooled())
+        flush(
+            spool, Uploader(s3, settings.raw_bucket), summary, progress, items=items, total=len(leftovers) + len(chosen)
+        )
     summary.duplicates.extend(
         f"{chosen[key][1]} (already in S3 as {key})" for key in summary.already_in_s3 if key in chosen
     )

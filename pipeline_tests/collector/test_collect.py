@@ -198,6 +198,51 @@ def test_small_bodies_go_as_bytes_and_large_ones_stream_from_the_spool(stack, cl
         assert real.get_object(Bucket=stack.raw_bucket, Key=key)["Body"].read() == body
 
 
+def test_uploads_start_while_the_rest_is_still_being_spooled(stack, clients, tmp_path, monkeypatch):
+    """The first report is in S3 before the last one is spooled; what an earlier run left in the
+    spool goes out with them, once."""
+    import threading
+
+    real = clients("s3")
+    uploaded = threading.Event()
+
+    class Recording:
+        def head_object(self, **kw):
+            return real.head_object(**kw)
+
+        def put_object(self, **kw):
+            result = real.put_object(**kw)
+            uploaded.set()
+            return result
+
+    cid = customer()
+    spool = Spool(tmp_path / "spool")
+    left = read_report(SAMPLES / "veeam.com!example.com!1530133200!1530219600.xml", cid)
+    spool.put(left.key(), left.body(), {"problems": "0"})  # an earlier run's, S3 was down
+    names = [
+        "addisonfoods.com!example.com!1536105600!1536191999.xml",
+        "example.net!example.com!1529366400!1529452799.xml",
+        "ikea.com!example.de!1538690400!1538776800.xml",
+        "usssa.com!example.com!1538784000!1538870399.xml",
+    ]
+    waited: list[bool] = []
+    real_put = Spool.put
+
+    def put(self, key, body, metadata):
+        if len(waited) == len(names) - 1:  # the last report: S3 already has an earlier one
+            waited.append(uploaded.wait(timeout=20))
+        else:
+            waited.append(True)
+        return real_put(self, key, body, metadata)
+
+    monkeypatch.setattr(Spool, "put", put)
+    summary = collect([SAMPLES / n for n in names], cid, stack, spool, s3=Recording())
+    assert waited == [True] * len(names)  # False: no upload had started when the last was spooled
+    assert summary.reports == len(names) and summary.pending_in_spool == 0
+    assert left.key() in summary.objects_written and len(summary.objects_written) == len(names) + 1
+    assert len(raw_objects(real, stack.raw_bucket, cid)) == len(names) + 1
+
+
 def _zip_bomb(path: Path) -> Path:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
