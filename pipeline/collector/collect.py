@@ -111,6 +111,8 @@ def _metadata(report: NormalizedReport, source: Path) -> dict[str, str]:
 
 
 IN_MEMORY_BODY_BYTES = 8 * 1024 * 1024  # bodies up to this are PUT from memory (x UPLOAD_THREADS at most)
+MULTIPART_FROM_BYTES = 64 * 1024 * 1024  # larger bodies go in parts (S3: one PUT takes at most 5 GB)
+MULTIPART_PART_BYTES = 16 * 1024 * 1024  # S3: at least 5 MiB a part, at most 10,000 parts
 
 
 class Uploader:
@@ -166,6 +168,8 @@ class Uploader:
         botocore sends any file body with ``Expect: 100-continue`` and reads it through its
         file handling, a third of a small PUT's client time."""
         extra = {"IfNoneMatch": "*"} if only_if_new else {}
+        if item.body_path.stat().st_size > MULTIPART_FROM_BYTES:
+            return self._put_multipart(item, extra)
 
         def put() -> None:
             with open(item.body_path, "rb") as body:
@@ -184,6 +188,53 @@ class Uploader:
             self._retrying(put, item.key)
         except ClientError as exc:
             if only_if_new and exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
+                return False
+            raise
+        return True
+
+    def _put_multipart(self, item: PendingObject, extra: dict) -> bool:
+        """A large body in parts of MULTIPART_PART_BYTES, read from the spool file one part at a
+        time (memory: one part), each part retried on its own, so a dropped connection costs a
+        part and not the whole report. The condition (``If-None-Match``) is checked when the
+        upload completes, as S3 does: a key written meanwhile is an answer (False), and the parts
+        are discarded. Any failure aborts the upload; the raw bucket's lifecycle rule removes
+        what a collector that died mid-upload left (deploy/cloudformation/pipeline.yaml)."""
+        upload_id = self._retrying(
+            lambda: self.s3.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=item.key,
+                Metadata=item.metadata,
+                ContentType="application/x-ndjson",
+                ContentEncoding="gzip",
+            )["UploadId"],
+            item.key,
+        )
+        try:
+            parts = []
+            with open(item.body_path, "rb") as body:
+                while chunk := body.read(MULTIPART_PART_BYTES):
+                    number = len(parts) + 1
+
+                    def part(chunk=chunk, number=number) -> str:
+                        return self.s3.upload_part(
+                            Bucket=self.bucket, Key=item.key, UploadId=upload_id, PartNumber=number, Body=chunk
+                        )["ETag"]
+
+                    parts.append({"PartNumber": number, "ETag": self._retrying(part, f"{item.key} part {number}")})
+            self._retrying(
+                lambda: self.s3.complete_multipart_upload(
+                    Bucket=self.bucket, Key=item.key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **extra
+                ),
+                item.key,
+            )
+        except BaseException as exc:
+            with suppress(ClientError, BotoCoreError):
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=item.key, UploadId=upload_id)
+            refused = isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in {
+                "PreconditionFailed",
+                "412",
+            }
+            if extra and refused:
                 return False
             raise
         return True

@@ -198,6 +198,63 @@ def test_small_bodies_go_as_bytes_and_large_ones_stream_from_the_spool(stack, cl
         assert real.get_object(Bucket=stack.raw_bucket, Key=key)["Body"].read() == body
 
 
+def test_a_large_body_goes_in_parts_conditionally_and_a_failed_part_is_retried_alone(
+    stack, clients, monkeypatch, tmp_path
+):
+    """Past MULTIPART_FROM_BYTES a body is a multipart upload, read one part at a time: S3 holds it
+    whole with its metadata; a part that fails once is sent again alone; a second copy of the key
+    is refused when the upload completes (If-None-Match) and its parts are aborted, not left."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from pipeline.collector import collect as collect_module
+
+    part_bytes = 5 * 1024 * 1024  # S3's smallest part
+    monkeypatch.setattr(collect_module, "MULTIPART_FROM_BYTES", part_bytes)
+    monkeypatch.setattr(collect_module, "MULTIPART_PART_BYTES", part_bytes)
+    real = clients("s3")
+    calls: list[str] = []
+
+    class Flaky:
+        failures = {2: 1}  # part 2 fails once
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def put_object(self, **kw):
+            calls.append("put_object")
+            return real.put_object(**kw)
+
+        def upload_part(self, **kw):
+            calls.append(f"part {kw['PartNumber']} ({len(kw['Body'])})")
+            if self.failures.get(kw["PartNumber"]):
+                self.failures[kw["PartNumber"]] -= 1
+                raise EndpointConnectionError(endpoint_url="http://s3")
+            return real.upload_part(**kw)
+
+    key = f"raw/customer={customer()}/dt=2020-01-01/large_{uuid.uuid4().hex}.jsonl.gz"
+    body = os.urandom(2 * part_bytes + 1000)
+    spool = Spool(tmp_path / "spool")
+    spool.put(key, body, {"problems": "0", "records": "3"})
+    summary = CollectSummary()
+    sleeps: list[float] = []
+    flush(spool, Uploader(Flaky(), stack.raw_bucket, sleep=sleeps.append), summary)
+    assert summary.objects_written == [key] and summary.pending_in_spool == 0
+    sizes = f"({part_bytes})"
+    assert calls == [f"part 1 {sizes}", f"part 2 {sizes}", f"part 2 {sizes}", "part 3 (1000)"] and sleeps == [0.5]
+    stored = real.get_object(Bucket=stack.raw_bucket, Key=key)
+    assert stored["Body"].read() == body
+    assert stored["Metadata"] == {"problems": "0", "records": "3"} and stored["ContentEncoding"] == "gzip"
+
+    # Another copy, more damaged, of a key S3 has: refused at completion, parts aborted, S3 unchanged.
+    spool.put(key, os.urandom(part_bytes + 10), {"problems": "2"})
+    again = CollectSummary()
+    flush(spool, Uploader(real, stack.raw_bucket), again)
+    assert again.already_in_s3 == [key] and again.objects_written == []
+    assert real.get_object(Bucket=stack.raw_bucket, Key=key)["Body"].read() == body
+    left = real.list_multipart_uploads(Bucket=stack.raw_bucket, Prefix=key).get("Uploads", [])
+    assert left == []
+
+
 def test_uploads_start_while_the_rest_is_still_being_spooled(stack, clients, tmp_path, monkeypatch):
     """The first report is in S3 before the last one is spooled; what an earlier run left in the
     spool goes out with them, once."""

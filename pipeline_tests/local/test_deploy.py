@@ -190,7 +190,7 @@ def collector_reach(template: dict) -> list[str]:
     for statement in _statements(template, "CollectorRole"):
         if statement["Effect"] != "Allow":
             continue
-        extra = set(_as_list(statement["Action"])) - {"s3:PutObject", "s3:GetObject"}
+        extra = set(_as_list(statement["Action"])) - {"s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"}
         if extra:
             problems.append(f"{statement['Sid']}: actions {sorted(extra)}")
         for resource in _as_list(statement["Resource"]):
@@ -216,6 +216,19 @@ def test_a_collector_reaches_only_its_own_customers_raw_prefix():
         broken = copy.deepcopy(template)
         _statements(broken, "CollectorRole")[0].update(damage)
         assert collector_reach(broken), damage
+
+
+def test_a_large_reports_parts_are_never_left_behind():
+    """The collector uploads a large report in parts: its role may abort its own failed uploads,
+    and the raw bucket discards what a collector that died mid-upload left."""
+    actions = {a for s in _statements(_load(COLLECTOR), "CollectorRole") for a in _as_list(s["Action"])}
+    assert "s3:AbortMultipartUpload" in actions
+    rules = _load(REPO_ROOT / "deploy" / "cloudformation" / "pipeline.yaml")["Resources"]["RawBucket"]["Properties"][
+        "LifecycleConfiguration"
+    ]["Rules"]
+    assert [r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] for r in rules if r["Status"] == "Enabled"] == [
+        1
+    ]
 
 
 def test_production_keeps_compute_logs_in_s3_and_ticks_for_a_bounded_time(monkeypatch):
