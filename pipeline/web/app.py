@@ -22,6 +22,8 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+import psycopg
+import psycopg_pool
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -150,9 +152,29 @@ class Refresher:
             time.sleep(0.05)
 
 
-def _page(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
+def _data_through(request: Request, customer: str | None) -> dict | None:
+    """Every signed-in page's "data through" stamp; a page that cannot read it (the warehouse is
+    what failed) is still shown, without it."""
+    if customer is None:
+        return None
+    try:
+        with request.app.state.warehouse.tenant(customer) as conn:
+            return queries.data_through(conn, customer)
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        log.warning("web data-through stamp unavailable for %s: %s", customer, exc)
+        return None
+
+
+def _page(request: Request, template: str, status: int = 200, stamp: bool = True, **context) -> HTMLResponse:
+    """A page for the signed-in customer; ``stamp=False`` for pages outside the data (sign-in,
+    errors, rendered on the event loop: no query there)."""
+    customer = _customer(request)
     html = TEMPLATES.get_template(template).render(
-        request=request, customer=_customer(request), csrf=_csrf_token(request), **context
+        request=request,
+        customer=customer,
+        csrf=_csrf_token(request),
+        through=_data_through(request, customer) if stamp else None,
+        **context,
     )
     return HTMLResponse(html, status_code=status)
 
@@ -170,13 +192,15 @@ async def login(request: Request) -> Response:
     from starlette.concurrency import run_in_threadpool
 
     if request.method == "GET":
-        return _page(request, "login.html")
+        return _page(request, "login.html", stamp=False)
     form = await request.form()
     if not request.session.get("csrf") or not hmac.compare_digest(
         str(form.get("csrf", "")), request.session.get("csrf", "")
     ):
         log.info("web sign-in without a valid form token from %s", request.client.host if request.client else "?")
-        return _page(request, "login.html", status=403, error="The sign-in form expired: please sign in again.")
+        return _page(
+            request, "login.html", stamp=False, status=403, error="The sign-in form expired: please sign in again."
+        )
 
     def sign_in():
         with request.app.state.warehouse.service() as conn:
@@ -185,7 +209,7 @@ async def login(request: Request) -> Response:
     signed = await run_in_threadpool(sign_in)
     if signed is None:
         log.info("web sign-in refused from %s", request.client.host if request.client else "?")
-        return _page(request, "login.html", status=401, error="That token is not valid.")
+        return _page(request, "login.html", stamp=False, status=401, error="That token is not valid.")
     request.session.clear()
     request.session["sid"] = signed[1]
     return RedirectResponse("/", status_code=303)
@@ -793,7 +817,7 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
         message = str(exc.detail)
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=exc.status_code)
-    return _page(request, "error.html", status=exc.status_code, message=message)
+    return _page(request, "error.html", stamp=False, status=exc.status_code, message=message)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

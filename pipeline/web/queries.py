@@ -7,6 +7,7 @@ says; the explicit ``customer_id`` filters below are for the planner, not for sa
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,6 +127,24 @@ def _totals(conn, customer_id: str, window: Window) -> dict:
     }
 
 
+def data_through(conn, customer_id: str) -> dict:
+    """How current the customer's figures are, shown on every page: the end of the latest
+    reporting period among its loaded reports, and the last day that has data (two index lookups:
+    daily_reports by report end, and by day)."""
+    row = conn.execute(
+        """SELECT (SELECT report_end FROM daily_reports WHERE customer_id = %(c)s AND report_end IS NOT NULL
+                   ORDER BY report_end DESC LIMIT 1) AS report_end,
+                  (SELECT max(day) FROM daily_reports WHERE customer_id = %(c)s) AS day""",
+        {"c": customer_id},
+    ).fetchone()
+    end, day = row["report_end"], row["day"]
+    return {
+        "report_end": end.astimezone(dt.UTC).isoformat() if end else None,
+        "last_day": day.isoformat() if day else None,
+        "label": f"{end.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if end else None,
+    }
+
+
 def overview(conn, customer_id: str, window: Window = ALL) -> dict:
     """The customer's figures over ``window``; a bounded window beside the one before it
     (``previous``: the same figures, and ``change``: messages in percent, pass rate in points)."""
@@ -145,6 +164,7 @@ def overview(conn, customer_id: str, window: Window = ALL) -> dict:
         data["change"] = _change(data, data["previous"])
     data["trend"] = [{k: (v.isoformat() if k == "day" else int(v)) for k, v in row.items()} for row in trend]
     data["domains"] = domains(conn, customer_id, window)
+    data["data_through"] = data_through(conn, customer_id)
     return data
 
 

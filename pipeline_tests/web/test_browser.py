@@ -163,6 +163,8 @@ def test_a_window_and_a_domain_page_in_chromium(browser, site):
     assert page.locator("#window-label").inner_text() == "2026-11-02 → 2026-11-03"
     page.locator("#domains a").first.click()
     assert page.locator("h1#domain").count() == 1 and page.locator("svg.chart rect.bar").count() == 2
+    # how current the figures are, whatever the window: the latest report (day 11-03) ends that day
+    assert page.locator("#data-through").inner_text().startswith("Data through 2026-11-03 ")
     assert page.locator("#sources tr").count() >= 2 and page.locator("#reporters tr").count() >= 2
     page.screenshot(path=str(SCREENSHOTS / "domain.png"), full_page=True)
     page.click("#window a[data-window='7d']")  # a week before today: none of these reports

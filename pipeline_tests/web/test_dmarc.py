@@ -745,3 +745,45 @@ def test_a_domain_page_shows_its_trend_services_sources_subdomains_reporters_and
     assert other.get("/api/domains/theirs-only.example").json()["messages"] == rows[0]["message_count"]
     assert client.get("/api/domains/theirs-only.example").status_code == 404
     assert client.get("/domains/theirs-only.example").status_code == 404
+
+
+def test_every_page_says_how_current_its_tenants_data_is(stack, clients, shop):
+    """Each signed-in page shows "data through": the end of the latest reporting period loaded for
+    that customer, whatever another tenant loaded later; the overview API and the report command
+    carry it; a customer without reports is told so."""
+    truth = max(r["report_end"] for r in shop["records"]).astimezone(dt.UTC)
+    last_day = max(r["day"] for r in shop["records"])
+    stamp = f"Data through {truth:%Y-%m-%d %H:%M} UTC"
+    # another tenant, one report a month after the shop's last: it moves its own stamp only
+    later, s3 = new_customer(), clients("s3")
+    day = LAST + dt.timedelta(days=30)
+    rows = synthetic_enriched_table(1, seed=2, customer_id=later, day=day, report_id=f"{later}-late").to_pylist()
+    key = f"{stack.enriched_prefix}customer={later}/dt={day}/late.parquet"
+    body = parquet_bytes(pa.Table.from_pylist(rows, schema=ENRICHED_ARROW_SCHEMA))
+    etag = s3.put_object(Bucket=stack.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        load_object(conn, s3, ObjectVersion(stack.enriched_bucket, key, etag, etag=etag))
+    refresh(stack.database_url)
+
+    client = _client(shop)
+    pages = ["/", "/domains", "/domains/shop.example", "/services", "/readiness", "/sources", "/alerts", "/more"]
+    pages += ["/health", f"/sources/{shop['records'][0]['source_ip']}"]
+    for path in pages:
+        html = client.get(path).text
+        assert 'id="data-through"' in html and stamp in html, path
+        assert f"the last day with data: {last_day}" in html, path
+    assert client.get("/api/overview").json()["data_through"] == {
+        "report_end": truth.isoformat(),
+        "last_day": str(last_day),
+        "label": f"{truth:%Y-%m-%d %H:%M} UTC",
+    }
+    assert _cli("report", "--customer", shop["customer"], "--json")["data_through"]["report_end"] == truth.isoformat()
+
+    theirs = max(r["report_end"] for r in rows).astimezone(dt.UTC)
+    assert (
+        f"Data through {theirs:%Y-%m-%d %H:%M} UTC"
+        in _client(shop, issue_token(stack.database_url, later)).get("/").text
+    )
+    empty = _client(shop, issue_token(stack.database_url, new_customer())).get("/domains").text
+    assert "No reports loaded yet" in empty
+    assert 'id="data-through"' not in TestClient(shop["app"]).get("/login").text  # not signed in: no stamp
