@@ -738,7 +738,8 @@ def _stream_sources(warehouse, customer: str, query, batch: int = 5_000):
         key = float(last["sort_key"]) if isinstance(last["sort_key"], Decimal) else last["sort_key"]
         query = dataclasses.replace(query, after=(key, last["source_ip"]))
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=[k for k in rows[0] if k != "sort_key"], extrasaction="ignore")
+        fields = [k for k in rows[0] if k not in {"sort_key", "window_sources"}]  # the query's own, not the export's
+        writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
         if header:
             writer.writeheader()
             header = False

@@ -259,41 +259,38 @@ def decode_cursor(raw: str | None, sort: str) -> tuple | None:
     return (key, source_ip) if isinstance(key, str) else None
 
 
-# A window's sources: their figures summed over the window's days (daily_source_summary, read by
-# its key), their attributes (service, classification, search text) from their all-days row.
-_WINDOWED_SOURCES = """(
+# A window's figures per source: its daily rows summed over the window's days (daily_source_summary,
+# read by its key), and the window's distinct sources counted in the same pass.
+_WINDOW_SUMS = """SELECT source_ip, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
+           sum(aligned_pass) AS aligned_pass, sum(verdict_disagreements) AS verdict_disagreements,
+           min(day) AS first_day, max(day) AS last_day,
+           round(sum(dmarc_pass)::numeric / nullif(sum(messages), 0), 4)::double precision AS pass_rate,
+           count(*) OVER () AS window_sources
+    FROM daily_source_summary WHERE customer_id = %(c)s AND day BETWEEN %(first)s AND %(last)s
+    GROUP BY source_ip"""
+
+# A window's sources with their attributes (service, classification, search text) from their
+# all-days row: what a filter or an attribute sort reads.
+_WINDOWED_SOURCES = f"""(
     SELECT s.customer_id, s.source_ip, s.asn, s.as_org, s.country, s.service_name, s.service, s.sender_category,
            s.classification, s.trust_score, s.search, w.messages, w.dmarc_pass, w.aligned_pass,
-           w.verdict_disagreements, w.first_day, w.last_day,
-           round(w.dmarc_pass::numeric / nullif(w.messages, 0), 4)::double precision AS pass_rate
-    FROM (SELECT source_ip, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
-                 sum(aligned_pass) AS aligned_pass, sum(verdict_disagreements) AS verdict_disagreements,
-                 min(day) AS first_day, max(day) AS last_day
-          FROM daily_source_summary WHERE customer_id = %(c)s AND day BETWEEN %(first)s AND %(last)s
-          GROUP BY source_ip) w
+           w.verdict_disagreements, w.first_day, w.last_day, w.pass_rate
+    FROM ({_WINDOW_SUMS}) w
     JOIN source_summary s ON s.customer_id = %(c)s AND s.source_ip = w.source_ip
 ) AS windowed"""
 
-
 # A window's page of sources sorted by its own figures, unfiltered: the page's rows are chosen
 # from the window's sums alone, and only they are joined with their all-days rows (attributes).
-_WINDOWED_PAGE = """
+_WINDOWED_PAGE = f"""
 SELECT w.source_ip, s.asn, s.as_org, s.country, s.service_name, s.service, s.sender_category, s.classification,
        s.trust_score, w.messages, w.dmarc_pass, w.aligned_pass, w.verdict_disagreements, w.pass_rate,
-       w.first_day, w.last_day, w.sort_key
+       w.first_day, w.last_day, w.sort_key, w.window_sources
 FROM (
-    SELECT a.*, {key} AS sort_key FROM (
-        SELECT source_ip, sum(messages) AS messages, sum(dmarc_pass) AS dmarc_pass,
-               sum(aligned_pass) AS aligned_pass, sum(verdict_disagreements) AS verdict_disagreements,
-               min(day) AS first_day, max(day) AS last_day,
-               round(sum(dmarc_pass)::numeric / nullif(sum(messages), 0), 4)::double precision AS pass_rate
-        FROM daily_source_summary WHERE customer_id = %(c)s AND day BETWEEN %(first)s AND %(last)s
-        GROUP BY source_ip
-    ) a {keyset}
-    ORDER BY {key} {direction}, source_ip {direction} LIMIT %(limit)s{offset}
+    SELECT a.*, {{key}} AS sort_key FROM ({_WINDOW_SUMS}) a {{keyset}}
+    ORDER BY {{key}} {{direction}}, source_ip {{direction}} LIMIT %(limit)s{{offset}}
 ) w
 LEFT JOIN source_summary s ON s.customer_id = %(c)s AND s.source_ip = w.source_ip
-ORDER BY w.sort_key {direction}, w.source_ip {direction}
+ORDER BY w.sort_key {{direction}}, w.source_ip {{direction}}
 """
 FIGURE_SORTS = frozenset({"messages", "pass_rate", "ip"})  # sorts a window's sums alone can order
 
@@ -386,8 +383,12 @@ def sources(conn, customer_id: str, query: SourceQuery) -> dict:
     summary = conn.execute(
         "SELECT sources, categories FROM customer_summary WHERE customer_id = %s", (customer_id,)
     ).fetchone() or {"sources": 0, "categories": []}
+    rows = source_rows(conn, customer_id, query)
+    counted = [row.pop("window_sources") for row in rows if "window_sources" in row]
     if len(where) == 1 and not query.window.bounded:  # the count is kept by the projections
         total = int(summary["sources"])
+    elif counted:  # a window's page by its own sums: they counted the window's sources as they went
+        total = int(counted[0])
     elif len(where) == 1:  # a window's, unfiltered: its days' distinct sources, exact
         first, last = query.window.bounds
         total = conn.execute(
@@ -403,7 +404,6 @@ def sources(conn, customer_id: str, query: SourceQuery) -> dict:
             ),
             {**params, "cap": COUNT_CAP + 1},
         ).fetchone()["n"]
-    rows = source_rows(conn, customer_id, query)
     next_cursor = None
     if len(rows) == query.per_page:
         last = rows[-1]

@@ -600,6 +600,11 @@ def test_a_window_sums_its_days_and_compares_with_the_one_before(shop):
         "/api/sources", params={"from": str(first), "to": str(last), "per_page": 5, "after": page_one["next"]}
     ).json()  # keyset paging within the window
     assert [s["source_ip"] for s in page_one["items"] + page_two["items"]] == [s["source_ip"] for s in listed["items"]]
+    # the count is the window's wherever the page starts (the page's own query counts it)
+    assert page_one["total"] == page_two["total"] == len(by_source)
+    past = client.get("/api/sources", params={"from": str(first), "to": str(last), "page": 50}).json()
+    assert past["items"] == [] and past["total"] == len(by_source)
+    assert set(page_one["items"][0]) == set(client.get("/api/sources").json()["items"][0])  # no column of its own
     window = {"from": str(first), "to": str(last)}
     for sort, order in (("pass_rate", "asc"), ("org", "desc")):  # by the window's figures, by an attribute
         full = client.get("/api/sources", params={**window, "sort": sort, "order": order, "per_page": 200}).json()
@@ -613,6 +618,8 @@ def test_a_window_sums_its_days_and_compares_with_the_one_before(shop):
     assert searched["total"] == 1
     exported = client.get("/api/export/sources.csv", params={"from": str(first), "to": str(last)}).text
     assert {r["source_ip"]: int(r["messages"]) for r in csv.DictReader(io.StringIO(exported))} == by_source
+    all_time = client.get("/api/export/sources.csv", params={"window": "all"}).text
+    assert exported.splitlines()[0] == all_time.splitlines()[0]  # the same columns, whatever the window
     by_service: dict = {}
     for r in records:
         if first <= r["day"] <= last:
