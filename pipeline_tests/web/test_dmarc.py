@@ -104,13 +104,18 @@ def _load(settings, s3, customer: str) -> list[dict]:
         for row, record in zip(rows, records, strict=True):
             row.update(record, policy_domain=domain, header_from=domain, policy_p=policy, policy_pct=pct)
         everything += rows
-        key = f"{settings.enriched_prefix}customer={customer}/dt={day}/{domain}.parquet"
-        body = parquet_bytes(pa.Table.from_pylist(rows, schema=ENRICHED_ARROW_SCHEMA))
-        etag = s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            load_object(conn, s3, ObjectVersion(settings.enriched_bucket, key, etag, etag=etag))
+        _import(settings, s3, customer, day, domain, rows)
     refresh(settings.database_url)
     return everything
+
+
+def _import(settings, s3, customer: str, day: dt.date, name: str, rows: list[dict]) -> None:
+    """One enriched object of ``rows`` for the customer's day, loaded by the real loader."""
+    key = f"{settings.enriched_prefix}customer={customer}/dt={day}/{name}.parquet"
+    body = parquet_bytes(pa.Table.from_pylist(rows, schema=ENRICHED_ARROW_SCHEMA))
+    etag = s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        load_object(conn, s3, ObjectVersion(settings.enriched_bucket, key, etag, etag=etag))
 
 
 @pytest.fixture(scope="module")
@@ -765,11 +770,7 @@ def test_every_page_says_how_current_its_tenants_data_is(stack, clients, shop):
     later, s3 = new_customer(), clients("s3")
     day = LAST + dt.timedelta(days=30)
     rows = synthetic_enriched_table(1, seed=2, customer_id=later, day=day, report_id=f"{later}-late").to_pylist()
-    key = f"{stack.enriched_prefix}customer={later}/dt={day}/late.parquet"
-    body = parquet_bytes(pa.Table.from_pylist(rows, schema=ENRICHED_ARROW_SCHEMA))
-    etag = s3.put_object(Bucket=stack.enriched_bucket, Key=key, Body=body)["ETag"].strip('"')
-    with psycopg.connect(stack.database_url, autocommit=True) as conn:
-        load_object(conn, s3, ObjectVersion(stack.enriched_bucket, key, etag, etag=etag))
+    _import(stack, s3, later, day, "late", rows)
     refresh(stack.database_url)
 
     client = _client(shop)
