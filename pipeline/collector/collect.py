@@ -430,6 +430,8 @@ def collect(
         flush(
             spool, Uploader(s3, settings.raw_bucket), summary, progress, items=items, total=len(leftovers) + len(chosen)
         )
+        if summary.pending_in_spool:  # what S3 did not take must outlive a power loss: the caller archives its mail
+            spool.sync()
     summary.duplicates.extend(
         f"{chosen[key][1]} (already in S3 as {key})" for key in summary.already_in_s3 if key in chosen
     )

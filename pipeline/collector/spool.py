@@ -1,8 +1,9 @@
 """The collector's durable spool: what is collected is on local disk until S3 has it.
 
-Each pending object is two files, written atomically (temp file + rename + fsync): the gzip
-body and a JSON sidecar with its key and metadata. An upload removes them only after S3
-answered. A crash at any point leaves either nothing or a complete pending object.
+Each pending object is two files, written atomically (temp file + fsync + rename): the gzip
+body and a JSON sidecar with its key and metadata; the directory is fsynced once a collection
+has spooled (``sync``), so the renames outlive a power loss too. An upload removes them only
+after S3 answered. A crash at any point leaves either nothing or a complete pending object.
 
 Collectors that share a spool (two `pipeline collect` at once on one host) take turns to spool
 and upload (``locked``): each then uploads what the spool holds and counts what is left, never
@@ -103,6 +104,18 @@ class Spool:
                 continue
             doc = json.loads(meta_path.read_text())
             yield PendingObject(doc["key"], doc["metadata"], body_path, meta_path)
+
+    def sync(self) -> None:
+        """Make the spool's renames durable: ``_atomic_write`` fsyncs each file, but a rename lives
+        in the directory, and only an fsync of the directory keeps it through a power loss (not
+        only a crash). Once per collection, before its messages leave the inbox."""
+        if not self.root.exists():
+            return
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def remove(self, item: PendingObject) -> None:
         item.meta_path.unlink(missing_ok=True)

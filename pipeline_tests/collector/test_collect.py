@@ -116,8 +116,22 @@ def test_s3_down_spools_then_flushes_without_loss_or_duplicates(stack, clients, 
     summary = CollectSummary()
     from pipeline.collector import collect as collector_module
 
-    summary = collector_module.collect([SAMPLES], cid, dead, spool, s3=down)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):  # which files and directories the collection made durable
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", fsync)
+        summary = collector_module.collect([SAMPLES], cid, dead, spool, s3=down)
     assert summary.pending_in_spool == 12 and summary.exit_code == 3
+    # each pending file was fsynced before its rename, and the spool's directory once at the end,
+    # so that the renames outlive a power loss (the mailbox services archive the mail next)
+    root = os.path.realpath(spool.root)
+    assert synced[-1] == root and synced.count(root) == 1
+    assert len([p for p in synced if p.endswith(".tmp")]) == 24
     assert summary.objects_written == [] and summary.upload_errors
     assert raw_objects(clients("s3"), stack.raw_bucket, cid) == {}
 
