@@ -528,7 +528,7 @@ def more_page(request: Request) -> Response:
 # params[WINDOWED] is the request's window; the views in WINDOWED_VIEWS show it (the others are
 # all-time figures, and their pages say so).
 WINDOWED = "_window"
-WINDOWED_VIEWS = frozenset({"reports", "reporters", "domains"})
+WINDOWED_VIEWS = frozenset({"reports", "reporters", "domains", "countries", "disagreements"})
 
 
 def _domains_table(conn, customer, params):
@@ -580,7 +580,7 @@ TABLES = {
             ("messages", "Messages", "num"),
             ("pass_rate", "DMARC pass", "pct"),
         ],
-        lambda conn, customer, params: dmarc.countries(conn, customer),
+        lambda conn, customer, params: dmarc.countries(conn, customer, params[WINDOWED]),
         "No sources yet.",
     ),
     "disagreements": (
@@ -600,7 +600,7 @@ TABLES = {
             ("spf_result", "SPF result", ""),
             ("override_reasons", "Override", ""),
         ],
-        lambda conn, customer, params: dmarc.disagreements(conn, customer, 1000),
+        lambda conn, customer, params: dmarc.disagreements(conn, customer, 1000, params[WINDOWED]),
         "None: every receiver's verdict matches the alignment recomputed from its authentication results.",
     ),
 }

@@ -229,17 +229,19 @@ def readiness(conn, customer_id: str) -> list[dict]:
     return list(domains.values())
 
 
-def disagreements(conn, customer_id: str, limit: int = 100) -> list[dict]:
-    """Records where the receiver's verdict and the recomputed alignment differ, newest first."""
+def disagreements(conn, customer_id: str, limit: int = 100, window: Window = ALL) -> list[dict]:
+    """Records where the receiver's verdict and the recomputed alignment differ, newest first
+    (within the window's days: the partial index telemetry_events_disagreements is by day)."""
+    first, last = window.bounds
     rows = conn.execute(
         """SELECT day, report_org, report_id, policy_domain, source_ip, message_count, policy_dkim, policy_spf,
                   dkim_domain, dkim_result, spf_domain, spf_result, header_from, override_reasons,
                   receiver_pass(policy_dkim, policy_spf) AS dmarc_pass, coalesce(dmarc_pass, false) AS aligned_pass
            FROM telemetry_events
-           WHERE customer_id = %s
+           WHERE customer_id = %s AND day BETWEEN %s AND %s
              AND receiver_pass(policy_dkim, policy_spf) IS DISTINCT FROM coalesce(dmarc_pass, false)
            ORDER BY day DESC, report_id, record_index LIMIT %s""",
-        (customer_id, limit),
+        (customer_id, first, last, limit),
     ).fetchall()
     for row in rows:
         row["day"] = row["day"].isoformat() if row["day"] else None
@@ -280,12 +282,24 @@ def _results(conn, customer_id: str, source_ip: str, method: str, detail: str) -
     return rows
 
 
-def countries(conn, customer_id: str) -> list[dict]:
+def countries(conn, customer_id: str, window: Window = ALL) -> list[dict]:
+    """Messages and sources per country: all time from the sources' all-days rows, over a window
+    from its daily rows (a source counted once, in the country its rows name)."""
+    if not window.bounded:
+        rows = conn.execute(
+            """SELECT coalesce(country, '') AS country, count(*) AS sources, sum(messages) AS messages,
+                      sum(dmarc_pass) AS dmarc_pass
+               FROM source_summary WHERE customer_id = %s GROUP BY 1 ORDER BY 3 DESC, 1""",
+            (customer_id,),
+        ).fetchall()
+        return _volumes(rows)
+    first, last = window.bounds
     rows = conn.execute(
-        """SELECT coalesce(country, '') AS country, count(*) AS sources, sum(messages) AS messages,
+        """SELECT coalesce(country, '') AS country, count(DISTINCT source_ip) AS sources, sum(messages) AS messages,
                   sum(dmarc_pass) AS dmarc_pass
-           FROM source_summary WHERE customer_id = %s GROUP BY 1 ORDER BY 3 DESC, 1""",
-        (customer_id,),
+           FROM daily_source_summary WHERE customer_id = %s AND day BETWEEN %s AND %s
+           GROUP BY 1 ORDER BY 3 DESC, 1""",
+        (customer_id, first, last),
     ).fetchall()
     return _volumes(rows)
 

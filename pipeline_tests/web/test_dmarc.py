@@ -645,6 +645,44 @@ def test_a_window_sums_its_days_and_compares_with_the_one_before(shop):
     assert shop["customer"] not in theirs and shop["other"] in theirs
 
 
+def test_countries_and_disagreements_take_a_window(shop):
+    """The countries table over a window: per country, the messages and the distinct sources of
+    the window's source-days (a source-day's country as the daily projection names it, the
+    greatest of its rows'); the disagreements: only the window's records; both as CSV too."""
+    records, client = shop["records"], _client(shop)
+    first, last = START + dt.timedelta(days=14), START + dt.timedelta(days=17)
+    days: dict = {}
+    for r in records:
+        if first <= r["day"] <= last:
+            got = days.setdefault((r["day"], r["source_ip"]), {"country": r["country"] or "", "messages": 0})
+            got["country"] = max(got["country"], r["country"] or "")
+            got["messages"] += r["message_count"]
+    truth: dict = {}
+    for (_, ip), got in days.items():
+        country = truth.setdefault(got["country"], {"messages": 0, "sources": set()})
+        country["messages"] += got["messages"]
+        country["sources"].add(ip)
+    window = {"from": str(first), "to": str(last)}
+    listed = client.get("/api/countries", params=window).json()
+    assert listed["window"]["days"] == 4
+    assert {c["country"]: (c["messages"], c["sources"]) for c in listed["countries"]} == {
+        name: (c["messages"], len(c["sources"])) for name, c in truth.items()
+    }
+    exported = client.get("/api/export/countries.csv", params=window).text
+    assert sum(int(r["messages"]) for r in csv.DictReader(io.StringIO(exported))) == sum(
+        c["messages"] for c in truth.values()
+    )
+    everything = client.get("/api/countries", params={"window": "all"}).json()["countries"]
+    assert sum(c["messages"] for c in everything) == sum(r["message_count"] for r in records)
+
+    # the one disagreement is on the first day (the receiver failed 7 messages the alignment passes)
+    on_first = client.get("/api/disagreements", params={"from": str(START), "to": str(START)}).json()
+    assert [(d["day"], d["message_count"]) for d in on_first["disagreements"]] == [(str(START), 7)]
+    assert client.get("/api/disagreements", params=window).json()["disagreements"] == []
+    page = client.get("/disagreements", params=window).text
+    assert 'id="window-label"' in page and "None: every receiver" in page
+
+
 def test_a_page_keeps_its_window_and_a_wrong_window_says_what_to_send(shop):
     client = _client(shop)
     page = client.get("/", params={"window": "7d"}).text  # the crafted reports are older than a week
