@@ -701,7 +701,7 @@ def test_a_page_keeps_its_window_and_a_wrong_window_says_what_to_send(shop):
     assert 'id="window-label">all time<' in client.get("/", params={"window": "all"}).text
     assert 'id="window-label">all time<' in client.get("/domains").text
     # pages that are all-time figures show no window
-    assert 'id="window"' not in client.get("/countries").text
+    assert 'id="window"' not in client.get("/alerts").text
 
     for params, says in (
         ({"from": "2026-13-01"}, "not a day of the calendar"),
