@@ -152,7 +152,7 @@ def report(customer_id: str, preset: str | None, start: str | None, end: str | N
     """The overview figures of one customer over a window (all time by default), as the web
     application shows them; a bounded window beside the one before it."""
     from pipeline.warehouse.projections import refresh
-    from pipeline.web.dmarc import readiness, services
+    from pipeline.web.dmarc import readiness, reporters, services
     from pipeline.web.queries import Warehouse, overview
     from pipeline.web.window import Window, WindowError
 
@@ -171,6 +171,10 @@ def report(customer_id: str, preset: str | None, start: str | None, end: str | N
                 for s in services(conn, customer_id)
             ]
             data["readiness"] = readiness(conn, customer_id)
+            data["reporters"] = [  # over the window, as the reporters page shows them
+                {k: r[k] for k in ("report_org", "reports", "messages", "pass_rate", "last_report")}
+                for r in reporters(conn, customer_id, window)
+            ]
     finally:
         warehouse.close()
     if as_json:
@@ -198,6 +202,9 @@ def report(customer_id: str, preset: str | None, start: str | None, end: str | N
     for s in data["services"][:10]:
         pr = f"{100 * s['pass_rate']:.1f}%" if s["pass_rate"] is not None else "-"
         click.echo(f"  service {s['name']:32} {s['classification']:12} {s['messages']:>10} messages  pass {pr}")
+    for r in data["reporters"][:10]:
+        pr = f"{100 * r['pass_rate']:.1f}%" if r["pass_rate"] is not None else "-"
+        click.echo(f"  reporter {r['report_org']:31} {r['reports']:>5} reports {r['messages']:>10} messages  pass {pr}")
     for r in data["readiness"]:
         step = f"p={r['next_policy']} pct={r['next_pct']}" if r["next_policy"] else "at the strictest policy"
         state = "ready" if r["ready"] else f"blocked: {'; '.join(b['detail'] for b in r['blockers'])}"

@@ -725,6 +725,15 @@ def test_the_report_command_takes_a_window(shop):
     assert report["messages"] == truth["messages"] and report["previous"]["window"]["to"] == str(
         first - dt.timedelta(days=1)
     )
+    by_reporter: dict = {}
+    for r in shop["records"]:
+        if first <= r["day"] <= last:
+            got = by_reporter.setdefault(r["report_org"], {"reports": set(), "messages": 0})
+            got["reports"].add(r["report_id"])
+            got["messages"] += r["message_count"]
+    assert {r["report_org"]: (r["reports"], r["messages"]) for r in report["reporters"]} == {
+        org: (len(got["reports"]), got["messages"]) for org, got in by_reporter.items()
+    }
     text = _run("report", "--customer", shop["customer"], "--window", "30d")
     assert "last 30 days" in text
     done = subprocess.run(
@@ -831,5 +840,5 @@ def test_every_page_says_how_current_its_tenants_data_is(stack, clients, shop):
         in _client(shop, issue_token(stack.database_url, later)).get("/").text
     )
     empty = _client(shop, issue_token(stack.database_url, new_customer())).get("/domains").text
-    assert "No reports loaded yet" in empty
+    assert "No reports loaded yet" in empty and "the last day with data" not in empty
     assert 'id="data-through"' not in TestClient(shop["app"]).get("/login").text  # not signed in: no stamp
