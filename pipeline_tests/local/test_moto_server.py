@@ -3,6 +3,7 @@ dispatch without a directory listing; one SNS signing certificate per subscripti
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import boto3
@@ -131,3 +132,37 @@ def test_the_stack_runs_the_patched_server(stack, pipeline_home):
     # checkout the module name falls past the cut.
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"pipeline.local.moto_server" in argv, argv
+
+
+def test_connections_stay_open_and_each_body_is_read_to_its_end(stack):
+    """One connection carries request after request (werkzeug closed each after one), including
+    after a request whose body the server refused without storing it: the body is read to its
+    length, so the next request is parsed from where it begins."""
+    import http.client
+    from urllib.parse import urlparse
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    where = urlparse(stack.aws_endpoint_url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+    key = f"/{stack.raw_bucket}/keep-alive-{os.getpid()}"
+
+    def ask(method: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes, str]:
+        request = AWSRequest(method, stack.aws_endpoint_url + key, data=body or b"", headers=headers or {})
+        credentials = Credentials(stack.aws_access_key_id, stack.aws_secret_access_key)
+        S3SigV4Auth(credentials, "s3", stack.region).add_auth(request)  # signed as boto3 signs
+        conn.request(method, key, body=body, headers=dict(request.headers))
+        response = conn.getresponse()
+        return response.status, response.read(), response.getheader("Connection") or ""
+
+    assert ask("PUT", b"x" * 1000)[0] == 200
+    first = conn.sock
+    status, _, connection = ask("PUT", b"y" * 70_000, {"If-None-Match": "*"})  # refused: the key exists
+    assert status == 412 and connection.lower() != "close"
+    status, body, _ = ask("GET")
+    assert (status, body) == (200, b"x" * 1000)
+    assert conn.sock is first  # http.client opens a new socket when the server closed the last one
+    assert ask("DELETE")[0] == 204
+    conn.close()
