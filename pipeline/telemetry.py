@@ -70,6 +70,9 @@ PG_TYPES = {
     "date": "date",
     "timestamp": "timestamp with time zone",
 }
+# telemetry_events' column types: the enriched fields' kinds, except the event id, which the
+# warehouse keeps as a uuid (the 128-bit hash's 16 bytes: migration 0019).
+EVENT_PG_TYPES = {name: "uuid" if name == "event_id" else PG_TYPES[kind] for name, kind in ENRICHED_FIELDS.items()}
 
 
 def arrow_schema(fields: dict[str, str] | None = None):

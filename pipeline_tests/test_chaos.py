@@ -76,7 +76,7 @@ def test_the_checker_sees_loss_duplication_and_wrong_versions(stack, clients):
         with psycopg.connect(stack.database_url) as conn:  # one load's rows twice
             conn.execute(
                 """INSERT INTO telemetry_events SELECT (jsonb_populate_record(e, jsonb_build_object(
-                       'event_id', e.event_id || '-dup'))).* FROM telemetry_events e
+                       'event_id', md5(e.event_id::text || '-dup')))).* FROM telemetry_events e
                    WHERE e.ledger_id = (SELECT max(ledger_id) FROM load_ledger
                                         WHERE event = 'loaded' AND object_key = %s)""",
                 (good[0][0],),

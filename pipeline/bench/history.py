@@ -39,7 +39,7 @@ DAYS_PER_STATEMENT = 20  # the history is written a few weeks at a time
 _DAYS = """
 INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, source_ip, asn, as_org,
                               country, trust_score, policy_dkim, policy_spf, dmarc_pass, message_count)
-SELECT %(customer)s || '/' || d || '/' || s, %(ledger)s, %(customer)s, %(first)s::date + d, 'example.com',
+SELECT md5(%(customer)s || '/' || d || '/' || s)::uuid, %(ledger)s, %(customer)s, %(first)s::date + d, 'example.com',
        CASE WHEN s <= %(recurring)s THEN '10.' || (s / 65536) || '.' || (s / 256 %% 256) || '.' || (s %% 256)
             ELSE '2001:db8:' || to_hex(d) || '::' || to_hex(s) END,
        64500 + s %% 97, 'Network ' || (s %% 97), 'NL', 0.25 + (s %% 7) / 10.0,

@@ -185,7 +185,7 @@ def naive_insert(database_url: str, s3, versions: list[ObjectVersion], limit: in
         conn.commit()
         started = time.perf_counter()
         for n, row in enumerate(rows):
-            conn.execute(statement, (ledger_id, *row[:-1], f"naive-{n}"))  # event_id is the last column
+            conn.execute(statement, (ledger_id, *row[:-1], f"{n:032x}"))  # event_id is the last column
             conn.commit()
         return time.perf_counter() - started
 

@@ -176,3 +176,30 @@ def redrive(limit: int) -> None:
     click.echo(
         f"inbox: {revived} dead object(s) due again; queue: moved {moved} message(s) back to {settings.queue_url}"
     )
+
+
+@cli.command()
+@click.option("--days", type=click.IntRange(min=1), default=None, help="Days kept (default: PIPELINE_RETENTION_DAYS).")
+@click.option("--dry-run", is_flag=True, help="Only list the partitions past the horizon and their rows; drop nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def retention(days: int | None, dry_run: bool, as_json: bool) -> None:
+    """Drop telemetry_events' monthly partitions past the retention horizon (no DELETE), with their
+    projections and their objects' ledger and inbox rows; create the partitions ahead. The daily
+    warehouse_maintenance job in Dagster does the same."""
+    from pipeline.warehouse import retention as keep
+
+    if days is None and keep.retention_days() is None:
+        click.echo("PIPELINE_RETENTION_DAYS is unset: everything is kept (set it, or pass --days).", err=True)
+    result = keep.apply(load_settings().database_url, days=days, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    click.echo(f"horizon {result.horizon or '(none: everything kept)'}  partitions created {result.partitions_created}")
+    verb = "would drop" if dry_run else "dropped"
+    for p in result.dropped:
+        click.echo(f"  {verb} {p.name} ({p.first_day} .. {p.last_day}): {p.rows} rows in {p.seconds:.2f} s")
+    if not dry_run:
+        click.echo(
+            f"rows removed {result.rows_removed}  ledger rows {result.ledger_rows_removed}  "
+            f"inbox rows {result.inbox_rows_removed}  slices refreshed {result.slices_refreshed}"
+        )

@@ -7,7 +7,7 @@ import warnings
 
 from dagster import BetaWarning, TableColumn, TableSchema, with_source_code_references
 
-from pipeline.telemetry import ENRICHED_FIELDS, PG_TYPES, RAW_FIELDS
+from pipeline.telemetry import ENRICHED_FIELDS, EVENT_PG_TYPES, RAW_FIELDS
 
 _FILE_TYPES = {"str": "string", "int": "int64", "float": "double", "bool": "bool", "date": "date"}
 
@@ -21,7 +21,7 @@ ENRICHED_COLUMNS = TableSchema(columns=[TableColumn(name, _file_type(kind)) for 
 EVENT_COLUMNS = TableSchema(
     columns=[
         TableColumn("ledger_id", "bigint", description="The load (load_ledger) that wrote the row."),
-        *(TableColumn(name, PG_TYPES[kind]) for name, kind in ENRICHED_FIELDS.items()),
+        *(TableColumn(name, kind) for name, kind in EVENT_PG_TYPES.items()),
     ]
 )
 

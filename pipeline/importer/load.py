@@ -17,6 +17,7 @@ while the bytes cross the network; only the HEAD is made under the lock.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import re
@@ -36,6 +37,7 @@ from pipeline.batches import batch_of, manifest
 from pipeline.importer import inbox
 from pipeline.importer.events import ObjectVersion, compare_sequencers, version_identity
 from pipeline.telemetry import ENRICHED_FIELDS
+from pipeline.warehouse import partitions
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,9 @@ _COPY_TYPES = {
     "date": "int4",
     "timestamp": "int8",
 }
-COPY_TYPES = [_COPY_TYPES[ENRICHED_FIELDS[name]] for name in EVENT_COLUMNS]
+# The event id is a uuid column: the 128-bit hash's 16 bytes, which is also uuid's binary format,
+# so it travels as those bytes (bytes.fromhex of the 32 hex characters enrichment writes).
+COPY_TYPES = ["bytea" if name == "event_id" else _COPY_TYPES[ENRICHED_FIELDS[name]] for name in EVENT_COLUMNS]
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
 _PG_EPOCH_DAYS = 10_957  # 2000-01-01 in Unix days
 COPY_SQL = sql.SQL("COPY telemetry_events ({}) FROM STDIN (FORMAT BINARY)").format(
@@ -176,6 +180,27 @@ class FetchedObject:
                 "from enrichment; this version is recorded as failed."
             ) from None
 
+    def day_range(self) -> tuple[dt.date, dt.date] | tuple[None, None]:
+        """The first and last day of the object's rows (one column read), for their partitions.
+
+        Every row needs a day: telemetry_events is partitioned by it."""
+        try:
+            days = self.parquet.read(columns=["day"]).column("day")
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ObjectRejected(
+                f"{self.where} is not readable Parquet past its footer: {exc}. Re-publish the partition "
+                "from enrichment; this version is recorded as failed."
+            ) from None
+        if days.null_count:
+            raise ObjectRejected(
+                f"{self.where} has {days.null_count} row(s) without a day: it was not written by this "
+                "pipeline's enrichment. Re-run enrichment for its partition; this version is recorded as failed."
+            )
+        if len(days) == 0:
+            return None, None
+        bounds = pc.min_max(pc.cast(days, pa.date32()))
+        return bounds["min"].as_py(), bounds["max"].as_py()
+
     @property
     def table(self) -> pa.Table:
         """The whole object at once (tests and benchmarks; the importer reads batches)."""
@@ -277,7 +302,10 @@ def fetch(s3, version: ObjectVersion, max_bytes: int = DEFAULT_MAX_OBJECT_BYTES)
     )
 
 
-def _wire_column(table: pa.Table, name: str) -> list:
+_HEX = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def _wire_column(table: pa.Table, name: str, where: str = "") -> list:
     column = table.column(name)
     kind = ENRICHED_FIELDS[name]
     if kind == "timestamp":
@@ -285,11 +313,24 @@ def _wire_column(table: pa.Table, name: str) -> list:
         return pc.subtract(micros, _PG_EPOCH_US).to_pylist()
     if kind == "date":
         return pc.subtract(pc.cast(pc.cast(column, pa.date32()), pa.int32()), _PG_EPOCH_DAYS).to_pylist()
+    if name == "event_id":
+        return _event_id_bytes(column.to_pylist(), where)
     return column.to_pylist()
 
 
-def _rows(table: pa.Table, ledger_id: int):
-    columns = [_wire_column(table, name) for name in EVENT_COLUMNS]
+def _event_id_bytes(ids: list, where: str) -> list[bytes]:
+    try:
+        return [bytes.fromhex(event_id) for event_id in ids]
+    except (TypeError, ValueError):
+        bad = next(i for i in ids if not isinstance(i, str) or len(i) != 32 or not _HEX.fullmatch(i))
+        raise ObjectRejected(
+            f"{where} holds event_id {str(bad)[:80]!r}, not 32 hexadecimal characters: it was not written by "
+            "this pipeline's enrichment. Re-run enrichment for its partition; this version is recorded as failed."
+        ) from None
+
+
+def _rows(table: pa.Table, ledger_id: int, where: str = ""):
+    columns = [_wire_column(table, name, where) for name in EVENT_COLUMNS]
     ids = [ledger_id] * table.num_rows
     return zip(ids, *columns, strict=True)
 
@@ -431,6 +472,8 @@ def load_object(
             raise
         with conn.cursor() as cur:
             return _stale(cur, version, inbox_id, started, "unreadable, and no longer what S3 holds")
+    if fetched is not None:  # the rows' partitions exist before the transaction that writes them
+        partitions.ensure(conn, *fetched.day_range())
     with conn.transaction(), conn.cursor() as cur:
         if fetched is None:
             return _stale(cur, version, inbox_id, started, "this version is no longer in S3")
@@ -474,7 +517,7 @@ def load_object(
             copy.set_types(["int8", *COPY_TYPES])
             for table in fetched.batches():  # a batch of rows in memory at a time, whatever the object's size
                 check_tenant(table, tenants, fetched.where, source)  # a foreign row rolls the whole version back
-                for row in _rows(table, ledger_id):
+                for row in _rows(table, ledger_id, fetched.where):
                     copy.write_row(row)
         _remember_sequencer(cur, version)
         inbox.settle(cur, inbox_id, "loaded", ledger_id)

@@ -32,6 +32,7 @@ from pipeline.importer.inventory import (
     rows_per_load,
 )
 from pipeline.importer.partitions import partition_key
+from pipeline.warehouse import retention
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ class Drift:
 
 
 def find_drift(conn: psycopg.Connection, s3, bucket: str, prefix: str) -> Drift:
-    objects = list_enriched(s3, bucket, prefix)
-    live = live_loads(conn, bucket, prefix)
+    oldest = retention.horizon()  # objects of days before it are neither unloaded nor removed
+    objects = [o for o in list_enriched(s3, bucket, prefix) if not retention.out_of_scope(o.key, oldest)]
+    live = {k: load for k, load in live_loads(conn, bucket, prefix).items() if not retention.out_of_scope(k, oldest)}
     present = {o.key: o for o in objects}
     drift = Drift()
     twice = set(doubly_live(conn, bucket, prefix))

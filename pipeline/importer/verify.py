@@ -17,12 +17,16 @@ from pipeline.importer import inbox
 from pipeline.importer.inventory import list_enriched, live_loads, parquet_num_rows, parquet_rows_of
 from pipeline.importer.queue import queue_depth
 from pipeline.settings import Settings
+from pipeline.warehouse import retention
 
 
 def verify(settings: Settings, customer_id: str | None = None) -> dict:
     s3, sqs = client(settings, "s3"), client(settings, "sqs")
     prefix = settings.enriched_prefix + (f"customer={customer_id}/" if customer_id else "")
-    objects = list_enriched(s3, settings.enriched_bucket, prefix)
+    oldest = retention.horizon()  # objects of days before it are out of scope: dropped here, expired in S3
+    objects = [
+        o for o in list_enriched(s3, settings.enriched_bucket, prefix) if not retention.out_of_scope(o.key, oldest)
+    ]
     with psycopg.connect(settings.database_url) as conn:
         batch_prefixes = (
             [
@@ -42,6 +46,7 @@ def verify(settings: Settings, customer_id: str | None = None) -> dict:
             o
             for found in pool.map(lambda p: list_enriched(s3, settings.enriched_bucket, p), batch_prefixes)
             for o in found
+            if not retention.out_of_scope(o.key, oldest)
         ]
         objects += batch_objects
         counted = list(pool.map(lambda o: parquet_num_rows(s3, o), objects[: len(objects) - len(batch_objects)]))
@@ -51,13 +56,17 @@ def verify(settings: Settings, customer_id: str | None = None) -> dict:
         live = live_loads(conn, settings.enriched_bucket, prefix)
         for batch_prefix in batch_prefixes:
             live.update(live_loads(conn, settings.enriched_bucket, batch_prefix))
+        live = {k: load for k, load in live.items() if not retention.out_of_scope(k, oldest)}
         customer_filter = sql.SQL("WHERE e.customer_id = %(c)s" if customer_id else "")
+        in_scope = (
+            sql.SQL("AND" if customer_id else "WHERE") + sql.SQL(" e.day >= %(oldest)s") if oldest else sql.SQL("")
+        )
         per_load = dict(
             conn.execute(
-                sql.SQL("SELECT e.ledger_id, count(*) FROM telemetry_events e {} GROUP BY e.ledger_id").format(
-                    customer_filter
+                sql.SQL("SELECT e.ledger_id, count(*) FROM telemetry_events e {} {} GROUP BY e.ledger_id").format(
+                    customer_filter, in_scope
                 ),
-                {"c": customer_id},
+                {"c": customer_id, "oldest": oldest},
             ).fetchall()
         )
         reports, messages = conn.execute(
@@ -110,6 +119,7 @@ def verify(settings: Settings, customer_id: str | None = None) -> dict:
     rows_expected = sum(n for n in expected.values() if n is not None)
     return {
         "customer": customer_id,
+        "horizon": oldest.isoformat() if oldest else None,
         "objects_enriched": len(objects),
         "objects_loaded": loaded_objects,
         "rows_expected": rows_expected,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psycopg
 
+from pipeline.warehouse.partitions import ensure_ahead
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -80,6 +82,8 @@ def migrate(database_url: str, folder: Path = MIGRATIONS) -> list[int]:
                     )
                 log.info("warehouse migration applied version=%04d name=%s", migration.version, migration.name)
                 applied_now.append(migration.version)
+            if conn.execute("SELECT to_regprocedure('ensure_event_partitions(date, date)')").fetchone()[0]:
+                ensure_ahead(conn)  # this month's partition and the next ones, before any load needs them
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied_now

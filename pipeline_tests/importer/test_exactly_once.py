@@ -312,9 +312,10 @@ def test_after_reconcile_verify_is_ok_whatever_came_before(bucket, clients, ops,
             "SELECT refers_to FROM load_ledger WHERE refers_to IS NOT NULL AND object_key = ANY(%s) LIMIT 1", (keys,)
         ).fetchone()
         if ended and damage == "stray":  # rows of an ended load came back
+            conn.execute("SELECT ensure_event_partitions('2026-11-01', '2026-11-01')")
             conn.execute(
                 "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day) "
-                "VALUES (%s, %s, %s, '2026-11-01')",
+                "VALUES (md5(%s)::uuid, %s, %s, '2026-11-01')",
                 (f"stray-{cid}", ended[0], cid),
             )
     reconcile(bucket)

@@ -181,8 +181,8 @@ def test_a_peer_frozen_mid_copy_is_ended_and_its_key_freed(stack, clients, empty
     original_rows = load._rows
     frozen = threading.Event()
 
-    def rows_then_freeze(table, ledger_id):
-        for n, row in enumerate(original_rows(table, ledger_id)):
+    def rows_then_freeze(table, ledger_id, where=""):
+        for n, row in enumerate(original_rows(table, ledger_id, where)):
             if n == 100 and threading.current_thread().name.startswith("frozen") and not frozen.is_set():
                 frozen.set()
                 proxy.silence_all()  # mid-COPY: the server waits for data that never comes

@@ -85,7 +85,7 @@ def test_rls_is_forced_and_service_policies_name_their_role(stack):
     with psycopg.connect(stack.database_url) as conn:
         forced = dict(
             conn.execute(
-                "SELECT relname, relforcerowsecurity FROM pg_class WHERE relname = ANY(%s) AND relkind = 'r'",
+                "SELECT relname, relforcerowsecurity FROM pg_class WHERE relname = ANY(%s) AND relkind IN ('r', 'p')",
                 (TENANT_TABLES,),
             ).fetchall()
         )

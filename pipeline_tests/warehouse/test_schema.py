@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from pipeline.local.postgres import ensure_database, sibling_database_url
-from pipeline.telemetry import ENRICHED_FIELDS, PG_TYPES
+from pipeline.telemetry import EVENT_PG_TYPES
 from pipeline.warehouse.schema import MigrationDrift, current_version, migrate, migrations
 
 CLAIM = "INSERT INTO load_ledger (event, bucket, object_key, object_version) VALUES ('loaded', 'b', 'k', 'v')"
@@ -46,7 +46,7 @@ def test_events_table_has_the_enriched_schema(warehouse):
         """SELECT column_name, data_type FROM information_schema.columns
            WHERE table_name = 'telemetry_events' AND column_name <> 'ledger_id'"""
     ).fetchall()
-    assert dict(rows) == {name: PG_TYPES[kind] for name, kind in ENRICHED_FIELDS.items()}
+    assert dict(rows) == EVENT_PG_TYPES and EVENT_PG_TYPES["event_id"] == "uuid"
 
 
 def test_ledger_is_append_only(scratch_db):
@@ -163,7 +163,7 @@ def test_the_domain_sources_migration_fills_its_projection_at_the_next_refresh(s
             "10, 0, 0 FROM generate_series(0, 9) d"
         )
         conn.execute("DELETE FROM projection_dirty")
-    assert migrate(scratch_db) == [18]
+    assert migrate(scratch_db) == [18, 19]
     with psycopg.connect(scratch_db) as conn:
         assert conn.execute("SELECT count(*) FROM projection_dirty WHERE customer_id = 'c1'").fetchone()[0] == 10
     refresh(scratch_db)
@@ -178,3 +178,84 @@ def test_the_domain_sources_migration_fills_its_projection_at_the_next_refresh(s
     rebuild(scratch_db)
     with psycopg.connect(scratch_db) as conn:
         assert conn.execute(query).fetchall() == filled
+
+
+def test_the_partitioning_migration_on_a_populated_warehouse(scratch_db, tmp_path):
+    """Migration 0019 (issue #26) on a warehouse of three months of two tenants, projected: every
+    row moves to its month's partition with its id as a uuid (the same 128 bits), nothing is left
+    to refresh, the projections still equal a rebuild, uniqueness holds per partition, and the web
+    role reads its own rows through the parent and no partition directly."""
+    from pipeline.warehouse.partitions import partitions
+    from pipeline.warehouse.projections import rebuild, refresh
+
+    migrate(scratch_db, _migrations_before(tmp_path, 19))
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        (ledger,) = conn.execute(CLAIM + " RETURNING ledger_id").fetchone()
+        conn.execute(  # ids as enrichment writes them: 32 hex characters
+            "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, source_ip, asn, "
+            "trust_score, policy_dkim, policy_spf, dmarc_pass, message_count) "
+            "SELECT md5(c || d || '-' || s), %s, c, date '2026-03-20' + d * 3, 'example.com', '192.0.2.' || s, "
+            "64500, 0.5, 'pass', 'fail', s > 1, 2 "
+            "FROM unnest(ARRAY['c1', 'c2']) c, generate_series(0, 19) d, generate_series(1, 5) s",
+            (ledger,),
+        )
+        before = conn.execute(
+            "SELECT customer_id, day, event_id, message_count FROM telemetry_events ORDER BY 1, 2, 3"
+        ).fetchall()
+    refresh(scratch_db)
+    projected = _projections(scratch_db)
+
+    assert migrate(scratch_db) == [19]
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        after = conn.execute(
+            "SELECT customer_id, day, replace(event_id::text, '-', ''), message_count FROM telemetry_events "
+            "ORDER BY 1, 2, 3"
+        ).fetchall()
+        assert after == before and len(after) == 200
+        months = {(p.first_day.year, p.first_day.month) for p in partitions(conn)}
+        assert {(2026, 3), (2026, 4), (2026, 5)} <= months  # 2026-03-20 .. 2026-05-16
+        placed = conn.execute(
+            "SELECT tableoid::regclass::text, min(day), max(day) FROM telemetry_events GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert [name for name, _, _ in placed] == [
+            "telemetry_events_2026_03",
+            "telemetry_events_2026_04",
+            "telemetry_events_2026_05",
+        ]
+        assert all(
+            name.endswith(f"{low:%Y_%m}") and (low.year, low.month) == (high.year, high.month)
+            for name, low, high in placed
+        )
+        assert conn.execute("SELECT count(*) FROM projection_dirty").fetchone()[0] == 0
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day) "
+                "SELECT event_id, ledger_id, customer_id, day FROM telemetry_events LIMIT 1"
+            )
+        with pytest.raises(psycopg.errors.CheckViolation, match="no partition"):  # routing refuses it first
+            conn.execute(
+                "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day) "
+                "VALUES (gen_random_uuid(), %s, 'c1', NULL)",
+                (ledger,),
+            )
+    assert _projections(scratch_db) == projected
+    rebuild(scratch_db)
+    assert _projections(scratch_db) == projected
+
+    with psycopg.connect(scratch_db) as conn:
+        conn.execute("SET ROLE pipeline_web")
+        conn.execute("SELECT set_config('pipeline.customer', 'c2', false)")
+        assert conn.execute("SELECT count(DISTINCT customer_id), count(*) FROM telemetry_events").fetchone() == (1, 100)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM telemetry_events_2026_04")
+
+
+def _projections(url: str) -> dict:
+    tables = ("daily_domain_compliance", "daily_source_summary", "source_summary", "customer_summary")
+    from psycopg import sql
+
+    with psycopg.connect(url) as conn:
+        return {
+            t: conn.execute(sql.SQL("SELECT * FROM {} ORDER BY 1, 2, 3").format(sql.Identifier(t))).fetchall()
+            for t in tables
+        }

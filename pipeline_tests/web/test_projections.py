@@ -92,6 +92,7 @@ def test_projection_assets_materialize_through_dagster(stack, clients):
 
 def _ledger(conn, key: str) -> int:
     """A load of ``key`` in the ledger, for events written directly."""
+    conn.execute("SELECT ensure_event_partitions('2026-01-01', '2026-12-31')")  # these tests write SQL, not loads
     return conn.execute(
         "INSERT INTO load_ledger (event, bucket, object_key, object_version) VALUES ('loaded', 'b', %s, 'v') "
         "RETURNING ledger_id",
@@ -104,7 +105,7 @@ def _events(conn, customer: str, tag: str, count: int, messages: int) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, message_count) "
-            "VALUES (%s, %s, %s, '2026-08-08', 'example.com', %s)",
+            "VALUES (md5(%s)::uuid, %s, %s, '2026-08-08', 'example.com', %s)",
             [(f"{customer}-{tag}-{n}", ledger_id, customer, messages) for n in range(count)],
         )
 
@@ -166,7 +167,8 @@ def _day_of_sources(conn, customer: str, day: str, sources: dict[str, int], asn:
         cur.executemany(
             "INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, source_ip, asn, "
             "as_org, trust_score, policy_dkim, policy_spf, dmarc_pass, message_count) "
-            "VALUES (%s, %s, %s, %s, 'example.com', %s, %s, 'Example Networks', 0.8, 'pass', 'fail', true, %s)",
+            "VALUES (md5(%s)::uuid, %s, %s, %s, 'example.com', %s, %s, 'Example Networks', 0.8, 'pass', 'fail', "
+            "true, %s)",
             [(f"{customer}-{day}-{ip}-{asn}", ledger_id, customer, day, ip, asn, n) for ip, n in sources.items()],
         )
 
