@@ -226,9 +226,29 @@ def test_a_large_reports_parts_are_never_left_behind():
     rules = _load(REPO_ROOT / "deploy" / "cloudformation" / "pipeline.yaml")["Resources"]["RawBucket"]["Properties"][
         "LifecycleConfiguration"
     ]["Rules"]
-    assert [r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] for r in rules if r["Status"] == "Enabled"] == [
-        1
-    ]
+    aborts = [r for r in rules if r["Status"] == "Enabled" and "AbortIncompleteMultipartUpload" in r]
+    assert [r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] for r in aborts] == [1]
+
+
+def test_s3_and_the_warehouse_keep_the_same_horizon():
+    """Issue #26: raw and enriched objects expire at the horizon the warehouse's retention drops
+    partitions at (400 days in production), and the Dagster runs that apply it are told it."""
+    data = _load(REPO_ROOT / "deploy" / "cloudformation" / "pipeline.yaml")
+    compute = _load(COMPUTE)
+    assert data["Parameters"]["RetentionDays"]["Default"] == compute["Parameters"]["RetentionDays"]["Default"] == 400
+    for bucket, prefix in (("RawBucket", "raw/"), ("EnrichedBucket", {"Ref": "EnrichedPrefix"})):
+        rules = data["Resources"][bucket]["Properties"]["LifecycleConfiguration"]["Rules"]
+        [expire] = [r for r in rules if "ExpirationInDays" in r]
+        assert expire["Status"] == "Enabled" and expire["Prefix"] == prefix
+        assert expire["ExpirationInDays"] == {"Ref": "RetentionDays"}
+    told = {
+        c["Name"]
+        for resource in compute["Resources"].values()
+        if resource["Type"] == "AWS::ECS::TaskDefinition"
+        for c in resource["Properties"]["ContainerDefinitions"]
+        if {"Name": "PIPELINE_RETENTION_DAYS", "Value": {"Ref": "RetentionDays"}} in c.get("Environment", [])
+    }
+    assert {"code", "run"} <= told
 
 
 def test_production_keeps_compute_logs_in_s3_and_ticks_for_a_bounded_time(monkeypatch):
