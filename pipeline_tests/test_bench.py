@@ -71,8 +71,16 @@ def test_a_small_flood_runs_the_whole_flow_and_prints_its_keys(stack, empty_queu
 def test_a_small_history_times_a_new_days_refresh_on_both_warehouses(stack):
     """`pipeline bench history` at a small scale: the history is written and refreshed, a new day
     is timed on each warehouse, and its figures are printed with refresh_vs_empty's verdict."""
-    figures = _bench("history", "--days", "12", "--recurring", "30", "--tail", "20", "--repeats", "2")
-    assert figures["history_events"] == 12 * 50 and figures["history_days"] == 12
+    figures = _bench(
+        "history", "--days", "12", "--recurring", "30", "--tail", "20", "--repeats", "2", "--customers", "2",
+        "--import-objects", "3",
+    )  # fmt: skip
+    assert figures["history_events"] == 2 * 12 * 50 and figures["history_days"] == 12
     assert len(figures["refresh_empty_s"]) == len(figures["refresh_history_s"]) == 2
     assert figures["refresh_vs_empty"] > 0 and "refresh_vs_empty" in figures["targets_met"]
     assert figures["table_bytes_per_event"] > 0
+    # W1's workload on both warehouses, and the oldest month dropped by retention: the whole
+    # history is that month here, with the new days timed on it (the empty warehouse's customers'
+    # first days are there too)
+    assert figures["import_rate_vs_empty"] > 0 and "import_rate_vs_empty" in figures["targets_met"]
+    assert figures["retention_rows_removed"] == 2 * 12 * 50 + 2 * 50 + 2 * 50 and figures["retention_drop_s"] > 0

@@ -1,38 +1,46 @@
-"""`pipeline bench history` (W9, issue #26): what a refresh costs once the warehouse holds a year.
+"""`pipeline bench history` (W9, issue #26): the warehouse at a year of history against an empty one.
 
-Every other benchmark starts from an empty warehouse; a DMARC product keeps 13 months. This one
-measures, in a scratch warehouse (its own database), the projections' refresh after one new day
-of a customer, first with nothing else stored, then on top of that customer's history (``days``
-days), the same new day's shape each time:
+Every other benchmark starts from an empty warehouse; a DMARC product keeps 13 months. In scratch
+warehouses (their own databases), with ``customers`` customers of ``days`` days each:
 
 - each day: ``recurring`` sources seen every day (a customer's own senders: their all-days rows
   exist and grow a day at a time) and ``tail`` sources seen that day only (forwarders, spam: each
-  a new all-days row), 3 messages each;
-- ``refresh_vs_empty``: median seconds of the refresh after one new day on the history, over the
-  same on an empty warehouse (``repeats`` new days each; target <= 1.2);
-- ``history_events``, ``history_load_s`` (written by SQL, ``INSERT ... SELECT`` of the columns the
-  projections read, not through the loader: labelled as such), ``history_refresh_s`` (the
-  history's first refresh, every key new), ``table_bytes_per_event`` (telemetry_events' heap and
-  indexes over its rows).
+  a new all-days row), 3 messages each. The history is written by SQL (``INSERT ... SELECT`` of
+  the columns the projections read, into its monthly partitions, not through the loader: labelled
+  as such) and projected by ``rebuild``;
+- ``refresh_vs_empty``: median seconds of the projections' refresh after one new day of the first
+  customer on the history, over the same on an empty warehouse (``repeats`` new days each; target
+  <= 1.2);
+- ``import_rate_vs_empty``: W1's efficiency workload (``import_objects`` objects of
+  ``import_rows`` rows of a recent day, put to S3 once) imported by the real loader on top of the
+  history, over the same objects into an empty warehouse (target >= 0.8);
+- ``retention_drop_s`` / ``retention_rows_removed``: retention dropping the history's oldest
+  month (a partition detached and dropped; ``retention_total_s`` adds its projections' refresh);
+- ``history_events``, ``history_load_s``, ``history_rebuild_s``, ``table_bytes_per_event``
+  (telemetry_events' partitions, heap and indexes, over its rows).
 
-The partitioned warehouse, retention and the import and page figures of W9 (docs/SCALING.md)
-come with the rest of issue #26.
+Pages at 20M events against 1M (``web_p95_vs_1m``) and the rebuild-from-S3 drill are not measured
+here yet (issue #26).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 import time
 import uuid
 
 import psycopg
 
+from pipeline.aws import client
 from pipeline.bench import Targets, verdicts
-from pipeline.bench.importer import scratch_warehouse
+from pipeline.bench.importer import drain_queue_silently, put_objects, scratch_warehouse
+from pipeline.importer.batch import ImportItem, import_items
 from pipeline.settings import Settings
-from pipeline.warehouse.projections import refresh
+from pipeline.warehouse import partitions, retention
+from pipeline.warehouse.projections import rebuild, refresh
 
-TARGETS: Targets = {"refresh_vs_empty": ("<=", 1.2)}
+TARGETS: Targets = {"refresh_vs_empty": ("<=", 1.2), "import_rate_vs_empty": (">=", 0.8)}
 FIRST_DAY = "2025-01-01"
 DAYS_PER_STATEMENT = 20  # the history is written a few weeks at a time
 
@@ -51,7 +59,9 @@ FROM generate_series(%(d0)s::int, %(d1)s::int) d, generate_series(1, %(sources)s
 def _write_days(url: str, customer: str, first: int, count: int, recurring: int, tail: int) -> int:
     """Days ``first`` .. ``first + count - 1`` of ``customer``, as one load each statement."""
     written = 0
+    start = dt.date.fromisoformat(FIRST_DAY)
     with psycopg.connect(url, autocommit=True) as conn:
+        partitions.ensure(conn, start + dt.timedelta(days=first), start + dt.timedelta(days=first + count))
         for d0 in range(first, first + count, DAYS_PER_STATEMENT):
             d1 = min(first + count, d0 + DAYS_PER_STATEMENT) - 1
             (ledger,) = conn.execute(
@@ -81,38 +91,97 @@ def _one_new_day(url: str, customer: str, day: int, recurring: int, tail: int) -
     return time.perf_counter() - started
 
 
-def run(settings: Settings, days: int, recurring: int, tail: int, repeats: int, say) -> dict:
+def _import_rate(settings: Settings, versions: list, say, where: str) -> float:
+    """W1's efficiency workload: the same objects imported by the real loader, rows per second."""
+    s3 = client(settings, "s3")
+    started = time.perf_counter()
+    outcomes = import_items(settings.database_url, s3, [ImportItem(v) for v in versions], worker="bench")
+    seconds = time.perf_counter() - started
+    rows = sum(o.result.rows for o in outcomes if o.ok)
+    assert rows and all(o.ok for o in outcomes), f"W9 import {where}: {[o.error for o in outcomes if not o.ok][:3]}"
+    say(f"W9: imported {rows:,} rows {where} in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)")
+    return rows / seconds
+
+
+def _drop_oldest_month(url: str) -> dict:
+    """Retention as the daily job applies it, with the horizon at the history's second month: the
+    first month's partition goes (its projections and bookkeeping with it)."""
+    first = dt.date.fromisoformat(FIRST_DAY)
+    second_month = dt.date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    keep = 400
+    result = retention.apply(url, days=keep, today=second_month + dt.timedelta(days=keep))
+    [dropped] = result.dropped
+    return {
+        "retention_drop_s": dropped.seconds,
+        "retention_rows_removed": dropped.rows,
+        "retention_total_s": result.seconds,  # with the refresh of the month's slices
+        "retention_slices_refreshed": result.slices_refreshed,
+    }
+
+
+def run(
+    settings: Settings,
+    days: int,
+    recurring: int,
+    tail: int,
+    repeats: int,
+    say,
+    customers: int = 10,
+    import_objects: int = 100,
+    import_rows: int = 5000,
+) -> dict:
+    tag = uuid.uuid4().hex[:6]
+    versions = put_objects(settings, f"w9-{tag}", import_objects, import_rows, progress=False)
+    drain_queue_silently(settings)  # their notifications are not this benchmark's
+    with scratch_warehouse(settings) as empty_warehouse:
+        say(f"W9: W1's workload ({import_objects} objects of {import_rows} rows) on an empty warehouse")
+        import_empty = _import_rate(empty_warehouse, versions, say, "into an empty warehouse")
     with scratch_warehouse(settings) as scratch:
         url = scratch.database_url
-        tag = uuid.uuid4().hex[:6]
         say(f"W9: {repeats} new day(s) of {recurring + tail} sources on an empty warehouse")
         empty = [_one_new_day(url, f"empty{tag}{n}", 0, recurring, tail) for n in range(repeats)]
         customer = f"history{tag}"
-        say(f"W9: writing {days} days of history ({days * (recurring + tail):,} events, by SQL)")
+        say(
+            f"W9: writing {days} days of history for {customers} customer(s) "
+            f"({customers * days * (recurring + tail):,} events, by SQL)"
+        )
         started = time.perf_counter()
-        events = _write_days(url, customer, 0, days, recurring, tail)
+        events = sum(
+            _write_days(url, customer if n == 0 else f"{customer}-{n}", 0, days, recurring, tail)
+            for n in range(customers)
+        )
         load_s = time.perf_counter() - started
+        say("W9: projecting the history (pipeline projections rebuild)")
         started = time.perf_counter()
-        refresh(url)
-        history_refresh_s = time.perf_counter() - started
+        rebuild(url)
+        history_rebuild_s = time.perf_counter() - started
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")  # as autovacuum would have, over a year
+            size, rows = conn.execute(
+                """SELECT sum(pg_total_relation_size(inhrelid)), (SELECT count(*) FROM telemetry_events)
+                   FROM pg_inherits WHERE inhparent = 'telemetry_events'::regclass"""
+            ).fetchone()
         say(f"W9: {repeats} new day(s) on the history")
         on_history = [_one_new_day(url, customer, days + n, recurring, tail) for n in range(repeats)]
-        with psycopg.connect(url) as conn:
-            size, rows = conn.execute(
-                "SELECT pg_total_relation_size('telemetry_events'), (SELECT count(*) FROM telemetry_events)"
-            ).fetchone()
+        say(f"W9: W1's workload on the history ({events:,} events)")
+        import_history = _import_rate(scratch, versions, say, "on the history")
+        say("W9: retention drops the history's oldest month")
+        dropped = _drop_oldest_month(url)
     figures = {
         "history_events": events,
+        "history_customers": customers,
         "history_days": days,
-        "history_written_by": "SQL INSERT ... SELECT (not the loader)",
+        "history_written_by": "SQL INSERT ... SELECT (not the loader), projected by rebuild",
         "history_load_s": round(load_s, 1),
-        "history_refresh_s": round(history_refresh_s, 1),
+        "history_rebuild_s": round(history_rebuild_s, 1),
         "new_day_sources": {"recurring": recurring, "tail": tail},
         "refresh_empty_s": [round(s, 3) for s in empty],
         "refresh_history_s": [round(s, 3) for s in on_history],
         "refresh_vs_empty": round(statistics.median(on_history) / statistics.median(empty), 2),
+        "import_rows_per_s_empty": round(import_empty),
+        "import_rows_per_s_history": round(import_history),
+        "import_rate_vs_empty": round(import_history / import_empty, 2),
+        **dropped,
         "table_bytes_per_event": round(size / rows),
     }
     figures["targets_met"] = verdicts(figures, TARGETS)

@@ -147,8 +147,12 @@ def bench_trickle(
 @click.option("--recurring", default=2_000, show_default=True, help="Sources seen every day.")
 @click.option("--tail", default=3_000, show_default=True, help="Sources seen on one day only, each day.")
 @click.option("--repeats", default=3, show_default=True, help="New days timed on each warehouse.")
+@click.option("--customers", default=10, show_default=True, help="Customers of that history (10: 20,000,000 events).")
+@click.option("--import-objects", default=100, show_default=True, help="Objects of W1's workload imported on each.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
-def bench_history(days: int, recurring: int, tail: int, repeats: int, as_json: bool) -> None:
+def bench_history(
+    days: int, recurring: int, tail: int, repeats: int, customers: int, import_objects: int, as_json: bool
+) -> None:
     """W9: the projections' refresh after one new day, on a year of history against an empty
     warehouse (refresh_vs_empty)."""
     from pipeline.bench import history
@@ -157,7 +161,9 @@ def bench_history(days: int, recurring: int, tail: int, repeats: int, as_json: b
         click.echo(message, err=True)
 
     with stdout_to_stderr():
-        figures = history.run(load_settings(), days, recurring, tail, repeats, say)
+        figures = history.run(
+            load_settings(), days, recurring, tail, repeats, say, customers=customers, import_objects=import_objects
+        )
     if as_json:
         click.echo(json.dumps(figures, indent=2, default=str))
         return
