@@ -89,6 +89,12 @@ def _migrations_before(tmp_path, version: int):
     return folder
 
 
+def _from_on(version: int) -> list[int]:
+    """The versions a warehouse at `version - 1` applies to reach today's schema: the tests of one
+    migration stay true when later ones are added."""
+    return [m.version for m in migrations() if m.version >= version]
+
+
 def test_the_incremental_rollups_migration_on_a_populated_warehouse(scratch_db, tmp_path):
     """Migration 0017 on a warehouse that has events and projections: the rollups it reshapes are
     emptied and every projected slice is marked, so the next refresh rebuilds them from the daily
@@ -163,7 +169,7 @@ def test_the_domain_sources_migration_fills_its_projection_at_the_next_refresh(s
             "10, 0, 0 FROM generate_series(0, 9) d"
         )
         conn.execute("DELETE FROM projection_dirty")
-    assert migrate(scratch_db) == [18, 19]
+    assert migrate(scratch_db) == _from_on(18)
     with psycopg.connect(scratch_db) as conn:
         assert conn.execute("SELECT count(*) FROM projection_dirty WHERE customer_id = 'c1'").fetchone()[0] == 10
     refresh(scratch_db)
@@ -205,7 +211,7 @@ def test_the_partitioning_migration_on_a_populated_warehouse(scratch_db, tmp_pat
     refresh(scratch_db)
     projected = _projections(scratch_db)
 
-    assert migrate(scratch_db) == [19]
+    assert migrate(scratch_db) == _from_on(19)
     with psycopg.connect(scratch_db, autocommit=True) as conn:
         after = conn.execute(
             "SELECT customer_id, day, replace(event_id::text, '-', ''), message_count FROM telemetry_events "
