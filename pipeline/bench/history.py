@@ -17,7 +17,9 @@ warehouses (their own databases), with ``customers`` customers of ``days`` days 
 - ``retention_drop_s`` / ``retention_rows_removed``: retention dropping the history's oldest
   month (a partition detached and dropped; ``retention_total_s`` adds its projections' refresh);
 - ``history_events``, ``history_load_s``, ``history_rebuild_s``, ``table_bytes_per_event``
-  (telemetry_events' partitions, heap and indexes, over its rows).
+  (telemetry_events' partitions, heap and indexes, over its rows: the history's, which fills the
+  columns the projections read) and ``loaded_bytes_per_event`` (the same for W1's rows, every
+  column filled by the real loader).
 
 Pages at 20M events against 1M (``web_p95_vs_1m``) and the rebuild-from-S3 drill are not measured
 here yet (issue #26).
@@ -91,6 +93,10 @@ def _one_new_day(url: str, customer: str, day: int, recurring: int, tail: int) -
     return time.perf_counter() - started
 
 
+_EVENT_BYTES = """SELECT sum(pg_total_relation_size(inhrelid)), (SELECT count(*) FROM telemetry_events)
+                  FROM pg_inherits WHERE inhparent = 'telemetry_events'::regclass"""
+
+
 def _import_rate(settings: Settings, versions: list, say, where: str) -> float:
     """W1's efficiency workload: the same objects imported by the real loader, rows per second."""
     s3 = client(settings, "s3")
@@ -136,6 +142,9 @@ def run(
     with scratch_warehouse(settings) as empty_warehouse:
         say(f"W9: W1's workload ({import_objects} objects of {import_rows} rows) on an empty warehouse")
         import_empty = _import_rate(empty_warehouse, versions, say, "into an empty warehouse")
+        with psycopg.connect(empty_warehouse.database_url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE telemetry_events")
+            loaded_size, loaded_rows = conn.execute(_EVENT_BYTES).fetchone()
     with scratch_warehouse(settings) as scratch:
         url = scratch.database_url
         say(f"W9: {repeats} new day(s) of {recurring + tail} sources on an empty warehouse")
@@ -157,10 +166,7 @@ def run(
         history_rebuild_s = time.perf_counter() - started
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")  # as autovacuum would have, over a year
-            size, rows = conn.execute(
-                """SELECT sum(pg_total_relation_size(inhrelid)), (SELECT count(*) FROM telemetry_events)
-                   FROM pg_inherits WHERE inhparent = 'telemetry_events'::regclass"""
-            ).fetchone()
+            size, rows = conn.execute(_EVENT_BYTES).fetchone()
         say(f"W9: {repeats} new day(s) on the history")
         on_history = [_one_new_day(url, customer, days + n, recurring, tail) for n in range(repeats)]
         say(f"W9: W1's workload on the history ({events:,} events)")
@@ -183,6 +189,7 @@ def run(
         "import_rate_vs_empty": round(import_history / import_empty, 2),
         **dropped,
         "table_bytes_per_event": round(size / rows),
+        "loaded_bytes_per_event": round(loaded_size / loaded_rows),  # every column, as the loader writes them
     }
     figures["targets_met"] = verdicts(figures, TARGETS)
     return figures
