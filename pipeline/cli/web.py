@@ -213,15 +213,24 @@ def report(customer_id: str, preset: str | None, start: str | None, end: str | N
 
 @cli.command()
 @click.argument("action", type=click.Choice(["refresh", "rebuild", "status"]))
-def projections(action: str) -> None:
-    """Keep the web application's projections: refresh dirty slices, rebuild all, or show status."""
+@click.option(
+    "--customer",
+    "customers",
+    multiple=True,
+    help="rebuild: only this customer's projections (repeatable); the others are not read or written.",
+)
+def projections(action: str, customers: tuple[str, ...]) -> None:
+    """Keep the web application's projections: refresh dirty slices, rebuild all (or some
+    customers'), or show status."""
     from pipeline.warehouse import projections as proj
 
     url = load_settings().database_url
+    if customers and action != "rebuild":
+        raise click.UsageError("--customer goes with `rebuild` only (a refresh takes every dirty slice).")
     if action == "status":
         click.echo(f"dirty slices waiting: {proj.dirty_slices(url)}")
         return
-    result = (proj.refresh if action == "refresh" else proj.rebuild)(url)
+    result = proj.refresh(url) if action == "refresh" else proj.rebuild(url, customers or None)
     click.echo(
         f"{action}: {result.slices} slice(s), {result.domain_rows} domain row(s), {result.source_rows} source row(s)"
     )

@@ -11,6 +11,7 @@ keys those slices touch (migration 0017: by their differences, never by the cust
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -465,22 +466,40 @@ def refresh(database_url: str, wait: bool = True) -> RefreshResult | None:
         return _recompute(conn)
 
 
-def rebuild(database_url: str) -> RefreshResult:
-    """Recompute every slice from the events (after a migration, or to check upkeep)."""
+def rebuild(database_url: str, customers: Sequence[str] | None = None) -> RefreshResult:
+    """Recompute every slice from the events (after a migration, or to check upkeep). With
+    ``customers``, only theirs: their rows are deleted and recomputed in one transaction, the other
+    tenants' rows are not read or written (a rebuild costs one customer's history, not the
+    warehouse's)."""
     with psycopg.connect(database_url) as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-            conn.execute("DELETE FROM projection_dirty")
-            conn.execute("DELETE FROM projection_reclassify")  # every row is classified anew
-            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
-            conn.execute(
-                "CREATE TEMP TABLE slices ON COMMIT DROP AS "
-                "SELECT DISTINCT customer_id, day FROM telemetry_events WHERE day IS NOT NULL"
-            )
+            if customers is None:
+                conn.execute("DELETE FROM projection_dirty")
+                conn.execute("DELETE FROM projection_reclassify")  # every row is classified anew
+                conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
+                conn.execute(
+                    "CREATE TEMP TABLE slices ON COMMIT DROP AS "
+                    "SELECT DISTINCT customer_id, day FROM telemetry_events WHERE day IS NOT NULL"
+                )
+            else:
+                chosen = list(customers)
+                conn.execute("DELETE FROM projection_dirty WHERE customer_id = ANY(%s)", (chosen,))
+                conn.execute("DELETE FROM projection_reclassify WHERE customer_id = ANY(%s)", (chosen,))
+                for table in PROJECTION_TABLES:
+                    conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE customer_id = ANY(%s)").format(sql.Identifier(table)), (chosen,)
+                    )
+                conn.execute(
+                    "CREATE TEMP TABLE slices ON COMMIT DROP AS SELECT DISTINCT customer_id, day "
+                    "FROM telemetry_events WHERE customer_id = ANY(%s) AND day IS NOT NULL",
+                    (chosen,),
+                )
             result = _recompute(conn)
         # Every row is new: give the planner their statistics now rather than at autovacuum's leisure
         # (without them it scans a customer's 200,000 sources where an index walk reads 25).
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
+        if customers is None:
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
         return result
 
 

@@ -210,7 +210,7 @@ def test_services_are_classified_and_a_customers_mark_is_an_event_that_a_rebuild
         ).fetchall()
     assert kinds == [("service_marked", "Microsoft")]
     before = client.get("/api/services").json()
-    rebuild(stack.database_url)
+    rebuild(stack.database_url, [shop["customer"]])
     assert client.get("/api/services").json() == before  # the choice is replayed from its event
 
     _run("mark", "--customer", shop["customer"], "Microsoft", "--not-mine")
@@ -312,7 +312,7 @@ def test_alerts_fire_once_per_occurrence_and_reach_a_real_webhook_signed(stack, 
 
     again = alerts.evaluate(stack.database_url, today=today)  # projections refresh again: nothing new
     assert [a for a in again if a["customer_id"] == customer] == []
-    rebuild(stack.database_url)
+    rebuild(stack.database_url, [customer])
     assert [a for a in alerts.evaluate(stack.database_url, today=today) if a["customer_id"] == customer] == []
     alerts.deliver(stack.database_url)
     assert len([b for _, b in _Receiver.received if json.loads(b)["customer"] == customer]) == len(fired)

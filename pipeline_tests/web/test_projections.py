@@ -59,8 +59,34 @@ def test_incremental_upkeep_equals_a_full_rebuild(stack, clients, ops):
         domains = _mine(stack.database_url, customer)[0]
         assert sum(row[4] for row in domains) == _truth(stack.database_url, customer)  # messages follow the events
     incremental = _mine(stack.database_url, customer)
-    rebuild(stack.database_url)
+    rebuild(stack.database_url, [customer])  # the customer's alone: the shared warehouse holds every test's
     assert _mine(stack.database_url, customer) == incremental
+
+
+def test_a_customers_rebuild_equals_a_full_one_and_leaves_the_others_alone(stack, clients):
+    """``rebuild(customers=...)`` recomputes those customers' rows exactly as a full rebuild does
+    (the upkeep property above relies on it) and does not touch another tenant's rows, even stale ones."""
+    s3, mine, theirs = clients("s3"), new_customer(), new_customer()
+    for seed, customer in enumerate((mine, theirs)):
+        put_and_load(stack, s3, customer, "a.parquet", 40, seed=seed, day="2026-10-11")
+        put_and_load(stack, s3, customer, "b.parquet", 25, seed=seed + 7, day="2026-10-12")
+    mark_service(stack.database_url, mine, SERVICES[0], mine=True)
+    refresh(stack.database_url)
+    with psycopg.connect(stack.database_url) as conn:  # both tenants' projections made wrong by hand
+        for customer in (mine, theirs):
+            conn.execute("DELETE FROM daily_domain_compliance WHERE customer_id = %s", (customer,))
+            conn.execute("UPDATE source_summary SET messages = messages + 1 WHERE customer_id = %s", (customer,))
+    stale = _mine(stack.database_url, theirs)
+
+    result = rebuild(stack.database_url, [mine])
+    assert result.slices == 2  # the customer's two days, not the warehouse's
+    assert _mine(stack.database_url, theirs) == stale  # not read, not written
+    domains = _mine(stack.database_url, mine)[0]
+    assert sum(row[4] for row in domains) == _truth(stack.database_url, mine)
+    by_customer = _mine(stack.database_url, mine)
+    rebuild(stack.database_url)
+    assert _mine(stack.database_url, mine) == by_customer
+    assert _mine(stack.database_url, theirs) != stale  # the full rebuild mended the other one
 
 
 def test_a_tombstone_empties_its_slice(stack, clients):
@@ -220,5 +246,5 @@ def test_a_new_day_updates_the_all_days_rollups_without_reading_the_history(stac
             (customer, "192.0.2.2"),
         ).fetchone()
     assert row[0] == 20 * 8 + 2 and str(row[1]) == "2026-07-01" and str(row[2]) == "2026-07-10" and row[3] == 64500
-    rebuild(stack.database_url)
+    rebuild(stack.database_url, [customer])
     assert _mine(stack.database_url, customer) == incremental
