@@ -21,6 +21,10 @@ warehouses (their own databases), with ``customers`` customers of ``days`` days 
   columns the projections read) and ``loaded_bytes_per_event`` (the same for W1's rows, every
   column filled by the real loader).
 
+``--migration N`` instead times the upgrade of a warehouse from before partitioning: N events
+written (by SQL) into a scratch warehouse at migration 0018, then ``migrate`` (0019 copies them
+into their partitions, 0020 adds retention): ``migration_s`` and ``migration_s_per_million``.
+
 Pages at 20M events against 1M (``web_p95_vs_1m``) and the rebuild-from-S3 drill are not measured
 here yet (issue #26).
 """
@@ -122,6 +126,56 @@ def _drop_oldest_month(url: str) -> dict:
         "retention_rows_removed": dropped.rows,
         "retention_total_s": result.seconds,  # with the refresh of the month's slices
         "retention_slices_refreshed": result.slices_refreshed,
+    }
+
+
+_UNPARTITIONED_DAYS = """
+INSERT INTO telemetry_events (event_id, ledger_id, customer_id, day, policy_domain, source_ip, asn, as_org,
+                              country, trust_score, policy_dkim, policy_spf, dmarc_pass, message_count)
+SELECT md5(c || '/' || n), %(ledger)s, 'c' || c, %(first)s::date + n %% 400, 'example.com',
+       '10.' || (n / 65536 %% 256) || '.' || (n / 256 %% 256) || '.' || (n %% 256),
+       64500 + n %% 97, 'Network ' || (n %% 97), 'NL', 0.25 + (n %% 7) / 10.0,
+       CASE WHEN n %% 5 = 0 THEN 'fail' ELSE 'pass' END, 'pass', n %% 5 <> 0, 3
+FROM generate_series(0, 9) c, generate_series(%(n0)s::int, %(n1)s::int) n
+"""
+
+
+def migration(settings: Settings, events: int, say) -> dict:
+    """The upgrade path's cost: ``events`` in a warehouse at 0018, then migrations 0019 and 0020 timed."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.warehouse.schema import MIGRATIONS, migrate, migrations
+
+    with tempfile.TemporaryDirectory() as folder, scratch_warehouse(settings, migrated=False) as scratch:
+        for m in migrations():
+            if m.version < 19:
+                shutil.copy(MIGRATIONS / f"{m.version:04d}_{m.name}.sql", Path(folder))
+        migrate(scratch.database_url, Path(folder))
+        say(f"W9 migration: writing {events:,} events into a warehouse at migration 0018 (by SQL)")
+        per_customer = events // 10
+        with psycopg.connect(scratch.database_url, autocommit=True) as conn:
+            (ledger,) = conn.execute(
+                "INSERT INTO load_ledger (event, bucket, object_key, object_version) "
+                "VALUES ('loaded', 'bench-history', 'migration', 'v') RETURNING ledger_id"
+            ).fetchone()
+            for n0 in range(0, per_customer, 200_000):
+                n1 = min(per_customer, n0 + 200_000) - 1
+                conn.execute(_UNPARTITIONED_DAYS, {"ledger": ledger, "first": FIRST_DAY, "n0": n0, "n1": n1})
+            conn.execute("VACUUM ANALYZE telemetry_events")
+        say("W9 migration: migrating to today's schema")
+        started = time.perf_counter()
+        applied = migrate(scratch.database_url)
+        seconds = time.perf_counter() - started
+        with psycopg.connect(scratch.database_url) as conn:
+            (moved,) = conn.execute("SELECT count(*) FROM telemetry_events").fetchone()
+    say(f"W9 migration: {applied} in {seconds:.1f} s for {moved:,} events")
+    return {
+        "migration_events": moved,
+        "migrations_applied": applied,
+        "migration_s": round(seconds, 1),
+        "migration_s_per_million": round(seconds / (moved / 1e6), 1),
     }
 
 

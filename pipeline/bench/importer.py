@@ -58,11 +58,12 @@ TARGETS = {
 
 
 @contextmanager
-def scratch_warehouse(settings: Settings):
+def scratch_warehouse(settings: Settings, migrated: bool = True):
     name = f"bench_{uuid.uuid4().hex[:8]}"
     ensure_database(settings.database_url, name)
     url = sibling_database_url(settings.database_url, name)
-    migrate(url)
+    if migrated:
+        migrate(url)
     try:
         yield dataclasses.replace(settings, database_url=url)
     finally:

@@ -149,21 +149,39 @@ def bench_trickle(
 @click.option("--repeats", default=3, show_default=True, help="New days timed on each warehouse.")
 @click.option("--customers", default=10, show_default=True, help="Customers of that history (10: 20,000,000 events).")
 @click.option("--import-objects", default=100, show_default=True, help="Objects of W1's workload imported on each.")
+@click.option(
+    "--migration",
+    "migration_events",
+    type=click.IntRange(min=10),
+    default=None,
+    help="Only time the upgrade from before partitioning (migration 0019) of a warehouse of this many events.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 def bench_history(
-    days: int, recurring: int, tail: int, repeats: int, customers: int, import_objects: int, as_json: bool
+    days: int,
+    recurring: int,
+    tail: int,
+    repeats: int,
+    customers: int,
+    import_objects: int,
+    migration_events: int | None,
+    as_json: bool,
 ) -> None:
-    """W9: the projections' refresh after one new day, on a year of history against an empty
-    warehouse (refresh_vs_empty)."""
+    """W9: a year of history (20,000,000 events): the projections' refresh after one new day and
+    W1's import on it against an empty warehouse (refresh_vs_empty, import_rate_vs_empty),
+    retention, bytes per event; or, with --migration N, the upgrade to the partitioned table."""
     from pipeline.bench import history
 
     def say(message: str) -> None:
         click.echo(message, err=True)
 
     with stdout_to_stderr():
-        figures = history.run(
-            load_settings(), days, recurring, tail, repeats, say, customers=customers, import_objects=import_objects
-        )
+        if migration_events is not None:
+            figures = history.migration(load_settings(), migration_events, say)
+        else:
+            figures = history.run(
+                load_settings(), days, recurring, tail, repeats, say, customers=customers, import_objects=import_objects
+            )
     if as_json:
         click.echo(json.dumps(figures, indent=2, default=str))
         return
