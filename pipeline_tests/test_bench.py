@@ -94,3 +94,15 @@ def test_the_upgrade_to_partitions_is_timed_on_a_populated_warehouse(stack):
     assert figures["migrations_applied"][0] == 19 and figures["migration_s"] > 0
     # migration_s is rounded to a tenth: 0.05 s of 2,000 events is 25 s a million
     assert abs(figures["migration_s_per_million"] - figures["migration_s"] * 500) <= 25.1
+
+
+def test_bench_web_over_a_longer_history_against_a_smaller_one(stack):
+    """`pipeline bench web --days D --versus N`: the events spread over D days ending on the bench's
+    last day (so its week window has data), the pages timed at both sizes, and the p95 ratio."""
+    figures = _bench(
+        "web", "--events", "6000", "--customers", "2", "--days", "6", "--clients", "2", "--rounds", "1",
+        "--versus", "3000",
+    )  # fmt: skip
+    assert figures["events"] == 6000 and figures["days"] == 6 and figures["baseline"]["events"] == 3000
+    assert figures["web_p95_vs_baseline"] == round(figures["page_p95_ms"] / figures["baseline"]["page_p95_ms"], 2)
+    assert "web_p95_vs_baseline" in figures["targets_met"] and figures["windowed_page_p95_ms"] > 0

@@ -75,17 +75,32 @@ def bench_flood(workloads: str, scale: float, master: str, as_json: bool) -> Non
 @click.option("--customers", default=5, show_default=True)
 @click.option("--clients", default=50, show_default=True, help="Concurrent clients.")
 @click.option("--rounds", default=6, show_default=True, help="Rounds of every page and API route per client.")
+@click.option("--days", default=30, show_default=True, help="Days of history the events spread over (400: 13 months).")
+@click.option(
+    "--versus",
+    "baseline",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Also run at this many events, the same shape, and print the p95 ratio (1000000: web_p95_vs_1m).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
-def bench_web(events: int, customers: int, clients: int, rounds: int, as_json: bool) -> None:
-    """p50/p95 page and API latency under concurrent clients, beside the SQL alone."""
+def bench_web(
+    events: int, customers: int, clients: int, rounds: int, days: int, baseline: int | None, as_json: bool
+) -> None:
+    """p50/p95 page and API latency under concurrent clients, beside the SQL alone; with --versus,
+    the same at a smaller history and the ratio."""
     from pipeline.bench import web as bench_web_module
 
+    shape = {"customers": customers, "clients": clients, "rounds": rounds, "days": days}
     with stdout_to_stderr():
-        figures = bench_web_module.run(load_settings(), events, customers, clients, rounds, progress=not as_json)
+        if baseline is None:
+            figures = bench_web_module.run(load_settings(), events, progress=not as_json, **shape)
+        else:
+            figures = bench_web_module.versus(load_settings(), events, baseline, progress=not as_json, **shape)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
-    _print_figures(figures, bench_web_module.TARGETS)
+    _print_figures(figures, bench_web_module.VERSUS_TARGETS)
 
 
 @bench.command("enrich")
