@@ -25,6 +25,11 @@ warehouses (their own databases), with ``customers`` customers of ``days`` days 
 written (by SQL) into a scratch warehouse at migration 0018, then ``migrate`` (0019 copies them
 into their partitions, 0020 adds retention): ``migration_s`` and ``migration_s_per_million``.
 
+``--drill N`` times the disaster-recovery drill: N events written to S3 as enriched objects
+(W1's shape, spread over a month), then an empty warehouse (the old one "lost") rebuilt from
+them by ``pipeline reconcile``'s code, its projections rebuilt, and ``verify`` over the same
+objects: ``rebuild_events_per_s`` (events over the reconcile's seconds), ``verify_ok``.
+
 Pages at 20M events against 1M (``web_p95_vs_1m``) and the rebuild-from-S3 drill are not measured
 here yet (issue #26).
 """
@@ -176,6 +181,62 @@ def migration(settings: Settings, events: int, say) -> dict:
         "migrations_applied": applied,
         "migration_s": round(seconds, 1),
         "migration_s_per_million": round(seconds / (moved / 1e6), 1),
+    }
+
+
+def drill(settings: Settings, events: int, say, rows_per_object: int = 20_000) -> dict:
+    """The event-sourcing promise as a disaster-recovery drill: the warehouse rebuilt from S3 alone."""
+    import dataclasses
+
+    from pipeline.enrich.synthetic import parquet_bytes, synthetic_enriched_table
+    from pipeline.importer.reconcile import reconcile
+    from pipeline.importer.verify import verify
+
+    tag = uuid.uuid4().hex[:6]
+    objects = max(1, events // rows_per_object)
+    s3 = client(settings, "s3")
+    root = f"{settings.enriched_prefix}drill-{tag}/"
+    first = dt.date(2026, 10, 1)
+    say(f"W9 drill: writing {objects} enriched objects of {rows_per_object:,} rows to S3 under {root}")
+
+    def put(i: int) -> None:
+        customer, day = f"drill-{i % 10}", first + dt.timedelta(days=(i // 10) % 30)
+        key = f"{root}customer={customer}/dt={day}/obj-{i:05d}.parquet"
+        table = synthetic_enriched_table(rows_per_object, seed=i, customer_id=customer, day=day, report_id=key)
+        s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=parquet_bytes(table))
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(put, range(objects)))
+    drain_queue_silently(settings)  # the warehouse is rebuilt from the listing, not from notifications
+    with scratch_warehouse(settings) as scratch:
+        lost = dataclasses.replace(scratch, enriched_prefix=root)
+        say("W9 drill: an empty warehouse rebuilt from S3 by the reconciler")
+        started = time.perf_counter()
+        result = reconcile(lost)
+        seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        rebuild(lost.database_url)
+        projections_s = time.perf_counter() - started
+        started = time.perf_counter()
+        checked = verify(lost)
+        verify_s = time.perf_counter() - started
+    for i in range(0, objects, 1000):  # the drill's objects go; the stack's bucket is shared
+        keys = [f"{root}customer=drill-{j % 10}/dt={first + dt.timedelta(days=(j // 10) % 30)}/obj-{j:05d}.parquet"
+                for j in range(i, min(objects, i + 1000))]  # fmt: skip
+        s3.delete_objects(Bucket=settings.enriched_bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+    drain_queue_silently(settings, purge=False)
+    say(f"W9 drill: {checked['rows_loaded']:,} events in {seconds:.1f} s, verify ok={checked['ok']}")
+    return {
+        "drill_events": checked["rows_loaded"],
+        "drill_objects": result.imported,
+        "drill_failed": result.failed,
+        "rebuild_s": round(seconds, 1),
+        "rebuild_events_per_s": round(checked["rows_loaded"] / seconds),
+        "drill_projections_rebuild_s": round(projections_s, 1),
+        "drill_verify_s": round(verify_s, 1),
+        "verify_ok": checked["ok"] and checked["rows_loaded"] == objects * rows_per_object,
     }
 
 

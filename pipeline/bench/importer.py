@@ -92,13 +92,15 @@ def put_objects(settings: Settings, prefix: str, objects: int, rows: int, progre
         return list(tqdm(pool.map(put, range(objects)), total=objects, desc=f"write {prefix}", disable=not progress))
 
 
-def drain_queue_silently(settings: Settings) -> None:
+def drain_queue_silently(settings: Settings, purge: bool = True) -> None:
     """Empty the import queue (the benchmark's own notifications) without importing. PurgeQueue
     first: it also drops messages still in flight from an earlier workload, which would
-    reappear later and be imported by the next one."""
+    reappear later and be imported by the next one (``purge=False``: only receive and delete, for
+    a second drain within the minute SQS allows between purges)."""
     sqs = client(settings, "sqs")
     try:
-        sqs.purge_queue(QueueUrl=settings.queue_url)
+        if purge:
+            sqs.purge_queue(QueueUrl=settings.queue_url)
     except sqs.exceptions.PurgeQueueInProgress:
         time.sleep(61)  # one purge a minute
         sqs.purge_queue(QueueUrl=settings.queue_url)

@@ -171,6 +171,13 @@ def bench_trickle(
     default=None,
     help="Only time the upgrade from before partitioning (migration 0019) of a warehouse of this many events.",
 )
+@click.option(
+    "--drill",
+    "drill_events",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only the disaster-recovery drill: this many events rebuilt from S3 into an empty warehouse.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 def bench_history(
     days: int,
@@ -180,11 +187,13 @@ def bench_history(
     customers: int,
     import_objects: int,
     migration_events: int | None,
+    drill_events: int | None,
     as_json: bool,
 ) -> None:
     """W9: a year of history (20,000,000 events): the projections' refresh after one new day and
     W1's import on it against an empty warehouse (refresh_vs_empty, import_rate_vs_empty),
-    retention, bytes per event; or, with --migration N, the upgrade to the partitioned table."""
+    retention, bytes per event; or, with --migration N, the upgrade to the partitioned table; or,
+    with --drill N, the warehouse rebuilt from S3 (rebuild_events_per_s)."""
     from pipeline.bench import history
 
     def say(message: str) -> None:
@@ -193,6 +202,8 @@ def bench_history(
     with stdout_to_stderr():
         if migration_events is not None:
             figures = history.migration(load_settings(), migration_events, say)
+        elif drill_events is not None:
+            figures = history.drill(load_settings(), drill_events, say, rows_per_object=min(20_000, drill_events))
         else:
             figures = history.run(
                 load_settings(), days, recurring, tail, repeats, say, customers=customers, import_objects=import_objects
