@@ -53,7 +53,7 @@ def importer(batch: int, drain: bool, lease_s: float | None, streams: int | None
     )
     click.echo(
         f"messages {stats.messages}  objects loaded {stats.objects_loaded}  rows {stats.rows_loaded}  "
-        f"duplicates {stats.duplicates}  stale {stats.stale}  failures {stats.failures}  "
+        f"duplicates {stats.duplicates}  stale {stats.stale}  expired {stats.expired}  failures {stats.failures}  "
         f"dead-lettered {stats.dead_lettered}  {stats.seconds:.1f}s"
     )
     sys.exit(1 if stats.failures else 0)

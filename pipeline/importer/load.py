@@ -37,7 +37,7 @@ from pipeline.batches import batch_of, manifest
 from pipeline.importer import inbox
 from pipeline.importer.events import ObjectVersion, compare_sequencers, version_identity
 from pipeline.telemetry import ENRICHED_FIELDS
-from pipeline.warehouse import partitions
+from pipeline.warehouse import partitions, retention
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ _GONE = {"NoSuchKey", "404", "NotFound", "NoSuchVersion", "PreconditionFailed", 
 @dataclass(frozen=True)
 class LoadResult:
     version: ObjectVersion
-    outcome: str  # loaded | duplicate | stale | tombstoned | nothing_to_tombstone
+    outcome: str  # loaded | duplicate | stale | expired | tombstoned | nothing_to_tombstone
     rows: int = 0
     bytes: int = 0
     ledger_id: int | None = None
@@ -451,6 +451,23 @@ def load_object(
         if prefetched is not None:
             prefetched.cancel()
         return tombstone(conn, version, run_id, worker, s3, inbox_id=inbox_id, max_bytes=max_bytes)
+    oldest = retention.horizon()
+    if retention.out_of_scope(version.key, oldest):
+        # A late report, or a replayed notification, of a day past PIPELINE_RETENTION_DAYS: the
+        # warehouse keeps no such day (its partition is dropped, or would be at the next run), so
+        # it is neither loaded nor retried; verify and the reconciler leave it alone likewise.
+        if prefetched is not None:
+            prefetched.cancel()
+        log.info(
+            "expired s3://%s/%s version=%s: its day %s is past the retention horizon %s; not loaded",
+            version.bucket,
+            version.key,
+            version.version,
+            retention.key_day(version.key),
+            oldest,
+        )
+        inbox.settle(conn, inbox_id, "expired")
+        return LoadResult(version, "expired", seconds=time.monotonic() - started)
     if _older_than_applied(conn, version):  # decided by the sequencer alone: no fetch, no lock
         if prefetched is not None:
             prefetched.cancel()

@@ -35,6 +35,7 @@ class WorkerStats:
     rows_loaded: int = 0
     duplicates: int = 0
     stale: int = 0
+    expired: int = 0  # past the retention horizon: not loaded
     failures: int = 0
     ignored: int = 0
     dead_lettered: int = 0
@@ -124,18 +125,21 @@ def run_worker(
                 stats.duplicates += 1
             elif outcome.result.outcome == "stale":
                 stats.stale += 1
+            elif outcome.result.outcome == "expired":
+                stats.expired += 1
         if protection is not None:
             protection.release()  # idle between batches: fair game for scale-in
     if protection is not None:
         protection.release()
     log.info(
-        "importer stopped messages=%d loaded=%d rows=%d duplicates=%d stale=%d failures=%d dead_lettered=%d "
+        "importer stopped messages=%d loaded=%d rows=%d duplicates=%d stale=%d expired=%d failures=%d dead_lettered=%d "
         "seconds=%.1f",
         stats.messages,
         stats.objects_loaded,
         stats.rows_loaded,
         stats.duplicates,
         stats.stale,
+        stats.expired,
         stats.failures,
         stats.dead_lettered,
         stats.seconds,

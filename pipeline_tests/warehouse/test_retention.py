@@ -156,6 +156,44 @@ def test_the_loader_makes_the_partitions_of_any_day_before_its_transaction(own_w
     assert placed == {"telemetry_events_2019_03": 7, "telemetry_events_2031_07": 5}
 
 
+def test_an_object_past_the_horizon_is_expired_not_loaded_by_every_path(own_warehouse, clients, monkeypatch):
+    """A late report (or a replayed notification) for a day past the horizon: the loader settles
+    it as "expired" without a row, a ledger entry or a partition that retention would only drop
+    again; the importer's inbox row is done, not retried; a day inside the horizon loads as ever."""
+    from pipeline.importer import inbox
+    from pipeline.importer.batch import ImportItem, import_items
+
+    settings, s3 = own_warehouse, clients("s3")
+    url, customer = settings.database_url, new_customer()
+    monkeypatch.setenv("PIPELINE_RETENTION_DAYS", str((dt.date.today() - dt.date(2026, 3, 1)).days))
+    versions = {}
+    for day in ("2025-06-30", "2026-02-28", "2026-03-01"):
+        key = f"{settings.enriched_prefix}customer={customer}/dt={day}/late.parquet"
+        table = synthetic_enriched_table(6, seed=1, customer_id=customer, day=dt.date.fromisoformat(day))
+        etag = s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=parquet_bytes(table))["ETag"].strip('"')
+        versions[day] = ObjectVersion(settings.enriched_bucket, key, etag, etag=etag)
+    with psycopg.connect(url, autocommit=True) as conn:
+        direct = load_object(conn, s3, versions["2025-06-30"])
+        rows = inbox.record(
+            conn, [(versions[d], None) for d in ("2026-02-28", "2026-03-01")], lambda v: v.key, claim_for="t"
+        ).new
+    assert (direct.outcome, direct.rows, direct.ledger_id) == ("expired", 0, None)
+    items = [ImportItem.from_inbox(r) for r in rows]
+    outcomes = {o.item.version.key.split("/")[-2]: o.result.outcome for o in import_items(url, s3, items, worker="t")}
+    assert outcomes == {"dt=2026-02-28": "expired", "dt=2026-03-01": "loaded"}
+    assert _rows_by_day(url, customer) == {"2026-03-01": 6}
+    with psycopg.connect(url) as conn:
+        names = {p.name for p in partitions.partitions(conn)}
+        assert not {"telemetry_events_2025_06", "telemetry_events_2026_02"} & names  # none made to be dropped
+        states = conn.execute(
+            "SELECT state, outcome FROM import_inbox WHERE object_key LIKE %s ORDER BY object_key", (f"%{customer}%",)
+        ).fetchall()
+        ledger = conn.execute(
+            "SELECT count(*) FROM load_ledger WHERE object_key LIKE %s", (f"%{customer}%",)
+        ).fetchone()[0]
+    assert states == [("done", "expired"), ("done", "loaded")] and ledger == 1
+
+
 @pytest.mark.parametrize("damage", ["no_day", "bad_event_id"])
 def test_an_object_the_partitions_cannot_take_is_refused_by_name(own_warehouse, clients, damage):
     settings, s3 = own_warehouse, clients("s3")
