@@ -114,3 +114,4 @@ def test_the_disaster_recovery_drill_rebuilds_an_empty_warehouse_from_s3(stack):
     figures = _bench("history", "--drill", "3000")
     assert figures["drill_events"] == 3000 and figures["drill_failed"] == 0 and figures["drill_objects"] == 1
     assert figures["verify_ok"] is True and figures["rebuild_events_per_s"] > 0
+    assert figures["heap_bytes_per_event"] > 0 and figures["index_bytes_per_event"] > 0

@@ -106,6 +106,10 @@ _EVENT_BYTES = """SELECT sum(pg_total_relation_size(inhrelid)), (SELECT count(*)
                   FROM pg_inherits WHERE inhparent = 'telemetry_events'::regclass"""
 
 
+_HEAP_AND_INDEX_BYTES = """SELECT sum(pg_table_size(inhrelid)), sum(pg_indexes_size(inhrelid))
+                           FROM pg_inherits WHERE inhparent = 'telemetry_events'::regclass"""
+
+
 def _import_rate(settings: Settings, versions: list, say, where: str) -> float:
     """W1's efficiency workload: the same objects imported by the real loader, rows per second."""
     s3 = client(settings, "s3")
@@ -222,6 +226,9 @@ def drill(settings: Settings, events: int, say, rows_per_object: int = 20_000) -
         started = time.perf_counter()
         checked = verify(lost)
         verify_s = time.perf_counter() - started
+        with psycopg.connect(lost.database_url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE telemetry_events")
+            heap, indexes = conn.execute(_HEAP_AND_INDEX_BYTES).fetchone()
     for i in range(0, objects, 1000):  # the drill's objects go; the stack's bucket is shared
         keys = [f"{root}customer=drill-{j % 10}/dt={first + dt.timedelta(days=(j // 10) % 30)}/obj-{j:05d}.parquet"
                 for j in range(i, min(objects, i + 1000))]  # fmt: skip
@@ -237,6 +244,9 @@ def drill(settings: Settings, events: int, say, rows_per_object: int = 20_000) -
         "drill_projections_rebuild_s": round(projections_s, 1),
         "drill_verify_s": round(verify_s, 1),
         "verify_ok": checked["ok"] and checked["rows_loaded"] == objects * rows_per_object,
+        # the rebuilt table, every column as the loader writes it: heap and indexes apart
+        "heap_bytes_per_event": round(heap / max(1, checked["rows_loaded"])),
+        "index_bytes_per_event": round(indexes / max(1, checked["rows_loaded"])),
     }
 
 
