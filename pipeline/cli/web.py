@@ -219,18 +219,30 @@ def report(customer_id: str, preset: str | None, start: str | None, end: str | N
     multiple=True,
     help="rebuild: only this customer's projections (repeatable); the others are not read or written.",
 )
-def projections(action: str, customers: tuple[str, ...]) -> None:
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="rebuild: customers rebuilt at once, each in its own session (a large warehouse's recovery).",
+)
+def projections(action: str, customers: tuple[str, ...], jobs: int) -> None:
     """Keep the web application's projections: refresh dirty slices, rebuild all (or some
     customers'), or show status."""
     from pipeline.warehouse import projections as proj
 
     url = load_settings().database_url
-    if customers and action != "rebuild":
-        raise click.UsageError("--customer goes with `rebuild` only (a refresh takes every dirty slice).")
+    if (customers or jobs > 1) and action != "rebuild":
+        raise click.UsageError("--customer and --jobs go with `rebuild` only (a refresh takes every dirty slice).")
     if action == "status":
         click.echo(f"dirty slices waiting: {proj.dirty_slices(url)}")
         return
-    result = proj.refresh(url) if action == "refresh" else proj.rebuild(url, customers or None)
+    if action == "refresh":
+        result = proj.refresh(url)
+    elif jobs > 1:
+        result = proj.rebuild_in_parallel(url, jobs, customers or None)
+    else:
+        result = proj.rebuild(url, customers or None)
     click.echo(
         f"{action}: {result.slices} slice(s), {result.domain_rows} domain row(s), {result.source_rows} source row(s)"
     )

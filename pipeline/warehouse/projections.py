@@ -416,13 +416,21 @@ class RefreshResult:
     sources_recomputed: int = 0  # of those, read again from their daily rows (new, left a day, attributes changed)
 
 
-def _recompute(conn: psycopg.Connection) -> RefreshResult:
-    """Recompute the slices in the temporary table ``slices``, and the rollups' keys they touch."""
+def _recompute(conn: psycopg.Connection, customers: list[str] | None = None) -> RefreshResult:
+    """Recompute the slices in the temporary table ``slices``, and the rollups' keys they touch
+    (``customers``: only theirs are touched at all, reclassifications included)."""
     slices = conn.execute("SELECT count(*) FROM slices").fetchone()[0]
     conn.execute("ANALYZE slices")
     _temp(conn, "old_src", _SRC_DAILY)
     _temp(conn, "old_svc", _SVC_DAILY)
-    _temp(conn, "remarks", "WITH taken AS (DELETE FROM projection_reclassify RETURNING *) SELECT * FROM taken")
+    if customers is None:
+        _temp(conn, "remarks", "WITH taken AS (DELETE FROM projection_reclassify RETURNING *) SELECT * FROM taken")
+    else:
+        conn.execute(
+            "CREATE TEMP TABLE remarks ON COMMIT DROP AS WITH taken AS (DELETE FROM projection_reclassify "
+            "WHERE customer_id = ANY(%s) RETURNING *) SELECT * FROM taken",
+            (customers,),
+        )
     for table in DAILY_TABLES:
         conn.execute(
             sql.SQL("DELETE FROM {} d USING slices s WHERE d.customer_id = s.customer_id AND d.day = s.day").format(
@@ -470,11 +478,12 @@ def rebuild(database_url: str, customers: Sequence[str] | None = None) -> Refres
     """Recompute every slice from the events (after a migration, or to check upkeep). With
     ``customers``, only theirs: their rows are deleted and recomputed in one transaction, the other
     tenants' rows are not read or written (a rebuild costs one customer's history, not the
-    warehouse's)."""
+    warehouse's), and rebuilds of other customers run at the same time (:func:`rebuild_in_parallel`):
+    a refresh waits for them all, and they for it."""
     with psycopg.connect(database_url) as conn:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
             if customers is None:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
                 conn.execute("DELETE FROM projection_dirty")
                 conn.execute("DELETE FROM projection_reclassify")  # every row is classified anew
                 conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
@@ -482,10 +491,13 @@ def rebuild(database_url: str, customers: Sequence[str] | None = None) -> Refres
                     "CREATE TEMP TABLE slices ON COMMIT DROP AS "
                     "SELECT DISTINCT customer_id, day FROM telemetry_events WHERE day IS NOT NULL"
                 )
+                chosen = None
             else:
-                chosen = list(customers)
+                chosen = sorted(set(customers))
+                conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_LOCK,))  # no refresh meanwhile
+                for customer in chosen:  # one rebuild of a customer at a time; in order, so none deadlock
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK, customer))
                 conn.execute("DELETE FROM projection_dirty WHERE customer_id = ANY(%s)", (chosen,))
-                conn.execute("DELETE FROM projection_reclassify WHERE customer_id = ANY(%s)", (chosen,))
                 for table in PROJECTION_TABLES:
                     conn.execute(
                         sql.SQL("DELETE FROM {} WHERE customer_id = ANY(%s)").format(sql.Identifier(table)), (chosen,)
@@ -495,12 +507,60 @@ def rebuild(database_url: str, customers: Sequence[str] | None = None) -> Refres
                     "FROM telemetry_events WHERE customer_id = ANY(%s) AND day IS NOT NULL",
                     (chosen,),
                 )
-            result = _recompute(conn)
+            result = _recompute(conn, chosen)  # a customer's rows are classified anew: its remarks go
         # Every row is new: give the planner their statistics now rather than at autovacuum's leisure
         # (without them it scans a customer's 200,000 sources where an index walk reads 25).
         if customers is None:
             conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
         return result
+
+
+# Every customer with events, by a skip scan of the primary key (customer_id leads it): one probe
+# per customer per partition, not a read of the events.
+_CUSTOMERS_WITH_EVENTS = """
+WITH RECURSIVE found AS (
+    (SELECT customer_id FROM telemetry_events ORDER BY customer_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.customer_id FROM telemetry_events e WHERE e.customer_id > found.customer_id
+            ORDER BY e.customer_id LIMIT 1)
+    FROM found WHERE found.customer_id IS NOT NULL
+)
+SELECT customer_id FROM found WHERE customer_id IS NOT NULL
+"""
+
+
+def rebuild_in_parallel(database_url: str, jobs: int, customers: Sequence[str] | None = None) -> RefreshResult:
+    """A rebuild by customer, ``jobs`` sessions at once (a disaster-recovery rebuild of a large
+    warehouse: one transaction over the whole history is one backend's work). Without
+    ``customers``, every customer with events, and the projections of customers without any go.
+    Each customer's rows are committed as its rebuild ends; a refresh meanwhile waits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if customers is None:
+            chosen = [c for (c,) in conn.execute(_CUSTOMERS_WITH_EVENTS).fetchall()]
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+                for table in PROJECTION_TABLES:  # a customer whose events are all gone keeps no figures
+                    conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE NOT customer_id = ANY(%s)").format(sql.Identifier(table)),
+                        (chosen,),
+                    )
+        else:
+            chosen = sorted(set(customers))
+    # the largest first would balance better; customers come in key order, which spreads them
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        results = list(pool.map(lambda c: rebuild(database_url, [c]), chosen))
+    if customers is None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
+    return RefreshResult(
+        sum(r.slices for r in results),
+        sum(r.domain_rows for r in results),
+        sum(r.source_rows for r in results),
+        sum(r.sources_touched for r in results),
+        sum(r.sources_recomputed for r in results),
+    )
 
 
 def dirty_slices(database_url: str) -> int:

@@ -248,3 +248,28 @@ def test_a_new_day_updates_the_all_days_rollups_without_reading_the_history(stac
     assert row[0] == 20 * 8 + 2 and str(row[1]) == "2026-07-01" and str(row[2]) == "2026-07-10" and row[3] == 64500
     rebuild(stack.database_url, [customer])
     assert _mine(stack.database_url, customer) == incremental
+
+
+def test_a_rebuild_in_parallel_sessions_equals_one_rebuild(stack, clients):
+    """`pipeline projections rebuild --jobs N` (a large warehouse's recovery): customers rebuilt in
+    concurrent sessions give the tables one rebuild gives, and a customer without events keeps no
+    figures. In a warehouse of the test's own: a whole-warehouse rebuild."""
+    from pipeline.bench.importer import scratch_warehouse
+    from pipeline.warehouse.projections import rebuild_in_parallel
+
+    s3 = clients("s3")
+    with scratch_warehouse(stack) as own:
+        customers = [new_customer() for _ in range(3)]
+        for n, customer in enumerate(customers):
+            for day in range(n + 1):
+                put_and_load(own, s3, customer, f"p{day}.parquet", 20 + day, seed=n * 10 + day, day=f"2026-10-1{day}")
+        mark_service(own.database_url, customers[0], SERVICES[1], mine=True)
+        rebuild(own.database_url)
+        whole = [_mine(own.database_url, c) for c in customers]
+        with psycopg.connect(own.database_url) as conn:  # wrong figures, and a customer with no events
+            conn.execute("DELETE FROM source_summary WHERE customer_id = %s", (customers[1],))
+            conn.execute("INSERT INTO customer_summary (customer_id, sources, categories) VALUES ('ghost', 3, '{}')")
+        result = rebuild_in_parallel(own.database_url, jobs=2)
+        assert result.slices == 1 + 2 + 3
+        assert [_mine(own.database_url, c) for c in customers] == whole
+        assert _mine(own.database_url, "ghost") == tuple([] for _ in PROJECTION_TABLES)
