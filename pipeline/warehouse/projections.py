@@ -400,8 +400,13 @@ def _rollups(conn: psycopg.Connection) -> tuple[int, int]:
         "WHERE v.customer_id = m.customer_id AND v.service = m.service AND NOT EXISTS "
         "(SELECT 1 FROM svc_keys k WHERE k.recompute AND k.customer_id = m.customer_id AND k.service = m.service)"
     )
-    for statement in _REMARKED:
-        conn.execute(statement)
+    # Services marked or unmarked since the last refresh: mostly none, and then nothing to join.
+    # Otherwise analysed first: an unanalysed temp table is priced as thousands of rows, which
+    # could make the planner hash a customer's whole source_summary rather than probe its index.
+    if conn.execute("SELECT EXISTS (SELECT 1 FROM remarks)").fetchone()[0]:
+        conn.execute("ANALYZE remarks")
+        for statement in _REMARKED:
+            conn.execute(statement)
     for statement in _CUSTOMERS:
         conn.execute(statement)
     return conn.execute("SELECT count(*), count(*) FILTER (WHERE changed OR NOT has_row) FROM src_keys").fetchone()
