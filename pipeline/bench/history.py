@@ -30,8 +30,8 @@ into their partitions, 0020 adds retention): ``migration_s`` and ``migration_s_p
 them by ``pipeline reconcile``'s code, its projections rebuilt, and ``verify`` over the same
 objects: ``rebuild_events_per_s`` (events over the reconcile's seconds), ``verify_ok``.
 
-Pages at 20M events against 1M (``web_p95_vs_1m``) and the rebuild-from-S3 drill are not measured
-here yet (issue #26).
+Pages at 20M events against 1M (``web_p95_vs_1m``) are ``pipeline bench web --events 20000000
+--days 400 --versus 1000000`` (pipeline.bench.web.versus).
 """
 
 from __future__ import annotations
