@@ -27,9 +27,42 @@ from pipeline_tests.security import hostile
 from pipeline_tests.support import enriched_of, new_customer
 
 
+def _days_named_by_tests() -> set[dt.date]:
+    """Every day a test names literally ("2020-01-01", ``dt.date(2020, 1, 1)``): unique_day avoids them."""
+    import re
+    from pathlib import Path
+
+    named = set()
+    for path in Path(__file__).resolve().parents[1].rglob("*.py"):
+        text = path.read_text()
+        for y, m, d in re.findall(r"\b(20\d\d)-(\d\d)-(\d\d)\b", text):
+            named.add((int(y), int(m), int(d)))
+        for y, m, d in re.findall(r"date\((20\d\d), (\d{1,2}), (\d{1,2})\)", text):
+            named.add((int(y), int(m), int(d)))
+    days = set()
+    for y, m, d in named:
+        try:
+            days.add(dt.date(y, m, d))
+        except ValueError:
+            continue
+    return days
+
+
+_TAKEN: set[dt.date] = set()
+
+
 def unique_day() -> dt.date:
-    """A day of 2019-2023: no other test enriches it (the samples are of 2018 and 2024)."""
-    return dt.date(2019, 1, 1) + dt.timedelta(days=random.SystemRandom().randrange(5 * 365 - 2))
+    """A day of 2019-2023 that no other test of this run enriches: not one a test names (the samples
+    are of 2018 and 2024; a few tests write fixed days of these years), and not one handed out
+    before (a shared day's raw objects would be enriched together and miscounted)."""
+    if not _TAKEN:
+        _TAKEN.update(_days_named_by_tests())
+    pick = random.SystemRandom()
+    while True:
+        day = dt.date(2019, 1, 1) + dt.timedelta(days=pick.randrange(5 * 365 - 2))
+        if day not in _TAKEN:
+            _TAKEN.add(day)
+            return day
 
 
 def report_file(tmp_path, day: dt.date, report_id: str, records: int = 3):
@@ -284,3 +317,11 @@ def test_the_health_page_shows_a_tenant_its_batches_and_hides_other_tenants_fail
     [failure] = [f for f in seen["failures"] if f["object_key"] == foreign[len(stack.enriched_prefix) :]]
     assert c not in failure["error"] and "retries it" in failure["error"]
     assert not other["recent_loads"] and not other["failures"]  # c is in no manifest
+
+
+def test_unique_days_are_unique_and_avoid_the_days_tests_name():
+    """The raw-object tests enrich whole days: two sharing one would count each other's objects
+    (a CI run failed so on 2020-01-01, the day test_collect's large report is written)."""
+    days = [unique_day() for _ in range(300)]
+    assert len(set(days)) == len(days)
+    assert dt.date(2020, 1, 1) in _days_named_by_tests() and not set(days) & _days_named_by_tests()
