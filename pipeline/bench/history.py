@@ -202,9 +202,13 @@ def drill(settings: Settings, events: int, say, rows_per_object: int = 20_000) -
     first = dt.date(2026, 10, 1)
     say(f"W9 drill: writing {objects} enriched objects of {rows_per_object:,} rows to S3 under {root}")
 
-    def put(i: int) -> None:
+    def placed(i: int) -> tuple[str, dt.date, str]:
+        """Object ``i``'s customer (one of 10), day (one of 30) and key."""
         customer, day = f"drill-{i % 10}", first + dt.timedelta(days=(i // 10) % 30)
-        key = f"{root}customer={customer}/dt={day}/obj-{i:05d}.parquet"
+        return customer, day, f"{root}customer={customer}/dt={day}/obj-{i:05d}.parquet"
+
+    def put(i: int) -> None:
+        customer, day, key = placed(i)
         table = synthetic_enriched_table(rows_per_object, seed=i, customer_id=customer, day=day, report_id=key)
         s3.put_object(Bucket=settings.enriched_bucket, Key=key, Body=parquet_bytes(table))
 
@@ -229,8 +233,7 @@ def drill(settings: Settings, events: int, say, rows_per_object: int = 20_000) -
             conn.execute("VACUUM ANALYZE telemetry_events")
             heap, indexes = conn.execute(_HEAP_AND_INDEX_BYTES).fetchone()
     for i in range(0, objects, 1000):  # the drill's objects go; the stack's bucket is shared
-        keys = [f"{root}customer=drill-{j % 10}/dt={first + dt.timedelta(days=(j // 10) % 30)}/obj-{j:05d}.parquet"
-                for j in range(i, min(objects, i + 1000))]  # fmt: skip
+        keys = [placed(j)[2] for j in range(i, min(objects, i + 1000))]
         s3.delete_objects(Bucket=settings.enriched_bucket, Delete={"Objects": [{"Key": k} for k in keys]})
     drain_queue_silently(settings, purge=False)
     say(f"W9 drill: {checked['rows_loaded']:,} events in {seconds:.1f} s, verify ok={checked['ok']}")

@@ -516,7 +516,7 @@ def rebuild(database_url: str, customers: Sequence[str] | None = None) -> Refres
         # Every row is new: give the planner their statistics now rather than at autovacuum's leisure
         # (without them it scans a customer's 200,000 sources where an index walk reads 25).
         if customers is None:
-            conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
+            _analyze_projections(conn)
         return result
 
 
@@ -558,7 +558,7 @@ def rebuild_in_parallel(database_url: str, jobs: int, customers: Sequence[str] |
         results = list(pool.map(lambda c: rebuild(database_url, [c]), chosen))
     if customers is None:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
+            _analyze_projections(conn)
     return RefreshResult(
         sum(r.slices for r in results),
         sum(r.domain_rows for r in results),
@@ -566,6 +566,11 @@ def rebuild_in_parallel(database_url: str, jobs: int, customers: Sequence[str] |
         sum(r.sources_touched for r in results),
         sum(r.sources_recomputed for r in results),
     )
+
+
+def _analyze_projections(conn: psycopg.Connection) -> None:
+    """Statistics for every projection table, after a rebuild wrote all their rows anew."""
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, PROJECTION_TABLES))))
 
 
 def dirty_slices(database_url: str) -> int:
